@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints their message as one line, with no traceback."""
+
+
+class AdainError(Exception):
+    """An expected failure: the message says what failed and what to do about it."""
+
+
+class ConfigError(AdainError):
+    """A bad flag or config value."""
+
+
+class ImageError(AdainError):
+    """An input that is not a usable image (corrupt, truncated, empty, too large)."""
+
+
+class StorageError(AdainError):
+    """A URI that cannot be read or written (missing bucket, no permission, not found)."""
+
+
+class WeightsError(AdainError):
+    """Weights that cannot be found, downloaded, verified or loaded."""

@@ -1,0 +1,125 @@
+"""Image decoding, resizing and encoding: bytes in, RGB tensors out, and back.
+
+Decoding is defensive: every failure an input file can cause (empty, truncated, not an
+image, a header claiming billions of pixels) becomes an `ImageError` with a one-line
+reason, and every odd-but-valid image (EXIF-rotated, grayscale, palette, alpha, CMYK,
+16-bit) becomes plain 8-bit RGB. Resizing and tensor conversion match torchvision's
+`Resize`, `CenterCrop` and `ToTensor` on PIL images, as the reference test scripts use.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from pipeline.errors import ConfigError, ImageError
+
+# Pillow's own default limit (about 89 MP). We check it ourselves, before decoding, so
+# the limit is a flag (--max-pixels) and the message says what to do.
+MAX_PIXELS = 89_478_485
+Image.MAX_IMAGE_PIXELS = None
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Encoded bytes -> an upright 8-bit RGB image, or ImageError saying why not."""
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only
+    except UnidentifiedImageError:
+        raise ImageError("not an image, or a format Pillow cannot read") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"unreadable image header ({exc})") from None
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageError(
+            f"{width}x{height} is {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit "
+            "(a decompression bomb?); raise --max-pixels if the file is trusted"
+        )
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"corrupt or truncated {img.format or 'image'} ({exc})") from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; high-bit-depth scaled to 8 bits, transparency over white."""
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        values = np.asarray(img).astype(np.float64)
+        if img.mode != "F":  # 16-bit samples (Pillow opens 16-bit PNG/TIFF as I or I;16)
+            values = values / 257.0
+        img = Image.fromarray(np.clip(values + 0.5, 0, 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("RGB")
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Scale so that the shorter side is `size` (0 keeps the size), as torchvision's Resize(size)."""
+    if size == 0:
+        return img
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) == (width, height):
+        return img
+    return img.resize((new_w, new_h), Image.BILINEAR)
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """A size x size centre crop, placed as torchvision's CenterCrop places it."""
+    width, height = img.size
+    top, left = round((height - size) / 2.0), round((width - size) / 2.0)
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_tensor(img: Image.Image) -> Tensor:
+    """RGB image -> (3, H, W) float32 in [0, 1], as torchvision's ToTensor."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div(255.0)
+
+
+def to_image(tensor: Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] -> RGB image, rounded as torchvision's save_image rounds."""
+    pixels = tensor.detach().float().mul(255).add(0.5).clamp(0, 255).to("cpu", torch.uint8)
+    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
+
+
+def format_of(path: str) -> str:
+    """'jpg', 'png' or 'webp' from a file name, or ConfigError."""
+    ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
+    if ext not in FORMATS:
+        raise ConfigError(f"{path}: cannot tell the output format; end the name in .jpg, .png or .webp")
+    return "jpg" if ext == "jpeg" else ext
+
+
+def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
+    """RGB image -> encoded bytes in `fmt` (jpg, png, webp)."""
+    buffer = io.BytesIO()
+    pil_format = FORMATS[fmt]
+    options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {}
+    img.save(buffer, pil_format, **options)
+    return buffer.getvalue()
+
+
+def mask_tensor(img: Image.Image, size: tuple[int, int]) -> Tensor:
+    """A mask image -> (1, 1, H, W) float 0/1 at `size` (W, H): light pixels are foreground."""
+    gray = img.convert("L").resize(size, Image.NEAREST)
+    return torch.from_numpy(np.array(gray) > 127).float()[None, None]
+
+
+def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Decode, scale the shorter side to `size` and optionally centre-crop to size x size."""
+    img = resize_shorter(decode(data, max_pixels), size)
+    return center_crop(img, size) if crop else img

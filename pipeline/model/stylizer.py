@@ -1,0 +1,103 @@
+"""Inference: encode styles once, then stylize batches of content images with the controls."""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch import Tensor, nn
+
+from pipeline.errors import ConfigError
+from pipeline.model.functional import Stats, adain, keep_chroma, masked_adain, mean_std, mix
+from pipeline.model.nets import Decoder, Encoder
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' takes the GPU when there is one; asking for 'cuda' without one is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ConfigError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+class StyleTransfer(nn.Module):
+    """The frozen encoder and the decoder on one device, run at one precision.
+
+    Images are (N, 3, H, W) RGB in [0, 1]. Style images are reduced to their relu4_1
+    statistics once (`style_stats`); `stylize` then needs only those statistics.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        decoder: Decoder,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ConfigError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        self.encoder, self.decoder = encoder.eval(), decoder.eval()
+        self.requires_grad_(False)
+        self.device = torch.device(device)
+        self.precision = precision
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.to(self.device, memory_format=self.memory_format)
+        self.identity: dict[str, str] = {}  # sha256 of the weights, set by the loader
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
+
+    def _input(self, images: Tensor) -> Tensor:
+        return images.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+
+    @torch.inference_mode()
+    def style_stats(self, styles: Tensor) -> Stats:
+        """relu4_1 mean and std of each style image: (S, 512, 1, 1) each, float32."""
+        with self._autocast():
+            return mean_std(self.encoder(self._input(styles)))
+
+    @torch.inference_mode()
+    def stylize(
+        self,
+        content: Tensor,
+        style: Stats,
+        alpha: float | Tensor = 1.0,
+        mask: Tensor | None = None,
+        background: Stats | None = None,
+        preserve_luminance: bool = False,
+    ) -> Tensor:
+        """Stylize a batch of same-size images; returns (N, 3, H, W) in [0, 1] on the device.
+
+        `style` holds one row of statistics for the whole batch or one per image. With a
+        `mask` (N, 1, H, W), mask 1 takes `style` and mask 0 takes `background`.
+        `alpha` is a float or one value per image, shaped (N, 1, 1, 1).
+        """
+        x = self._input(content)
+        height, width = x.shape[-2:]
+        style = tuple(s.to(self.device) for s in style)
+        if isinstance(alpha, Tensor):
+            alpha = alpha.to(self.device)
+        with self._autocast():
+            feat = self.encoder(x)
+            if mask is None:
+                target = adain(feat, *style)
+            else:
+                if background is None:
+                    raise ConfigError("a mask needs two styles: foreground and background")
+                background = tuple(s.to(self.device) for s in background)
+                target = masked_adain(feat, mask.to(self.device), style, background)
+            out = self.decoder(mix(target, feat, alpha))
+        # Ceil-mode pooling lets the decoder overshoot by up to 7 px: crop back to the input.
+        out = out.float()[..., :height, :width]
+        if preserve_luminance:
+            out = keep_chroma(out, x)
+        return out.clamp(0.0, 1.0)

@@ -1,0 +1,1 @@
+"""Storage: URIs, filesystems, atomic writes, the weight cache."""

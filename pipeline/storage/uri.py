@@ -1,0 +1,148 @@
+"""URIs and filesystems: one way to read and write local paths, s3:// and gs://.
+
+Everything goes through pyarrow's filesystems, as Ray Data does, so the standard AWS
+credential chain and `AWS_ENDPOINT_URL` (MinIO, Ceph, ...) work the same everywhere.
+Writes are atomic: a reader sees the whole object or nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import lru_cache
+
+import pyarrow.fs as pafs
+
+from pipeline.errors import StorageError
+
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+
+
+def scheme(uri: str) -> str:
+    """'s3', 'gs', 'http', ... or 'file' for a plain path."""
+    head, sep, _ = uri.partition("://")
+    return head.lower() if sep else "file"
+
+
+def is_remote(uri: str) -> bool:
+    return scheme(uri) in REMOTE_SCHEMES
+
+
+def join(base: str, *parts: str) -> str:
+    """Join with '/', keeping the scheme; no part may climb out of `base`."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+@lru_cache(maxsize=32)
+def _filesystem(scheme_: str, bucket: str) -> pafs.FileSystem:
+    # One filesystem object per bucket: creating an S3FileSystem resolves the region.
+    filesystem, _ = pafs.FileSystem.from_uri(f"{scheme_}://{bucket}")
+    return filesystem
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A URI or local path -> (filesystem, path inside it)."""
+    kind = scheme(uri)
+    if kind == "file":
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
+    if kind not in REMOTE_SCHEMES:
+        raise StorageError(f"{uri}: unsupported URI scheme '{kind}://'; use a local path, s3:// or gs://")
+    bucket_and_key = uri.split("://", 1)[1]
+    bucket = bucket_and_key.split("/", 1)[0]
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket in the URI; write {kind}://BUCKET/PREFIX")
+    try:
+        return _filesystem(kind, bucket), bucket_and_key.rstrip("/")
+    except OSError as exc:
+        raise storage_error(exc, uri) from exc
+
+
+def storage_error(exc: BaseException, uri: str) -> StorageError:
+    """Turn a filesystem exception into a one-line error that says what to do."""
+    text = str(exc)
+    if isinstance(exc, FileNotFoundError) or "Path does not exist" in text or "NOT_FOUND" in text:
+        return StorageError(f"{uri}: not found; check the path")
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+        return StorageError(f"{uri}: the bucket does not exist; create it or fix the URI")
+    if "ACCESS_DENIED" in text or "AccessDenied" in text or "403" in text or isinstance(exc, PermissionError):
+        return StorageError(
+            f"{uri}: access denied; check the credentials (AWS_PROFILE, instance profile, "
+            "GOOGLE_APPLICATION_CREDENTIALS) and the bucket's policy"
+        )
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return StorageError(f"{uri}: {first_line}")
+
+
+def read_bytes(uri: str) -> bytes:
+    filesystem, path = resolve(uri)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read()
+    except OSError as exc:
+        raise storage_error(exc, uri) from exc
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write an object so that readers see all of it or nothing.
+
+    Local: a temporary file beside the target, then rename. Object stores: the whole
+    payload goes in one upload, and the object appears only when that completes.
+    """
+    filesystem, path = resolve(uri)
+    try:
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            _write_local_atomic(path, data)
+        else:
+            with filesystem.open_output_stream(path) as stream:
+                stream.write(data)
+    except OSError as exc:
+        raise storage_error(exc, uri) from exc
+
+
+def _write_local_atomic(path: str, data: bytes) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def exists(uri: str) -> bool:
+    filesystem, path = resolve(uri)
+    try:
+        return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise storage_error(exc, uri) from exc
+
+
+def is_dir(uri: str) -> bool:
+    """True for a local directory or an object-store prefix with objects under it."""
+    filesystem, path = resolve(uri)
+    try:
+        return filesystem.get_file_info(path).type == pafs.FileType.Directory
+    except OSError as exc:
+        raise storage_error(exc, uri) from exc
+
+
+def list_files(uri: str, extensions: tuple[str, ...]) -> list[str]:
+    """Every file under a directory or prefix, recursively, whose name ends in one of
+    `extensions` (case-insensitive), as sorted URIs in the same scheme as `uri`."""
+    filesystem, path = resolve(uri)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    except OSError as exc:
+        raise storage_error(exc, uri) from exc
+    prefix = f"{scheme(uri)}://" if is_remote(uri) else ""
+    return sorted(
+        prefix + info.path
+        for info in infos
+        if info.type == pafs.FileType.File and info.path.lower().endswith(extensions)
+    )
