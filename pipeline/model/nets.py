@@ -50,7 +50,7 @@ class Encoder(nn.Sequential):
         """relu1_1, relu2_1, relu3_1 and relu4_1, for the training losses."""
         feats = []
         for start, stop in VGG_STAGES:
-            for layer in self[start:stop]:
+            for layer in list(self)[start:stop]:
                 x = layer(x)
             feats.append(x)
         return feats
