@@ -6,10 +6,13 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
-from pipeline.config import PRESERVE_COLOR, Controls, ModelConfig, Sizing
-from pipeline.errors import AdainError
-from pipeline.imaging.codec import FORMATS, MAX_PIXELS
+import yaml
+
+from pipeline.config import PRESERVE_COLOR, Controls, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.errors import AdainError, ConfigError
+from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
 from pipeline.model.checkpoint import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_WEIGHTS
 from pipeline.model.stylizer import PRECISIONS
 
@@ -39,6 +42,7 @@ def add_size_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--content-size", type=int, default=512, help="shorter side in px, 0 keeps (default 512)")
     parser.add_argument("--style-size", type=int, default=512, help="shorter side in px, 0 keeps (default 512)")
     parser.add_argument("--crop", action="store_true", help="centre-crop to NxN after resizing")
+    parser.add_argument("--max-side", type=int, default=0, help="cap the longer side after resizing, 0: none")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (decompression bombs)")
 
 
@@ -51,7 +55,7 @@ def controls(args: argparse.Namespace) -> Controls:
 
 
 def sizing(args: argparse.Namespace) -> Sizing:
-    return Sizing(args.content_size, args.style_size, args.crop, args.max_pixels)
+    return Sizing(args.content_size, args.style_size, args.crop, args.max_pixels, args.max_side)
 
 
 def _transfer(args: argparse.Namespace) -> int:
@@ -60,6 +64,82 @@ def _transfer(args: argparse.Namespace) -> int:
     request = TransferRequest(args.content, tuple(args.style), args.output, args.mask, args.format, args.quality)
     failures = run_transfer(request, model_config(args), controls(args), sizing(args))
     return 1 if failures else 0
+
+
+def _stylize(args: argparse.Namespace) -> int:
+    from pipeline.data.stylize import run_stylize
+
+    cfg = StylizeConfig(
+        input=args.input,
+        styles=tuple(args.style or args.config_styles or ()),
+        output=OutputSpec(args.output or "", args.format, args.quality, args.overwrite),
+        model=model_config(args),
+        controls=controls(args),
+        sizing=sizing(args),
+        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor),
+        extensions=tuple(e if e.startswith(".") else f".{e}" for e in args.extensions.split(",")),
+        input_root=args.input_root,
+        address=args.address,
+        run_id=args.run_id,
+        preview=args.preview,
+    )
+    summary = run_stylize(cfg)
+    print(
+        f"run {summary['run_id']}: {summary['ok']} ok, {summary['error']} error, {summary['skipped']} skipped "
+        f"of {summary['total']} in {summary['wall_s']:.1f} s ({summary['images_per_s'] or 0:.2f} images/s)\n"
+        f"manifest: {summary['manifest']}\nsummary:  {summary['summary']}"
+        + (f"\npreview:  {summary['preview']}" if "preview" in summary else "")
+    )
+    return 0
+
+
+def _add_stylize(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    stylize = commands.add_parser("stylize", help="the distributed job: stylize images in storage on Ray")
+    stylize.add_argument("--config", help="YAML file of these options (keys are the flag names)")
+    stylize.add_argument("--input", help="prefix/directory of images, or a .parquet/.csv/.txt list of URIs")
+    stylize.add_argument("--style", action="append", help="style image or prefix; repeat for several")
+    stylize.add_argument("--output", help="output prefix or directory")
+    stylize.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    stylize.add_argument("--input-root", help="for list files: the prefix that output keys are relative to")
+    stylize.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="input file extensions")
+    stylize.add_argument("--format", default="jpg", choices=list(FORMATS), help="output format (default jpg)")
+    stylize.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
+    stylize.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    stylize.add_argument("--actors", type=int, help="model actors (default: one per GPU, or per spare CPU)")
+    stylize.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    stylize.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) per actor")
+    stylize.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on GPU clusters")
+    stylize.add_argument("--run-id", help="name this run (default: a timestamp)")
+    stylize.add_argument("--preview", help="write a contact sheet of content | output samples here")
+    add_model_flags(stylize)
+    add_control_flags(stylize)
+    add_size_flags(stylize)
+    stylize.set_defaults(run=_stylize, config_styles=None)
+    return stylize
+
+
+def load_options(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """A YAML file of options, keys as the flag names: checked against the parser's flags."""
+    try:
+        with open(path) as handle:
+            options = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+    known = {action.dest for action in parser._actions} - {"help", "config", "run"}
+    values: dict[str, Any] = {}
+    for key, value in options.items():
+        dest = str(key).replace("-", "_")
+        if dest in ("style", "styles"):
+            values["config_styles"] = [value] if isinstance(value, str) else list(value)
+        elif dest in known:
+            values[dest] = tuple(value) if isinstance(value, list) else value
+        else:
+            raise ConfigError(f"--config {path}: unknown option '{key}'; options are the flag names, e.g. content_size")
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,11 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_control_flags(transfer)
     add_size_flags(transfer)
     transfer.set_defaults(run=_transfer)
+    _add_stylize(commands)
     return parser
 
 
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the flags; a --config file supplies defaults that the flags then override."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "config", None):
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        sub = commands.choices[args.command]
+        sub.set_defaults(**load_options(args.config, sub))
+        args = parser.parse_args(argv)
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = parse(argv)
+    except ConfigError as exc:
+        print(f"adain: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="adain: %(message)s")
     run: Callable[[argparse.Namespace], int] = args.run
     try:

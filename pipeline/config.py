@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
-from pipeline.imaging.codec import MAX_PIXELS
+from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
 from pipeline.model.checkpoint import DEFAULT_DECODER, DEFAULT_ENCODER
 from pipeline.model.stylizer import PRECISIONS
 
@@ -53,6 +53,7 @@ class Sizing:
     style_size: int = 512
     crop: bool = False
     max_pixels: int = MAX_PIXELS
+    max_side: int = 0  # cap on the longer side after resizing, 0 for none
 
     def __post_init__(self) -> None:
         if self.content_size < 0 or self.style_size < 0:
@@ -61,3 +62,69 @@ class Sizing:
             raise ConfigError("--crop needs --content-size and --style-size above 0")
         if self.max_pixels <= 0:
             raise ConfigError("--max-pixels must be positive")
+        if self.max_side < 0:
+            raise ConfigError("--max-side must be 0 (no limit) or a positive number of pixels")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How the job maps onto the cluster."""
+
+    actors: int | None = None  # model actors; default: one per GPU, or the CPUs left after one for decoding
+    batch_size: int = 16
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.actors is not None and self.actors < 1:
+            raise ConfigError("--actors must be at least 1")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be at least 1")
+        if self.cpus_per_actor <= 0 or self.gpus_per_actor <= 0:
+            raise ConfigError("--cpus-per-actor and --gpus-per-actor must be positive")
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """Where and how outputs are written."""
+
+    uri: str
+    format: str = "jpg"
+    quality: int = 90
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.uri:
+            raise ConfigError("--output is required: the prefix or directory to write to")
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format {self.format}: expected one of {', '.join(FORMATS)}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"--quality {self.quality}: must be between 1 and 100")
+
+
+@dataclass(frozen=True)
+class StylizeConfig:
+    """One run of the distributed stylization job."""
+
+    input: str
+    styles: tuple[str, ...]
+    output: OutputSpec
+    model: ModelConfig = ModelConfig()
+    controls: Controls = Controls()
+    sizing: Sizing = Sizing()
+    scale: Scale = Scale()
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    input_root: str | None = None  # for list files: the prefix output keys are relative to
+    address: str | None = None
+    run_id: str | None = None
+    preview: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.input:
+            raise ConfigError("--input is required: a prefix, a directory or a list file of image URIs")
+        if not self.styles:
+            raise ConfigError("--style is required: one or more style images or prefixes")
+        if self.controls.style_weights and len(self.controls.style_weights) != len(self.styles):
+            raise ConfigError(
+                f"--style-weights has {len(self.controls.style_weights)} weights for {len(self.styles)} --style values"
+            )

@@ -59,8 +59,7 @@ def _expand(uri: str) -> list[tuple[str, str]]:
     files = list_files(uri, IMAGE_EXTENSIONS)
     if not files:
         raise ConfigError(f"{uri}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this directory")
-    root = uri.rstrip("/")
-    return [(f, f[len(root) :].lstrip("/") if f.startswith(root) else posixpath.basename(f)) for f in files]
+    return files
 
 
 def _stem(relpath: str) -> str:
@@ -78,7 +77,7 @@ def _about(uri: str) -> Iterator[None]:
 
 def _load(uri: str, size: int, sizing: Sizing) -> Tensor:
     with _about(uri):
-        return to_tensor(prepare(read_bytes(uri), size, sizing.crop, sizing.max_pixels))
+        return to_tensor(prepare(read_bytes(uri), size, sizing.crop, sizing.max_pixels, sizing.max_side))
 
 
 def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Controls, sizing: Sizing) -> int:

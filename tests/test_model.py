@@ -85,7 +85,8 @@ def test_interpolation_by_blended_statistics_equals_blend_of_outputs() -> None:
     mean, std = fn.mean_std(styles)
     weights = torch.tensor([1.0, 2.0, 5.0])
     blended = fn.adain(content, *fn.blend_stats(mean, std, weights))
-    expected = sum(w / weights.sum() * fn.adain(content, mean[i : i + 1], std[i : i + 1]) for i, w in enumerate(weights))
+    per_style = [fn.adain(content, mean[i : i + 1], std[i : i + 1]) for i in range(3)]
+    expected = sum(w / weights.sum() * out for w, out in zip(weights, per_style, strict=True))
     torch.testing.assert_close(blended, expected, rtol=1e-5, atol=1e-5)
 
 

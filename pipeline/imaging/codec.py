@@ -119,7 +119,16 @@ def mask_tensor(img: Image.Image, size: tuple[int, int]) -> Tensor:
     return torch.from_numpy(np.array(gray) > 127).float()[None, None]
 
 
-def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode, scale the shorter side to `size` and optionally centre-crop to size x size."""
+def limit_longer(img: Image.Image, max_side: int) -> Image.Image:
+    """Scale down, keeping the aspect ratio, so that the longer side is at most `max_side` (0: no limit)."""
+    width, height = img.size
+    if max_side == 0 or max(width, height) <= max_side:
+        return img
+    scale = max_side / max(width, height)
+    return img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
+
+
+def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS, max_side: int = 0) -> Image.Image:
+    """Decode, scale the shorter side to `size`, then centre-crop to size x size or cap the longer side."""
     img = resize_shorter(decode(data, max_pixels), size)
-    return center_crop(img, size) if crop else img
+    return center_crop(img, size) if crop else limit_longer(img, max_side)

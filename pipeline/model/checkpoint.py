@@ -78,6 +78,11 @@ def state_sha256(state: dict[str, Tensor]) -> str:
 def _read(ref: str, flag: str) -> Any:
     uri, digest = weight_uri(ref)
     path = fetch(uri, digest, flag=flag)
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    # torch.save writes a zip archive; older files are a bare pickle (protocol 2+).
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise WeightsError(f"{ref}: not a readable PyTorch weight file (it starts with {magic!r})")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -85,8 +90,9 @@ def _read(ref: str, flag: str) -> Any:
             f"{ref}: refused to load: the file holds more than tensors (code or custom objects); "
             "only plain state dicts and adain-ray checkpoints are loaded"
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise WeightsError(f"{ref}: not a readable PyTorch weight file ({str(exc).splitlines()[0]})") from exc
+    except Exception as exc:  # a damaged archive fails in many ways, none of them the user's code
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise WeightsError(f"{ref}: not a readable PyTorch weight file ({reason})") from exc
 
 
 def _ours(obj: Any, kind: str, ref: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
@@ -113,6 +119,13 @@ def _encoder_state(obj: Any, ref: str) -> tuple[dict[str, Tensor], dict[str, Any
     if ours is not None:
         return ours
     if _is_state_dict(obj) and "features.0.weight" in obj:  # torchvision vgg19
+        missing = [i for i in _TORCHVISION_TO_ENCODER if f"features.{i}.weight" not in obj]
+        if missing or obj["features.19.weight"].shape != (512, 256, 3, 3):
+            index = missing[0] if missing else 19
+            raise WeightsError(
+                f"{ref}: a torchvision VGG state dict but not vgg19 (features.{index} is not its conv); "
+                "use torchvision's vgg19 ImageNet weights"
+            )
         state = {}
         for tv_index, index in _TORCHVISION_TO_ENCODER.items():
             state[f"{index}.weight"] = obj[f"features.{tv_index}.weight"]

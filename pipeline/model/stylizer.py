@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -65,6 +66,10 @@ class StyleTransfer(nn.Module):
         with self._autocast():
             return mean_std(self.encoder(self._input(styles)))
 
+    def _on_device(self, stats: Stats) -> Stats:
+        mean, std = stats
+        return mean.to(self.device), std.to(self.device)
+
     @torch.inference_mode()
     def stylize(
         self,
@@ -82,22 +87,37 @@ class StyleTransfer(nn.Module):
         `alpha` is a float or one value per image, shaped (N, 1, 1, 1).
         """
         x = self._input(content)
-        height, width = x.shape[-2:]
-        style = tuple(s.to(self.device) for s in style)
+        with self._autocast():
+            feat = self.encoder(x)
+        if mask is None:
+            target = adain(feat, *self._on_device(style))
+        elif background is None:
+            raise ConfigError("a mask needs two styles: foreground and background")
+        else:
+            target = masked_adain(feat, mask.to(self.device), self._on_device(style), self._on_device(background))
+        return self._decode(target, feat, x, alpha, preserve_luminance)
+
+    @torch.inference_mode()
+    def stylize_each(
+        self,
+        content: Tensor,
+        styles: Sequence[Stats],
+        alpha: float | Tensor = 1.0,
+        preserve_luminance: bool = False,
+    ) -> list[Tensor]:
+        """One output per style from a single encoding of the content batch."""
+        x = self._input(content)
+        with self._autocast():
+            feat = self.encoder(x)
+        return [self._decode(adain(feat, *self._on_device(s)), feat, x, alpha, preserve_luminance) for s in styles]
+
+    def _decode(self, target: Tensor, feat: Tensor, x: Tensor, alpha: float | Tensor, luminance: bool) -> Tensor:
         if isinstance(alpha, Tensor):
             alpha = alpha.to(self.device)
         with self._autocast():
-            feat = self.encoder(x)
-            if mask is None:
-                target = adain(feat, *style)
-            else:
-                if background is None:
-                    raise ConfigError("a mask needs two styles: foreground and background")
-                background = tuple(s.to(self.device) for s in background)
-                target = masked_adain(feat, mask.to(self.device), style, background)
             out = self.decoder(mix(target, feat, alpha))
         # Ceil-mode pooling lets the decoder overshoot by up to 7 px: crop back to the input.
-        out = out.float()[..., :height, :width]
-        if preserve_luminance:
+        out = out.float()[..., : x.shape[-2], : x.shape[-1]]
+        if luminance:
             out = keep_chroma(out, x)
         return out.clamp(0.0, 1.0)

@@ -7,13 +7,21 @@ Writes are atomic: a reader sees the whole object or nothing.
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import tempfile
+import time
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TypeVar
 
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
 
@@ -29,7 +37,7 @@ def is_remote(uri: str) -> bool:
 
 
 def join(base: str, *parts: str) -> str:
-    """Join with '/', keeping the scheme; no part may climb out of `base`."""
+    """Join with "/", keeping the scheme."""
     out = base.rstrip("/")
     for part in parts:
         out = f"{out}/{part.strip('/')}"
@@ -65,6 +73,8 @@ def storage_error(exc: BaseException, uri: str) -> StorageError:
     """Turn a filesystem exception into a one-line error that says what to do."""
     text = str(exc)
     if isinstance(exc, FileNotFoundError) or "Path does not exist" in text or "NOT_FOUND" in text:
+        if is_remote(uri) and not _bucket_exists(uri):
+            return StorageError(f"{uri}: the bucket does not exist; create it or fix the URI")
         return StorageError(f"{uri}: not found; check the path")
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         return StorageError(f"{uri}: the bucket does not exist; create it or fix the URI")
@@ -77,13 +87,47 @@ def storage_error(exc: BaseException, uri: str) -> StorageError:
     return StorageError(f"{uri}: {first_line}")
 
 
-def read_bytes(uri: str) -> bytes:
+def _is_permanent(exc: OSError) -> bool:
+    text = str(exc)
+    return isinstance(exc, (FileNotFoundError, PermissionError)) or any(
+        marker in text for marker in ("NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied", "NOT_FOUND")
+    )
+
+
+def retrying(action: Callable[[], T], uri: str, attempts: int = 4, delay: float = 0.2) -> T:
+    """Run a storage action, retrying transient errors with exponential backoff and jitter.
+
+    Permanent errors (not found, no bucket, no permission) fail at once; the last
+    transient error becomes a one-line StorageError.
+    """
+    for attempt in range(attempts):
+        try:
+            return action()
+        except OSError as exc:
+            if _is_permanent(exc) or attempt == attempts - 1:
+                raise storage_error(exc, uri) from exc
+            log.debug("retrying %s after %s", uri, exc)
+            time.sleep(delay * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _bucket_exists(uri: str) -> bool:
+    """Reads of a key in a missing bucket fail as a plain 404; ask about the bucket itself."""
     filesystem, path = resolve(uri)
     try:
+        return filesystem.get_file_info(path.split("/", 1)[0]).type != pafs.FileType.NotFound
+    except OSError:
+        return True  # can't tell: keep the plain "not found"
+
+
+def read_bytes(uri: str) -> bytes:
+    filesystem, path = resolve(uri)
+
+    def read() -> bytes:
         with filesystem.open_input_stream(path) as stream:
             return stream.read()
-    except OSError as exc:
-        raise storage_error(exc, uri) from exc
+
+    return retrying(read, uri)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -93,14 +137,15 @@ def write_bytes(uri: str, data: bytes) -> None:
     payload goes in one upload, and the object appears only when that completes.
     """
     filesystem, path = resolve(uri)
-    try:
+
+    def write() -> None:
         if isinstance(filesystem, pafs.LocalFileSystem):
             _write_local_atomic(path, data)
         else:
             with filesystem.open_output_stream(path) as stream:
                 stream.write(data)
-    except OSError as exc:
-        raise storage_error(exc, uri) from exc
+
+    retrying(write, uri)
 
 
 def _write_local_atomic(path: str, data: bytes) -> None:
@@ -117,10 +162,7 @@ def _write_local_atomic(path: str, data: bytes) -> None:
 
 def exists(uri: str) -> bool:
     filesystem, path = resolve(uri)
-    try:
-        return filesystem.get_file_info(path).type != pafs.FileType.NotFound
-    except OSError as exc:
-        raise storage_error(exc, uri) from exc
+    return retrying(lambda: filesystem.get_file_info(path).type != pafs.FileType.NotFound, uri)
 
 
 def is_dir(uri: str) -> bool:
@@ -132,17 +174,17 @@ def is_dir(uri: str) -> bool:
         raise storage_error(exc, uri) from exc
 
 
-def list_files(uri: str, extensions: tuple[str, ...]) -> list[str]:
+def list_files(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
     """Every file under a directory or prefix, recursively, whose name ends in one of
-    `extensions` (case-insensitive), as sorted URIs in the same scheme as `uri`."""
+    `extensions` (case-insensitive): sorted (uri, path relative to `uri`) pairs, the URIs
+    in the same scheme as `uri`."""
     filesystem, path = resolve(uri)
-    try:
-        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
-    except OSError as exc:
-        raise storage_error(exc, uri) from exc
+    selector = pafs.FileSelector(path, recursive=True)
+    infos = retrying(lambda: filesystem.get_file_info(selector), uri)
     prefix = f"{scheme(uri)}://" if is_remote(uri) else ""
+    base = path.rstrip("/") + "/"
     return sorted(
-        prefix + info.path
+        (prefix + info.path, info.path[len(base) :])
         for info in infos
         if info.type == pafs.FileType.File and info.path.lower().endswith(extensions)
     )

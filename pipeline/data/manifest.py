@@ -1,0 +1,135 @@
+"""The record of a run: a Parquet manifest with one row per (input, style), and a summary.
+
+Layout under the output prefix:
+    _manifest/RUN_ID-00000.parquet, ...   rows of every run, readable as one dataset
+    _runs/RUN_ID.json                      counts and timings of one run
+
+Parts are written from the driver as rows stream in, every `flush_rows` rows or
+`flush_seconds`, each part atomically, so a run that dies keeps the record of what it did.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.storage.uri import join, write_bytes
+
+# Columns the pipeline's last stage produces, one row per (input, style).
+ROW_SCHEMA = pa.schema(
+    [
+        ("input_uri", pa.string()),
+        ("rel_path", pa.string()),
+        ("style", pa.string()),
+        ("output_uri", pa.string()),  # null unless status == "ok"
+        ("status", pa.string()),  # ok | error | skipped
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("encoder_sha256", pa.string()),
+        ("decoder_sha256", pa.string()),
+        ("decode_ms", pa.float32()),
+        ("model_ms", pa.float32()),
+        ("write_ms", pa.float32()),
+    ]
+)
+# Columns that are the same for a whole run, added by the driver.
+RUN_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("alpha", pa.float32()),
+        ("style_weights", pa.string()),
+        ("preserve_color", pa.string()),
+        ("precision", pa.string()),
+        ("content_size", pa.int32()),
+        ("max_side", pa.int32()),
+        ("crop", pa.bool_()),
+        ("format", pa.string()),
+        ("quality", pa.int32()),
+    ]
+)
+MANIFEST_SCHEMA = pa.schema([*RUN_SCHEMA, *ROW_SCHEMA, ("recorded_at", pa.timestamp("ms", tz="UTC"))])
+STATUSES = ("ok", "error", "skipped")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"-{time.time_ns() % 16**6:06x}"
+
+
+def table_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+class ManifestWriter:
+    """Collects manifest rows in the driver and writes them out in Parquet parts."""
+
+    def __init__(
+        self,
+        output: str,
+        run_id: str,
+        run_values: dict[str, Any],
+        flush_rows: int = 50_000,
+        flush_seconds: float = 30.0,
+        samples: int = 8,
+    ) -> None:
+        self.dir = join(output, "_manifest")
+        self.run_id = run_id
+        self.run_values = {**run_values, "run_id": run_id}
+        self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
+        self.counts: Counter[str] = Counter()
+        self.samples: list[tuple[str, str]] = []  # (input_uri, output_uri) of a few ok rows
+        self._want_samples = samples
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._parts = 0
+        self._last_flush = time.monotonic()
+
+    def add(self, rows: pa.Table) -> None:
+        rows = rows.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
+        for status, count in zip(*_value_counts(rows.column("status")), strict=True):
+            self.counts[status] += count
+        if len(self.samples) < self._want_samples:
+            ok = rows.filter(pc.equal(rows.column("status"), "ok")).slice(0, self._want_samples)
+            pairs = zip(ok.column("input_uri").to_pylist(), ok.column("output_uri").to_pylist(), strict=True)
+            self.samples += list(pairs)
+            del self.samples[self._want_samples :]
+        self._pending.append(rows)
+        self._pending_rows += rows.num_rows
+        if self._pending_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending_rows:
+            return
+        rows = pa.concat_tables(self._pending)
+        n = rows.num_rows
+        columns = {field.name: pa.array([self.run_values[field.name]] * n, field.type) for field in RUN_SCHEMA}
+        columns.update({name: rows.column(name) for name in ROW_SCHEMA.names})
+        columns["recorded_at"] = pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("ms", tz="UTC"))
+        table = pa.table(columns, schema=MANIFEST_SCHEMA)
+        write_bytes(join(self.dir, f"{self.run_id}-{self._parts:05d}.parquet"), table_bytes(table))
+        self._parts += 1
+        self._pending, self._pending_rows = [], 0
+        self._last_flush = time.monotonic()
+
+
+def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def write_summary(output: str, summary: dict[str, Any]) -> str:
+    """Write `_runs/RUN_ID.json`; returns its URI."""
+    uri = join(output, "_runs", f"{summary['run_id']}.json")
+    write_bytes(uri, json.dumps(summary, indent=2, sort_keys=True).encode())
+    return uri

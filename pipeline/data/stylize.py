@@ -1,0 +1,148 @@
+"""The distributed stylization job: object storage -> Ray Data -> model actors -> outputs + manifest.
+
+list -> read + decode (tasks) -> Stylizer (actors, GPU or CPU) -> encode + write (tasks)
+                                                                    -> manifest (driver)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from typing import Any
+
+import ray
+
+from pipeline.config import ModelConfig, Scale, StylizeConfig
+from pipeline.data.listing import list_inputs, list_styles
+from pipeline.data.manifest import STATUSES, ManifestWriter, new_run_id, write_summary
+from pipeline.data.preview import write_preview
+from pipeline.data.stages import Stylizer, Variant, decode_inputs, write_outputs
+from pipeline.errors import ConfigError, ImageError
+from pipeline.imaging.codec import prepare
+from pipeline.model.checkpoint import weight_uri
+from pipeline.storage.cache import fetch
+from pipeline.storage.uri import join, read_bytes
+
+log = logging.getLogger(__name__)
+
+_BLOCK_ROWS = 1000  # input rows per block: small enough to spread a listing over the cluster
+
+
+def variants_for(cfg: StylizeConfig) -> list[Variant]:
+    """Each style image is its own output, unless --style-weights blends them into one."""
+    styles = list_styles(cfg.styles)
+    weights = cfg.controls.style_weights
+    if weights is None:
+        return [Variant(style_id, (uri,)) for style_id, uri in styles]
+    if len(weights) != len(styles):
+        raise ConfigError(f"--style-weights has {len(weights)} weights for {len(styles)} style images")
+    key = ",".join(f"{sid}={w:g}" for (sid, _), w in zip(styles, weights, strict=True))
+    blend_id = "blend-" + hashlib.sha256(key.encode()).hexdigest()[:8]
+    return [Variant(blend_id, tuple(uri for _, uri in styles), tuple(weights))]
+
+
+def check_ready(cfg: StylizeConfig, variants: list[Variant]) -> None:
+    """Fail before starting the cluster work if weights or style images are unusable."""
+    fetch(*weight_uri(cfg.model.encoder), flag="--encoder")
+    fetch(*weight_uri(cfg.model.decoder), flag="--decoder")
+    for uri in sorted({u for v in variants for u in v.uris}):
+        try:
+            prepare(read_bytes(uri), cfg.sizing.style_size, cfg.sizing.crop, cfg.sizing.max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"style {uri}: {exc}") from None
+
+
+def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
+    """GPU actors when the cluster has GPUs (or --device cuda asks for them), else CPU actors
+    leaving one CPU for decoding and writing. Ray gives each actor one torch thread per CPU."""
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0.0)
+    if model.device.startswith("cuda") or (model.device == "auto" and gpus > 0):
+        actors = scale.actors or max(1, int(gpus / scale.gpus_per_actor))
+        return {"concurrency": actors, "num_gpus": scale.gpus_per_actor, "num_cpus": scale.cpus_per_actor}
+    actors = scale.actors or max(1, int((resources.get("CPU", 1.0) - 1) // scale.cpus_per_actor))
+    return {"concurrency": actors, "num_cpus": scale.cpus_per_actor}
+
+
+def connect(address: str | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS); with neither, start a local Ray."""
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+
+
+def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
+    """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
+    started = time.time()
+    inputs = list_inputs(cfg.input, cfg.extensions, cfg.input_root)
+    variants = variants_for(cfg)
+    check_ready(cfg, variants)
+    connect(cfg.address)
+    run_id = cfg.run_id or new_run_id()
+    batch = cfg.scale.batch_size
+    blocks = [inputs.slice(i, _BLOCK_ROWS) for i in range(0, inputs.num_rows, _BLOCK_ROWS)]
+    style_ids = [v.style_id for v in variants]
+
+    ds = ray.data.from_arrow(blocks)
+    ds = ds.map_batches(
+        decode_inputs,
+        fn_kwargs={"style_ids": style_ids, "output": cfg.output, "sizing": cfg.sizing},
+        batch_format="pyarrow",
+        batch_size=batch,
+    )
+    ds = ds.map_batches(
+        Stylizer,
+        fn_constructor_kwargs={
+            "model": cfg.model,
+            "controls": cfg.controls,
+            "sizing": cfg.sizing,
+            "variants": variants,
+            "batch_size": batch,
+        },
+        batch_format="pyarrow",
+        batch_size=batch,
+        **actor_resources(cfg.model, cfg.scale),
+    )
+    ds = ds.map_batches(write_outputs, fn_kwargs={"output": cfg.output}, batch_format="pyarrow", batch_size=batch)
+
+    manifest = ManifestWriter(cfg.output.uri, run_id, run_values(cfg))
+    for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        manifest.add(rows)
+    manifest.flush()
+
+    wall = time.time() - started
+    counts = {status: manifest.counts.get(status, 0) for status in STATUSES}
+    summary = {
+        "run_id": run_id,
+        "input": cfg.input,
+        "output": cfg.output.uri,
+        "inputs": inputs.num_rows,
+        "styles": style_ids,
+        **counts,
+        "total": sum(counts.values()),
+        "wall_s": round(wall, 3),
+        "images_per_s": round(counts["ok"] / wall, 3) if wall > 0 else None,
+        "manifest": join(cfg.output.uri, "_manifest"),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+    summary["summary"] = write_summary(cfg.output.uri, summary)
+    if cfg.preview and manifest.samples:
+        write_preview(manifest.samples, cfg.preview, cfg.sizing.max_pixels)
+        summary["preview"] = cfg.preview
+    return summary
+
+
+def run_values(cfg: StylizeConfig) -> dict[str, Any]:
+    """The manifest's per-run columns: the controls that shaped every output."""
+    weights = cfg.controls.style_weights
+    return {
+        "alpha": cfg.controls.alpha,
+        "style_weights": None if weights is None else ",".join(f"{w:g}" for w in weights),
+        "preserve_color": cfg.controls.preserve_color,
+        "precision": cfg.model.precision,
+        "content_size": cfg.sizing.content_size,
+        "max_side": cfg.sizing.max_side,
+        "crop": cfg.sizing.crop,
+        "format": cfg.output.format,
+        "quality": cfg.output.quality,
+    }
