@@ -134,3 +134,17 @@ def http_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The one local Ray instance of the test session (2 CPUs), started after the S3
+    endpoint is set so that its workers inherit it, with its own weight cache. Yields its address."""
+    import ray
+
+    os.environ["ADAIN_CACHE"] = str(tmp_path_factory.mktemp("ray-adain-cache"))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

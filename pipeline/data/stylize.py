@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import ray
+from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, Scale, StylizeConfig
 from pipeline.data.listing import list_inputs, list_styles
@@ -60,9 +61,13 @@ def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
     gpus = resources.get("GPU", 0.0)
     if model.device.startswith("cuda") or (model.device == "auto" and gpus > 0):
         actors = scale.actors or max(1, int(gpus / scale.gpus_per_actor))
-        return {"concurrency": actors, "num_gpus": scale.gpus_per_actor, "num_cpus": scale.cpus_per_actor}
+        return {
+            "compute": ActorPoolStrategy(size=actors),
+            "num_gpus": scale.gpus_per_actor,
+            "num_cpus": scale.cpus_per_actor,
+        }
     actors = scale.actors or max(1, int((resources.get("CPU", 1.0) - 1) // scale.cpus_per_actor))
-    return {"concurrency": actors, "num_cpus": scale.cpus_per_actor}
+    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": scale.cpus_per_actor}
 
 
 def connect(address: str | None) -> None:

@@ -1,0 +1,56 @@
+"""The distributed stylization job end to end, on the session's local Ray instance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from pipeline.config import ModelConfig, OutputSpec, Sizing, StylizeConfig
+from pipeline.data.stylize import run_stylize
+from tests import images
+from tests.conftest import S3Server, WeightFiles
+
+
+def config(weights: WeightFiles, input: str, styles: tuple[str, ...], output: str, **kw) -> StylizeConfig:
+    return StylizeConfig(
+        input=input,
+        styles=styles,
+        output=OutputSpec(output, kw.pop("format", "png")),
+        model=ModelConfig(str(weights.vgg), str(weights.decoder), "cpu"),
+        sizing=Sizing(content_size=32, style_size=32),
+        **kw,
+    )
+
+
+def test_local_directories(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    images.write(src / "a.jpg", images.encoded(48, 40))
+    images.write(src / "nested" / "b.PNG", images.encoded(40, 64, "PNG", seed=1))
+    style = images.write(tmp_path / "styles" / "wave.jpg", images.encoded(32, 32, seed=2))
+    out = tmp_path / "out"
+    summary = run_stylize(config(weights, str(src), (str(style),), str(out)))
+    assert summary["ok"] == 2 and summary["error"] == 0 and summary["skipped"] == 0
+    assert Image.open(out / "wave" / "a.png").size == (38, 32)
+    assert Image.open(out / "wave" / "nested" / "b.png").size == (32, 51)
+    manifest = pd.read_parquet(out / "_manifest")
+    assert len(manifest) == 2 and set(manifest.status) == {"ok"}
+    assert json.loads((out / "_runs" / f"{summary['run_id']}.json").read_text())["ok"] == 2
+
+
+def test_s3_prefixes(ray_cluster: str, weights: WeightFiles, s3_server: S3Server, bucket: str) -> None:
+    s3 = s3_server.client()
+    s3.put_object(Bucket=bucket, Key="photos/x.jpg", Body=images.encoded(40, 40))
+    s3.put_object(Bucket=bucket, Key="photos/sub/y.webp", Body=images.encoded(40, 40, "WEBP", seed=3))
+    s3.put_object(Bucket=bucket, Key="styles/one.png", Body=images.encoded(32, 32, "PNG", seed=4))
+    s3.put_object(Bucket=bucket, Key="styles/two.png", Body=images.encoded(32, 32, "PNG", seed=5))
+    cfg = config(weights, f"s3://{bucket}/photos", (f"s3://{bucket}/styles/",), f"s3://{bucket}/out", format="jpg")
+    summary = run_stylize(cfg)
+    assert (summary["ok"], summary["total"]) == (4, 4)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]}
+    assert {"out/one/x.jpg", "out/one/sub/y.jpg", "out/two/x.jpg", "out/two/sub/y.jpg"} <= keys
+    assert any(k.startswith("out/_manifest/") for k in keys)
+    assert f"out/_runs/{summary['run_id']}.json" in keys
