@@ -33,6 +33,7 @@ from pipeline.imaging.codec import (
 from pipeline.model.functional import Stats, blend_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
+from pipeline.storage.keys import output_stems
 from pipeline.storage.uri import is_dir, join, list_files, read_bytes, write_bytes
 
 
@@ -60,10 +61,6 @@ def _expand(uri: str) -> list[tuple[str, str]]:
     if not files:
         raise ConfigError(f"{uri}: no images ({', '.join(IMAGE_EXTENSIONS)}) in this directory")
     return files
-
-
-def _stem(relpath: str) -> str:
-    return posixpath.splitext(relpath)[0]
 
 
 @contextlib.contextmanager
@@ -97,8 +94,8 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
         raise ConfigError(f"{n_outputs} outputs to write: OUTPUT must be a directory, not {req.output}")
     fmt = req.out_format if to_dir else format_of(req.output)
 
-    def output_uri(content_rel: str, suffix: str) -> str:
-        return join(req.output, f"{_stem(content_rel)}_{suffix}.{fmt}") if to_dir else req.output
+    def output_uri(stem: str, suffix: str) -> str:
+        return join(req.output, f"{stem}_{suffix}.{fmt}") if to_dir else req.output
 
     model = load_model(model_cfg)
     style_images = [_load(uri, sizing.style_size, sizing) for uri, _ in styles]
@@ -108,7 +105,8 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
             mask_image = decode(read_bytes(req.mask))
     cached = None if controls.preserve_color == "coral" else [model.style_stats(s[None]) for s in style_images]
     failures = 0
-    for uri, rel in contents:
+    style_names = [stem.replace("/", "_") for stem in output_stems([rel for _, rel in styles])]
+    for (uri, _), stem in zip(contents, output_stems([rel for _, rel in contents]), strict=True):
         try:
             content = _load(uri, sizing.content_size, sizing)
             stats = cached or [model.style_stats(coral(s, content)[None]) for s in style_images]
@@ -117,11 +115,11 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
                 stylized = [(combined, _stylize(model, content, stats, controls, mask))]
             else:
                 stylized = [
-                    (f"stylized_{_stem(srel).replace('/', '_')}", _stylize(model, content, [st], controls, None))
-                    for (_, srel), st in zip(styles, stats, strict=True)
+                    (f"stylized_{name}", _stylize(model, content, [st], controls, None))
+                    for name, st in zip(style_names, stats, strict=True)
                 ]
             for suffix, image in stylized:
-                target = output_uri(rel, suffix)
+                target = output_uri(stem, suffix)
                 write_bytes(target, encode(to_image(image[0]), fmt, req.quality))
                 print(f"wrote {target}")
         except AdainError as exc:

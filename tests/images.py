@@ -23,7 +23,7 @@ def encoded(width: int = 64, height: int = 48, fmt: str = "JPEG", mode: str = "R
     """An image of `mode` in `fmt`, as bytes."""
     img = Image.fromarray(gradient(width, height, seed), "RGB")
     if mode == "I;16":
-        img = Image.fromarray((np.asarray(img.convert("L")).astype(np.uint16) * 257), "I;16")
+        img = Image.fromarray(np.asarray(img.convert("L")).astype(np.uint16) * 257)  # uint16 -> I;16
     elif mode != "RGB":
         img = img.convert(mode)
     buffer = io.BytesIO()

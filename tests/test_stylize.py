@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from PIL import Image
 
 from pipeline.config import ModelConfig, OutputSpec, Sizing, StylizeConfig

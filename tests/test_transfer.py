@@ -151,7 +151,7 @@ MODES = {
     "P-transparency": _p_with_transparency,
     "RGBA": lambda: images.encoded(*WIDE, "PNG", mode="RGBA"),
     "CMYK-jpeg": lambda: images.encoded(*WIDE, "JPEG", mode="CMYK"),
-    "I16-png": lambda: _sixteen_bit_png(),
+    "I16-png": _sixteen_bit_png,
     "RGB-png": lambda: images.encoded(*WIDE, "PNG"),
     "RGB-webp": lambda: images.encoded(*WIDE, "WEBP"),
     "RGB-jpeg": lambda: images.encoded(*WIDE, "JPEG"),
@@ -164,7 +164,8 @@ def test_every_image_mode_is_stylized_at_the_requested_size(
 ) -> None:
     """Real-world files come in every mode; each must give a normal RGB output, aspect kept."""
     data = MODES[kind]()
-    ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[Image.open(io.BytesIO(data)).format]
+    with Image.open(io.BytesIO(data)) as probe:
+        ext = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}[probe.format]
     source = images.write(tmp_path / f"photo.{ext}", data)
     out = tmp_path / "out.png"
     assert transfer(weights, source, styles[0], "-o", out) == 0
@@ -176,22 +177,25 @@ def test_every_image_mode_is_stylized_at_the_requested_size(
 
 def test_exif_rotated_jpeg_comes_out_upright(weights: WeightFiles, styles: tuple[Path, Path], tmp_path: Path) -> None:
     """A phone photo stored sideways with EXIF orientation 6 must be stylized as it is displayed:
-    the output equals the output for the same pixels already rotated 90 degrees clockwise."""
+    the output equals the output for the same pixels already rotated 90 degrees clockwise, and
+    not the output for the other way round."""
     data = images.exif_rotated_jpeg(*WIDE)
     rotated = images.write(tmp_path / "phone.jpg", data)
     with Image.open(io.BytesIO(data)) as stored:
         assert stored.size == WIDE  # the stored pixels are landscape
-        upright = np.asarray(stored.convert("RGB").transpose(Image.Transpose.ROTATE_270))
-    manual = images.write(tmp_path / "upright.png", png(np.ascontiguousarray(upright)))
+        raw = stored.convert("RGB")
+    clockwise = images.write(tmp_path / "cw.png", png(np.asarray(raw.transpose(Image.Transpose.ROTATE_270))))
+    counter = images.write(tmp_path / "ccw.png", png(np.asarray(raw.transpose(Image.Transpose.ROTATE_90))))
 
-    assert transfer(weights, rotated, styles[0], "-o", tmp_path / "a.png") == 0
-    assert transfer(weights, manual, styles[0], "-o", tmp_path / "b.png") == 0
-    assert size_of(tmp_path / "a.png") == WIDE_OUT[::-1]  # portrait: width and height swapped
-    assert_same(tmp_path / "a.png", tmp_path / "b.png")
+    for source, name in ((rotated, "exif"), (clockwise, "cw"), (counter, "ccw")):
+        assert transfer(weights, source, styles[0], "-o", tmp_path / f"{name}.out.png") == 0
+    assert size_of(tmp_path / "exif.out.png") == WIDE_OUT[::-1]  # portrait: width and height swapped
+    assert_same(tmp_path / "exif.out.png", tmp_path / "cw.out.png")
+    assert_differ(tmp_path / "exif.out.png", tmp_path / "ccw.out.png")
 
 
-def _half_transparent(mode: str) -> tuple[bytes, np.ndarray]:
-    """An image whose left half is fully transparent, and the RGB it must look like on white."""
+def _half_transparent(mode: str, background: int = 255) -> tuple[bytes, np.ndarray]:
+    """An image whose left half is fully transparent, and the RGB it looks like on `background`."""
     rgb = images.gradient(*WIDE, seed=4)
     left = np.zeros(rgb.shape[:2], bool)
     left[:, : WIDE[0] // 2] = True
@@ -204,16 +208,16 @@ def _half_transparent(mode: str) -> tuple[bytes, np.ndarray]:
         expected = np.asarray(img.convert("RGB")).copy()
         buffer = io.BytesIO()
         img.save(buffer, "PNG", transparency=0)
-        expected[index == 0] = 255
+        expected[index == 0] = background
         return buffer.getvalue(), expected
     alpha = np.where(left, 0, 255).astype(np.uint8)
     if mode == "LA":
         gray = np.asarray(Image.fromarray(rgb, "RGB").convert("L"))
         data = png(np.stack([gray, alpha], -1), "LA")
-        expected = np.repeat(np.where(left, 255, gray)[..., None], 3, -1).astype(np.uint8)
+        expected = np.repeat(np.where(left, background, gray)[..., None], 3, -1).astype(np.uint8)
         return data, expected
     data = png(np.concatenate([rgb, alpha[..., None]], -1), "RGBA")
-    expected = np.where(left[..., None], 255, rgb).astype(np.uint8)
+    expected = np.where(left[..., None], background, rgb).astype(np.uint8)
     return data, expected
 
 
@@ -223,12 +227,14 @@ def test_transparent_pixels_are_stylized_as_white(
 ) -> None:
     """Transparency is composited on white (not black, not dropped): a logo with a transparent
     background gives the same result as the logo on a white background."""
-    data, expected = _half_transparent(mode)
+    data, on_white = _half_transparent(mode)
     transparent = images.write(tmp_path / "logo.png", data)
-    on_white = images.write(tmp_path / "white.png", png(expected))
-    assert transfer(weights, transparent, styles[0], "-o", tmp_path / "a.png", "--content-size", 0) == 0
-    assert transfer(weights, on_white, styles[0], "-o", tmp_path / "b.png", "--content-size", 0) == 0
-    assert_same(tmp_path / "a.png", tmp_path / "b.png")
+    white = images.write(tmp_path / "white.png", png(on_white))
+    black = images.write(tmp_path / "black.png", png(_half_transparent(mode, background=0)[1]))
+    for source, name in ((transparent, "a"), (white, "w"), (black, "b")):
+        assert transfer(weights, source, styles[0], "-o", tmp_path / f"{name}.out.png", "--content-size", 0) == 0
+    assert_same(tmp_path / "a.out.png", tmp_path / "w.out.png")
+    assert_differ(tmp_path / "a.out.png", tmp_path / "b.out.png")
 
 
 def test_16_bit_png_is_scaled_not_clipped(weights: WeightFiles, styles: tuple[Path, Path], tmp_path: Path) -> None:
@@ -237,9 +243,11 @@ def test_16_bit_png_is_scaled_not_clipped(weights: WeightFiles, styles: tuple[Pa
     with Image.open(deep) as opened:
         assert opened.mode.startswith("I")  # really stored as 16 bits per sample
     gray = images.write(tmp_path / "gray.png", png(_gray(), "L"))
-    assert transfer(weights, deep, styles[0], "-o", tmp_path / "a.png") == 0
-    assert transfer(weights, gray, styles[0], "-o", tmp_path / "b.png") == 0
-    assert_same(tmp_path / "a.png", tmp_path / "b.png")
+    white = images.write(tmp_path / "white.png", png(np.full(WIDE[::-1], 255, np.uint8), "L"))
+    for source, name in ((deep, "a"), (gray, "g"), (white, "w")):
+        assert transfer(weights, source, styles[0], "-o", tmp_path / f"{name}.out.png") == 0
+    assert_same(tmp_path / "a.out.png", tmp_path / "g.out.png")
+    assert_differ(tmp_path / "a.out.png", tmp_path / "w.out.png")
 
 
 # -------------------------------------------------------------------- broken inputs
@@ -248,7 +256,7 @@ BROKEN = {
     "truncated.jpg": (images.truncated_jpeg, "truncated"),
     "empty.jpg": (lambda: b"", "empty"),
     "notes.jpg": (lambda: b"this is a text file, not a JPEG\n" * 4, "not an image"),
-    "bomb.png": (images.huge_header_png, "MP"),
+    "bomb.png": (images.huge_header_png, "over the limit"),
 }
 
 
@@ -637,7 +645,7 @@ def test_preserve_color_coral_handles_a_flat_colour_channel(
     pair = (content, flat_image) if flat == "style" else (flat_image, styles[0])
     out = tmp_path / "o.png"
     assert transfer(weights, *pair, "-o", out, "--preserve-color", "coral") == 0
-    assert np.isfinite(pixels(out)).all() and size_of(out) == ((42, 32) if flat == "style" else (38, 32))
+    assert size_of(out) == (WIDE_OUT if flat == "style" else (38, 32))
 
 
 def test_preserve_color_luminance_keeps_the_content_chroma(
@@ -649,15 +657,14 @@ def test_preserve_color_luminance_keeps_the_content_chroma(
     source = images.write(tmp_path / "content.png", png(rgb))
     flags = ("--content-size", 0)
     assert transfer(weights, source, styles[1], "-o", tmp_path / "none.png", *flags) == 0
-    assert (
-        transfer(weights, source, styles[1], "-o", tmp_path / "lum.png", "--preserve-color", "luminance", *flags) == 0
-    )
+    keep = ("--preserve-color", "luminance")
+    assert transfer(weights, source, styles[1], "-o", tmp_path / "lum.png", *keep, *flags) == 0
     want = ycbcr_chroma(rgb)
     kept = np.abs(ycbcr_chroma(pixels(tmp_path / "lum.png")) - want)
     free = np.abs(ycbcr_chroma(pixels(tmp_path / "none.png")) - want)
-    assert np.median(kept) <= 1.0, np.median(kept)
-    assert kept.mean() < 3.0, kept.mean()
-    assert kept.mean() < free.mean() / 3, (kept.mean(), free.mean())
+    assert np.median(kept) <= 0.5, np.median(kept)
+    assert kept.mean() < 1.5, kept.mean()  # rounding, and clipping where a colour leaves the gamut
+    assert free.mean() > 10 * kept.mean(), (kept.mean(), free.mean())
 
 
 # ----------------------------------------------------------------------------- sizes

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS
-from pipeline.storage.keys import relative_to, safe_relpath, slug
+from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug
 from pipeline.storage.uri import is_dir, list_files, read_bytes
 
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".txt")
@@ -39,7 +39,8 @@ def _absolute(uri: str, list_file: str) -> str:
 
 
 def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None) -> pa.Table:
-    """A table of (input_uri, rel_path): every image to process and its key below the output.
+    """A table of (input_uri, rel_path, key): every image to process, its path below the
+    input prefix, and its output name without extension (see `output_stems`).
 
     `source` is a directory/prefix (listed recursively, extensions matched case-insensitively),
     a single image, or a list file (.parquet, .csv, .txt) of URIs. rel_path is relative to
@@ -61,7 +62,7 @@ def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, roo
         raise ConfigError(f"{source}: no input images (extensions {', '.join(extensions)})")
     uris, rels = zip(*pairs, strict=True)
     rels = [safe_relpath(rel) for rel in rels]
-    return pa.table({"input_uri": list(uris), "rel_path": rels})
+    return pa.table({"input_uri": list(uris), "rel_path": rels, "key": output_stems(rels)})
 
 
 def list_styles(refs: tuple[str, ...]) -> list[tuple[str, str]]:

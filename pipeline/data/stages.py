@@ -40,6 +40,7 @@ DECODED_SCHEMA = pa.schema(
     [
         ("input_uri", pa.string()),
         ("rel_path", pa.string()),
+        ("key", pa.string()),
         ("todo", pa.list_(pa.string())),  # style ids still to produce
         ("skipped", pa.list_(pa.string())),  # style ids whose output already exists
         ("pixels", pa.binary()),
@@ -49,7 +50,7 @@ DECODED_SCHEMA = pa.schema(
         ("decode_ms", pa.float32()),
     ]
 )
-STYLIZED_SCHEMA = pa.schema([*ROW_SCHEMA, ("pixels", pa.binary())])
+STYLIZED_SCHEMA = pa.schema([*ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary())])
 
 
 def _ms(since: float) -> float:
@@ -59,11 +60,12 @@ def _ms(since: float) -> float:
 def decode_inputs(batch: pa.Table, *, style_ids: list[str], output: OutputSpec, sizing: Sizing) -> pa.Table:
     """Read and decode each input whose outputs are not all there yet."""
     rows = []
-    for uri, rel in zip(batch.column("input_uri").to_pylist(), batch.column("rel_path").to_pylist(), strict=True):
+    for row in batch.select(["input_uri", "rel_path", "key"]).to_pylist():
         start = time.perf_counter()
-        row = {"input_uri": uri, "rel_path": rel, "todo": list(style_ids), "skipped": []}
+        uri = row["input_uri"]
+        row.update(todo=list(style_ids), skipped=[])
         if not output.overwrite:
-            done = {s for s in style_ids if exists(output_key(output.uri, s, rel, output.format))}
+            done = {s for s in style_ids if exists(output_key(output.uri, s, row["key"], output.format))}
             row["todo"] = [s for s in style_ids if s not in done]
             row["skipped"] = [s for s in style_ids if s in done]
         if row["todo"]:
@@ -120,7 +122,7 @@ class Stylizer:
         identity = self.model.identity
         rows = []
         for i, row in enumerate(decoded):
-            base = {k: row[k] for k in ("input_uri", "rel_path", "width", "height", "decode_ms")} | identity
+            base = {k: row[k] for k in ("input_uri", "rel_path", "key", "width", "height", "decode_ms")} | identity
             for style in row["skipped"]:
                 rows.append(base | {"style": style, "status": "skipped"})
             for style in row["todo"]:
@@ -167,11 +169,11 @@ def write_outputs(batch: pa.Table, *, output: OutputSpec) -> pa.Table:
     """Encode and write each pending output at its deterministic key; the rows become manifest rows."""
     rows = batch.to_pylist()
     for row in rows:
-        pixels = row.pop("pixels")
+        pixels, key = row.pop("pixels"), row.pop("key")
         if row["status"] != "pending":
             continue
         start = time.perf_counter()
-        uri = output_key(output.uri, row["style"], row["rel_path"], output.format)
+        uri = output_key(output.uri, row["style"], key, output.format)
         try:
             img = Image.frombytes("RGB", (row["width"], row["height"]), pixels)
             write_bytes(uri, encode(img, output.format, output.quality))

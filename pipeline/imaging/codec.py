@@ -10,6 +10,7 @@ reason, and every odd-but-valid image (EXIF-rotated, grayscale, palette, alpha, 
 from __future__ import annotations
 
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -40,11 +41,13 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     width, height = img.size
     if width * height > max_pixels:
         raise ImageError(
-            f"{width}x{height} is {width * height / 1e6:.0f} MP, over the {max_pixels / 1e6:.0f} MP limit "
+            f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
             "(a decompression bomb?); raise --max-pixels if the file is trusted"
         )
     try:
-        img.load()
+        with warnings.catch_warnings():  # Pillow warns about some truncated files; we raise instead
+            warnings.simplefilter("ignore")
+            img.load()
         img = ImageOps.exif_transpose(img)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"corrupt or truncated {img.format or 'image'} ({exc})") from None

@@ -89,7 +89,8 @@ def coral(source: Tensor, target: Tensor) -> Tensor:
 
     def standardise(img: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         flat = img.reshape(3, -1).double()
-        mean, std = flat.mean(dim=1, keepdim=True), flat.std(dim=1, keepdim=True)
+        # A flat channel (std 0) would divide by zero; it keeps its mean instead.
+        mean, std = flat.mean(dim=1, keepdim=True), flat.std(dim=1, keepdim=True).clamp(min=1e-5)
         return (flat - mean) / std, mean, std
 
     src, _, _ = standardise(source)

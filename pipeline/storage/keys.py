@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import posixpath
 import re
+from collections import Counter
+from collections.abc import Sequence
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -36,8 +38,18 @@ def relative_to(uri: str, root: str) -> str:
     return path.split("/", 1)[1] if "://" in uri and "/" in path else path
 
 
-def output_key(output: str, style_id: str, rel: str, fmt: str) -> str:
-    """OUTPUT/STYLE/REL_WITHOUT_EXT.FMT, guaranteed to lie under OUTPUT."""
-    stem = posixpath.splitext(safe_relpath(rel))[0]
-    key = f"{output.rstrip('/')}/{slug(style_id)}/{stem}.{fmt}"
-    return key
+def output_stems(rels: Sequence[str]) -> list[str]:
+    """Each input's output name without extension: its safe relative path minus the
+    extension, keeping the extension in the name (`a_png`) where two inputs would
+    otherwise share one (`a.jpg`, `a.png`)."""
+    stems = [posixpath.splitext(safe_relpath(rel))[0] for rel in rels]
+    counts = Counter(stems)
+    return [
+        stem if counts[stem] == 1 else f"{stem}_{posixpath.splitext(rel)[1].lstrip('.')}"
+        for stem, rel in zip(stems, rels, strict=True)
+    ]
+
+
+def output_key(output: str, style_id: str, stem: str, fmt: str) -> str:
+    """OUTPUT/STYLE/STEM.FMT, always inside OUTPUT."""
+    return f"{output.rstrip('/')}/{slug(style_id)}/{safe_relpath(stem)}.{fmt}"
