@@ -102,7 +102,7 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
     mask_image = None
     if req.mask:
         with _about(req.mask):
-            mask_image = decode(read_bytes(req.mask))
+            mask_image = decode(read_bytes(req.mask), sizing.max_pixels)
     cached = None if controls.preserve_color == "coral" else [model.style_stats(s[None]) for s in style_images]
     failures = 0
     style_names = [stem.replace("/", "_") for stem in output_stems([rel for _, rel in styles])]

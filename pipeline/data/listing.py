@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS
 from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug
-from pipeline.storage.uri import is_dir, list_files, read_bytes
+from pipeline.storage.uri import exists, is_dir, list_files, read_bytes, storage_error
 
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".txt")
 
@@ -54,9 +54,11 @@ def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, roo
             uris = [u for u, _ in list_files(source, extensions)]
         elif source.lower().endswith(LIST_FILE_EXTENSIONS):
             uris = [_absolute(u, source) for u in _uris_from_list_file(source)]
-        else:
+        elif exists(source):
             uris = [source]
             root = root or posixpath.dirname(source)
+        else:
+            raise storage_error(FileNotFoundError(source), source)  # says so if the bucket is missing
         pairs = [(u, relative_to(u, root or "")) for u in uris]
     if not pairs:
         raise ConfigError(f"{source}: no input images (extensions {', '.join(extensions)})")
