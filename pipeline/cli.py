@@ -129,17 +129,35 @@ def load_options(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
         raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(options, dict):
         raise ConfigError(f"--config {path}: expected a mapping of option: value")
-    known = {action.dest for action in parser._actions} - {"help", "config", "run"}
+    actions = {a.dest: a for a in parser._actions if a.dest not in ("help", "config", "run")}
     values: dict[str, Any] = {}
     for key, value in options.items():
         dest = str(key).replace("-", "_")
         if dest in ("style", "styles"):
             values["config_styles"] = [value] if isinstance(value, str) else list(value)
-        elif dest in known:
-            values[dest] = tuple(value) if isinstance(value, list) else value
-        else:
+            continue
+        if dest not in actions:
             raise ConfigError(f"--config {path}: unknown option '{key}'; options are the flag names, e.g. content_size")
+        values[dest] = _option_value(actions[dest], value, f"--config {path}: {key}")
     return values
+
+
+def _option_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A YAML value as the flag would give it: lists as comma-separated text, then the flag's own type."""
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if value is None:
+        return None
+    text = ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+    try:
+        converted = action.type(text) if action.type else text
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    if action.choices and converted not in action.choices:
+        raise ConfigError(f"{where}: {converted!r} is not one of {', '.join(map(str, action.choices))}")
+    return converted
 
 
 def build_parser() -> argparse.ArgumentParser:
