@@ -15,6 +15,7 @@ from pipeline.errors import AdainError, ConfigError
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
 from pipeline.model.checkpoint import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_WEIGHTS
 from pipeline.model.stylizer import PRECISIONS
+from pipeline.train.command import add_train_command
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -179,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_size_flags(transfer)
     transfer.set_defaults(run=_transfer)
     _add_stylize(commands)
+    add_train_command(commands)
     return parser
 
 
