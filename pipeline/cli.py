@@ -10,7 +10,16 @@ from typing import Any
 
 import yaml
 
-from pipeline.config import PRESERVE_COLOR, Controls, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.config import (
+    PRESERVE_COLOR,
+    AugmentConfig,
+    Controls,
+    ModelConfig,
+    OutputSpec,
+    Scale,
+    Sizing,
+    StylizeConfig,
+)
 from pipeline.errors import AdainError, ConfigError
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
 from pipeline.model.checkpoint import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_WEIGHTS
@@ -78,7 +87,7 @@ def _stylize(args: argparse.Namespace) -> int:
         controls=controls(args),
         sizing=sizing(args),
         scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor),
-        extensions=tuple(e if e.startswith(".") else f".{e}" for e in args.extensions.split(",")),
+        extensions=_extensions(args.extensions),
         input_root=args.input_root,
         address=args.address,
         run_id=args.run_id,
@@ -100,21 +109,17 @@ def _add_stylize(commands: argparse._SubParsersAction) -> argparse.ArgumentParse
     stylize.add_argument("--input", help="prefix/directory of images, or a .parquet/.csv/.txt list of URIs")
     stylize.add_argument("--style", action="append", help="style image or prefix; repeat for several")
     stylize.add_argument("--output", help="output prefix or directory")
-    stylize.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     stylize.add_argument("--input-root", help="for list files: the prefix that output keys are relative to")
     stylize.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="input file extensions")
     stylize.add_argument("--format", default="jpg", choices=list(FORMATS), help="output format (default jpg)")
     stylize.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
     stylize.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    stylize.add_argument("--actors", type=int, help="model actors (default: one per GPU, or per spare CPU)")
-    stylize.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
-    stylize.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) per actor")
-    stylize.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on GPU clusters")
     stylize.add_argument("--run-id", help="name this run (default: a timestamp)")
     stylize.add_argument("--preview", help="write a contact sheet of content | output samples here")
     add_model_flags(stylize)
     add_control_flags(stylize)
     add_size_flags(stylize)
+    add_scale_flags(stylize)
     stylize.set_defaults(run=_stylize, config_styles=None)
     return stylize
 
@@ -161,6 +166,112 @@ def _option_value(action: argparse.Action, value: Any, where: str) -> Any:
     return converted
 
 
+def _index_styles(args: argparse.Namespace) -> int:
+    from pipeline.data.bank import index_styles
+
+    if not args.styles or not args.output:
+        raise ConfigError("adain styles index needs --styles and --output")
+    scale = Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor)
+    result = index_styles(args.styles, args.output, model_config(args), sizing(args), scale, args.address)
+    for error in result["errors"]:
+        print(f"adain: skipped style {error['uri']}: {error['error']}", file=sys.stderr)
+    print(
+        f"bank {result['bank']}: {result['styles']} styles ({result['encoded']} encoded, {result['unchanged']} "
+        f"unchanged, {result['removed']} removed, {len(result['errors'])} unreadable) in {result['wall_s']:.1f} s"
+    )
+    return 0
+
+
+def add_scale_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, or per spare CPU)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) per actor")
+    parser.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on GPU clusters")
+
+
+def _add_styles(commands: argparse._SubParsersAction) -> None:
+    styles = commands.add_parser("styles", help="style banks: encode style images once")
+    actions = styles.add_subparsers(dest="styles_command", required=True, metavar="ACTION")
+    index = actions.add_parser("index", help="build or update a style bank (a Ray Data job)")
+    index.add_argument("--config", help="YAML file of these options (keys are the flag names)")
+    index.add_argument("--styles", help="style images: a prefix, a directory or one image")
+    index.add_argument("--output", help="the bank: a .parquet file (local or object store)")
+    add_model_flags(index)
+    add_size_flags(index)
+    add_scale_flags(index)
+    index.set_defaults(run=_index_styles)
+
+
+def _alpha_range(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected LO,HI, e.g. 0.5,1") from None
+    return low, high
+
+
+def _augment(args: argparse.Namespace) -> int:
+    from pipeline.data.augment import run_augment
+
+    alpha_range = args.alpha_range or (args.alpha, args.alpha)
+    cfg = AugmentConfig(
+        input=args.input,
+        styles=args.styles,
+        output=OutputSpec(args.output or "", args.format, args.quality, overwrite=True),
+        per_image=args.per_image,
+        alpha_range=alpha_range,
+        seed=args.seed,
+        shards=args.shards,
+        shard_size=args.shard_size,
+        model=model_config(args),
+        preserve_color=args.preserve_color,
+        sizing=sizing(args),
+        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor),
+        extensions=_extensions(args.extensions),
+        input_root=args.input_root,
+        address=args.address,
+        run_id=args.run_id,
+        lock_ttl_s=args.lock_ttl,
+    )
+    summary = run_augment(cfg)
+    print(
+        f"run {summary['run_id']}: inputs {summary['inputs_new']} new, {summary['inputs_changed']} changed, "
+        f"{summary['inputs_unchanged']} unchanged; outputs {summary['ok']} ok, {summary['error']} error "
+        f"in {summary['wall_s']:.1f} s\nmanifest: {summary['manifest']}\nrun log:  {summary['summary']}"
+    )
+    return 0
+
+
+def _add_augment(commands: argparse._SubParsersAction) -> None:
+    augment = commands.add_parser("augment", help="augment a dataset: N stylized copies per image, incrementally")
+    augment.add_argument("--config", help="YAML file of these options (keys are the flag names)")
+    augment.add_argument("--input", help="prefix/directory of images, or a .parquet/.csv/.txt list of URIs")
+    augment.add_argument("--styles", help="style images (a prefix or an image) or a style bank (.parquet)")
+    augment.add_argument("--output", help="output prefix or directory")
+    augment.add_argument("--per-image", type=int, default=1, help="stylized copies per input (default 1)")
+    augment.add_argument("--alpha", type=float, default=1.0, help="fixed content-style trade-off (default 1)")
+    augment.add_argument("--alpha-range", type=_alpha_range, help="draw alpha per output from LO,HI instead")
+    augment.add_argument("--seed", type=int, default=0, help="seed of the style and alpha draws (default 0)")
+    augment.add_argument("--preserve-color", choices=["luminance"], help="keep the content's colours")
+    augment.add_argument("--shards", action="store_true", help="write WebDataset-style tar shards, not files")
+    augment.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    augment.add_argument("--format", default="jpg", choices=list(FORMATS), help="output format (default jpg)")
+    augment.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
+    augment.add_argument("--input-root", help="for list files: the prefix that output keys are relative to")
+    augment.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="input file extensions")
+    augment.add_argument("--run-id", help="name this run (default: a timestamp)")
+    augment.add_argument("--lock-ttl", type=float, default=24 * 3600.0, help="seconds a run's lock lasts")
+    add_model_flags(augment)
+    add_size_flags(augment)
+    add_scale_flags(augment)
+    augment.set_defaults(run=_augment)
+
+
+def _extensions(text: str) -> tuple[str, ...]:
+    return tuple(e if e.startswith(".") else f".{e}" for e in text.split(","))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="adain", description="AdaIN arbitrary style transfer, from one image to millions."
@@ -180,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_size_flags(transfer)
     transfer.set_defaults(run=_transfer)
     _add_stylize(commands)
+    _add_styles(commands)
+    _add_augment(commands)
     add_train_command(commands)
     return parser
 
@@ -189,11 +302,19 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "config", None):
-        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        sub = commands.choices[args.command]
+        sub = _chosen_subparser(parser, args)
         sub.set_defaults(**load_options(args.config, sub))
         args = parser.parse_args(argv)
     return args
+
+
+def _chosen_subparser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subcommand's parser (`styles index` -> the parser of `index`)."""
+    while True:
+        commands = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not commands:
+            return parser
+        parser = commands[0].choices[getattr(args, commands[0].dest)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

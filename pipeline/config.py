@@ -8,6 +8,7 @@ from pipeline.errors import ConfigError
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
 from pipeline.model.checkpoint import DEFAULT_DECODER, DEFAULT_ENCODER
 from pipeline.model.stylizer import PRECISIONS
+from pipeline.storage.uri import absolute
 
 PRESERVE_COLOR = ("coral", "luminance")
 
@@ -96,6 +97,7 @@ class OutputSpec:
     def __post_init__(self) -> None:
         if not self.uri:
             raise ConfigError("--output is required: the prefix or directory to write to")
+        object.__setattr__(self, "uri", absolute(self.uri))
         if self.format not in FORMATS:
             raise ConfigError(f"--format {self.format}: expected one of {', '.join(FORMATS)}")
         if not 1 <= self.quality <= 100:
@@ -124,7 +126,49 @@ class StylizeConfig:
             raise ConfigError("--input is required: a prefix, a directory or a list file of image URIs")
         if not self.styles:
             raise ConfigError("--style is required: one or more style images or prefixes")
+        object.__setattr__(self, "input", absolute(self.input))
+        object.__setattr__(self, "styles", tuple(absolute(style) for style in self.styles))
         if self.controls.style_weights and len(self.controls.style_weights) != len(self.styles):
             raise ConfigError(
                 f"--style-weights has {len(self.controls.style_weights)} weights for {len(self.styles)} --style values"
             )
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """One run of dataset augmentation: N styles per input image, drawn deterministically."""
+
+    input: str
+    styles: str  # style images (a prefix or an image) or a style bank (.parquet)
+    output: OutputSpec
+    per_image: int = 1
+    alpha_range: tuple[float, float] = (1.0, 1.0)
+    seed: int = 0
+    shards: bool = False
+    shard_size: int = 1000
+    model: ModelConfig = ModelConfig()
+    preserve_color: str | None = None
+    sizing: Sizing = Sizing()
+    scale: Scale = Scale()
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    input_root: str | None = None
+    address: str | None = None
+    run_id: str | None = None
+    lock_ttl_s: float = 24 * 3600.0
+
+    def __post_init__(self) -> None:
+        if not self.input or not self.styles:
+            raise ConfigError("--input and --styles are required")
+        object.__setattr__(self, "input", absolute(self.input))
+        object.__setattr__(self, "styles", absolute(self.styles))
+        if self.per_image < 1:
+            raise ConfigError(f"--per-image {self.per_image}: must be at least 1")
+        low, high = self.alpha_range
+        if not 0.0 <= low <= high <= 1.0:
+            raise ConfigError(f"--alpha-range {low},{high}: need 0 <= LO <= HI <= 1")
+        if self.shard_size < 1:
+            raise ConfigError("--shard-size must be at least 1")
+        if self.preserve_color not in (None, "luminance"):
+            raise ConfigError("augment supports --preserve-color luminance only (coral needs each style image)")
+        if self.lock_ttl_s <= 0:
+            raise ConfigError("--lock-ttl must be positive")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
+from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS
 from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug
-from pipeline.storage.uri import exists, is_dir, list_files, read_bytes, storage_error
+from pipeline.storage.uri import FileStat, exists, is_dir, list_files, read_bytes, stat_files, storage_error
 
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".txt")
 
@@ -39,45 +40,54 @@ def _absolute(uri: str, list_file: str) -> str:
 
 
 def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None) -> pa.Table:
-    """A table of (input_uri, rel_path, key): every image to process, its path below the
-    input prefix, and its output name without extension (see `output_stems`).
+    """A table of (input_uri, rel_path, key, size, mtime_ns): every image to process, its path
+    below the input prefix, its output name without extension (see `output_stems`), and what
+    incremental runs compare (null for entries of list files, which are not listed).
 
     `source` is a directory/prefix (listed recursively, extensions matched case-insensitively),
     a single image, or a list file (.parquet, .csv, .txt) of URIs. rel_path is relative to
     `root` when given, else to the listed prefix, else the path inside its bucket.
     """
     extensions = tuple(e.lower() for e in extensions)
-    if is_dir(source) and root is None:
-        pairs = list_files(source, extensions)
+    if is_dir(source):
+        stats = stat_files(source, extensions)
+        if root is not None:
+            stats = [replace(stat, rel=relative_to(stat.uri, root)) for stat in stats]
+    elif source.lower().endswith(LIST_FILE_EXTENSIONS):
+        uris = [_absolute(u, source) for u in _uris_from_list_file(source)]
+        stats = [FileStat(u, relative_to(u, root or ""), None, None) for u in uris]
+    elif exists(source):
+        stats = [FileStat(source, relative_to(source, root or posixpath.dirname(source)), None, None)]
     else:
-        if is_dir(source):
-            uris = [u for u, _ in list_files(source, extensions)]
-        elif source.lower().endswith(LIST_FILE_EXTENSIONS):
-            uris = [_absolute(u, source) for u in _uris_from_list_file(source)]
-        elif exists(source):
-            uris = [source]
-            root = root or posixpath.dirname(source)
-        else:
-            raise storage_error(FileNotFoundError(source), source)  # says so if the bucket is missing
-        pairs = [(u, relative_to(u, root or "")) for u in uris]
-    if not pairs:
+        raise storage_error(FileNotFoundError(source), source)  # says so if the bucket is missing
+    if not stats:
         raise ConfigError(f"{source}: no input images (extensions {', '.join(extensions)})")
-    uris, rels = zip(*pairs, strict=True)
-    rels = [safe_relpath(rel) for rel in rels]
-    return pa.table({"input_uri": list(uris), "rel_path": rels, "key": output_stems(rels)})
+    rels = [safe_relpath(stat.rel) for stat in stats]
+    return pa.table(
+        {
+            "input_uri": [stat.uri for stat in stats],
+            "rel_path": rels,
+            "key": output_stems(rels),
+            "size": pa.array([stat.size for stat in stats], pa.int64()),
+            "mtime_ns": pa.array([stat.mtime_ns for stat in stats], pa.int64()),
+        }
+    )
+
+
+def style_ids(rels: list[str]) -> list[str]:
+    """Stable, unique ids for style images: the path below their prefix without extension,
+    made one safe path segment; clashes get a short hash of the path."""
+    ids = [slug(posixpath.splitext(rel)[0]) for rel in rels]
+    return [
+        sid if ids.count(sid) == 1 else f"{sid}-{hashlib.sha256(rel.encode()).hexdigest()[:6]}"
+        for sid, rel in zip(ids, rels, strict=True)
+    ]
 
 
 def list_styles(refs: tuple[str, ...]) -> list[tuple[str, str]]:
-    """Each --style (an image or a prefix of images) -> unique (style_id, uri) pairs.
-
-    The style id is the file's stem, made safe as a path segment; clashes get a short
-    hash of the URI so that ids stay stable from run to run.
-    """
-    uris = [u for ref in refs for u in ([u for u, _ in list_files(ref, IMAGE_EXTENSIONS)] if is_dir(ref) else [ref])]
-    if not uris:
+    """Each --style (an image or a prefix of images) -> unique (style_id, uri) pairs."""
+    pairs = [pair for ref in refs for pair in (list_files(ref, IMAGE_EXTENSIONS) if is_dir(ref) else [(ref, ref)])]
+    if not pairs:
         raise ConfigError(f"no style images in {', '.join(refs)}")
-    stems = [slug(posixpath.splitext(posixpath.basename(u))[0]) for u in uris]
-    return [
-        (stem if stems.count(stem) == 1 else f"{stem}-{hashlib.sha256(u.encode()).hexdigest()[:6]}", u)
-        for stem, u in zip(stems, uris, strict=True)
-    ]
+    rels = [posixpath.basename(uri) if uri == rel else rel for uri, rel in pairs]
+    return list(zip(style_ids(rels), [uri for uri, _ in pairs], strict=True))

@@ -56,7 +56,6 @@ RUN_SCHEMA = pa.schema(
         ("quality", pa.int32()),
     ]
 )
-MANIFEST_SCHEMA = pa.schema([*RUN_SCHEMA, *ROW_SCHEMA, ("recorded_at", pa.timestamp("ms", tz="UTC"))])
 STATUSES = ("ok", "error", "skipped")
 
 
@@ -81,7 +80,11 @@ class ManifestWriter:
         flush_rows: int = 50_000,
         flush_seconds: float = 30.0,
         samples: int = 8,
+        row_schema: pa.Schema = ROW_SCHEMA,
+        run_schema: pa.Schema = RUN_SCHEMA,
     ) -> None:
+        self.row_schema, self.run_schema = row_schema, run_schema
+        self.schema = pa.schema([*run_schema, *row_schema, ("recorded_at", pa.timestamp("ms", tz="UTC"))])
         self.dir = join(output, "_manifest")
         self.run_id = run_id
         self.run_values = {**run_values, "run_id": run_id}
@@ -95,7 +98,7 @@ class ManifestWriter:
         self._last_flush = time.monotonic()
 
     def add(self, rows: pa.Table) -> None:
-        rows = rows.select(ROW_SCHEMA.names).cast(ROW_SCHEMA)
+        rows = rows.select(self.row_schema.names).cast(self.row_schema)
         for status, count in zip(*_value_counts(rows.column("status")), strict=True):
             self.counts[status] += count
         if len(self.samples) < self._want_samples:
@@ -113,10 +116,10 @@ class ManifestWriter:
             return
         rows = pa.concat_tables(self._pending)
         n = rows.num_rows
-        columns = {field.name: pa.array([self.run_values[field.name]] * n, field.type) for field in RUN_SCHEMA}
-        columns.update({name: rows.column(name) for name in ROW_SCHEMA.names})
+        columns = {field.name: pa.array([self.run_values[field.name]] * n, field.type) for field in self.run_schema}
+        columns.update({name: rows.column(name) for name in self.row_schema.names})
         columns["recorded_at"] = pa.array([datetime.now(timezone.utc)] * n, pa.timestamp("ms", tz="UTC"))
-        table = pa.table(columns, schema=MANIFEST_SCHEMA)
+        table = pa.table(columns, schema=self.schema)
         write_bytes(join(self.dir, f"{self.run_id}-{self._parts:05d}.parquet"), table_bytes(table))
         self._parts += 1
         self._pending, self._pending_rows = [], 0

@@ -12,16 +12,17 @@ import time
 from typing import Any
 
 import ray
-from ray.data import ActorPoolStrategy
 
-from pipeline.config import ModelConfig, Scale, StylizeConfig
+from pipeline.config import StylizeConfig
+from pipeline.data.bank import is_bank, load_bank
+from pipeline.data.cluster import actor_resources, connect
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import STATUSES, ManifestWriter, new_run_id, write_summary
 from pipeline.data.preview import write_preview
 from pipeline.data.stages import Stylizer, Variant, decode_inputs, write_outputs
 from pipeline.errors import ConfigError, ImageError
 from pipeline.imaging.codec import prepare
-from pipeline.model.checkpoint import weight_uri
+from pipeline.model.checkpoint import load_encoder, weight_uri
 from pipeline.storage.cache import fetch
 from pipeline.storage.uri import join, read_bytes
 
@@ -33,9 +34,14 @@ _BATCHES_PER_BLOCK = 4
 
 
 def variants_for(cfg: StylizeConfig) -> list[Variant]:
-    """Each style image is its own output, unless --style-weights blends them into one."""
-    styles = list_styles(cfg.styles)
+    """Each style image (or bank entry) is its own output, unless --style-weights blends them into one."""
     weights = cfg.controls.style_weights
+    if bank_of(cfg):
+        bank = load_bank(bank_of(cfg), load_encoder(cfg.model.encoder).sha256)
+        if weights is not None:
+            raise ConfigError("--style-weights blends style images; with a style bank give each style as its own run")
+        return [Variant(style_id, ()) for style_id in bank.ids]
+    styles = list_styles(cfg.styles)
     if weights is None:
         return [Variant(style_id, (uri,)) for style_id, uri in styles]
     if len(weights) != len(styles):
@@ -43,6 +49,16 @@ def variants_for(cfg: StylizeConfig) -> list[Variant]:
     key = ",".join(f"{sid}={w:g}" for (sid, _), w in zip(styles, weights, strict=True))
     blend_id = "blend-" + hashlib.sha256(key.encode()).hexdigest()[:8]
     return [Variant(blend_id, tuple(uri for _, uri in styles), tuple(weights))]
+
+
+def bank_of(cfg: StylizeConfig) -> str | None:
+    """The style bank, when --style names one (then it must be the only --style)."""
+    banks = [ref for ref in cfg.styles if is_bank(ref)]
+    if banks and len(cfg.styles) > 1:
+        raise ConfigError("--style: a style bank must be the only --style")
+    if banks and cfg.controls.preserve_color == "coral":
+        raise ConfigError("--preserve-color coral recolours style images, which a bank no longer has; use luminance")
+    return banks[0] if banks else None
 
 
 def check_ready(cfg: StylizeConfig, variants: list[Variant]) -> None:
@@ -54,28 +70,6 @@ def check_ready(cfg: StylizeConfig, variants: list[Variant]) -> None:
             prepare(read_bytes(uri), cfg.sizing.style_size, cfg.sizing.crop, cfg.sizing.max_pixels)
         except ImageError as exc:
             raise ImageError(f"style {uri}: {exc}") from None
-
-
-def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
-    """GPU actors when the cluster has GPUs (or --device cuda asks for them), else CPU actors
-    leaving one CPU for decoding and writing. Ray gives each actor one torch thread per CPU."""
-    resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0.0)
-    if model.device.startswith("cuda") or (model.device == "auto" and gpus > 0):
-        actors = scale.actors or max(1, int(gpus / scale.gpus_per_actor))
-        return {
-            "compute": ActorPoolStrategy(size=actors),
-            "num_gpus": scale.gpus_per_actor,
-            "num_cpus": scale.cpus_per_actor,
-        }
-    actors = scale.actors or max(1, int((resources.get("CPU", 1.0) - 1) // scale.cpus_per_actor))
-    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": scale.cpus_per_actor}
-
-
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); with neither, start a local Ray."""
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
 
 
 def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
@@ -106,6 +100,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
             "sizing": cfg.sizing,
             "variants": variants,
             "batch_size": batch,
+            "bank": bank_of(cfg),
         },
         batch_format="pyarrow",
         batch_size=batch,

@@ -102,14 +102,22 @@ class StyleTransfer(nn.Module):
         self,
         content: Tensor,
         styles: Sequence[Stats],
-        alpha: float | Tensor = 1.0,
+        alpha: float | Tensor | Sequence[float | Tensor] = 1.0,
         preserve_luminance: bool = False,
     ) -> list[Tensor]:
-        """One output per style from a single encoding of the content batch."""
+        """One output per style from a single encoding of the content batch.
+
+        Each style's statistics have one row for the batch or one per image; `alpha` is one
+        value for all, or one per style (each a float or a per-image (N, 1, 1, 1) tensor).
+        """
         x = self._input(content)
         with self._autocast():
             feat = self.encoder(x)
-        return [self._decode(adain(feat, *self._on_device(s)), feat, x, alpha, preserve_luminance) for s in styles]
+        alphas = alpha if isinstance(alpha, (list, tuple)) else [alpha] * len(styles)
+        return [
+            self._decode(adain(feat, *self._on_device(s)), feat, x, a, preserve_luminance)
+            for s, a in zip(styles, alphas, strict=True)
+        ]
 
     def _decode(self, target: Tensor, feat: Tensor, x: Tensor, alpha: float | Tensor, luminance: bool) -> Tensor:
         if isinstance(alpha, Tensor):

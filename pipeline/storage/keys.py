@@ -53,3 +53,9 @@ def output_stems(rels: Sequence[str]) -> list[str]:
 def output_key(output: str, style_id: str, stem: str, fmt: str) -> str:
     """OUTPUT/STYLE/STEM.FMT, always inside OUTPUT."""
     return f"{output.rstrip('/')}/{slug(style_id)}/{safe_relpath(stem)}.{fmt}"
+
+
+def augmented_key(output: str, style_id: str, stem: str, fmt: str) -> str:
+    """OUTPUT/STEM__STYLE.FMT: the input's folders kept (class folders stay class folders),
+    the style in the file name."""
+    return f"{output.rstrip('/')}/{safe_relpath(stem)}__{slug(style_id)}.{fmt}"

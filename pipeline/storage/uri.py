@@ -13,6 +13,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
 
@@ -34,6 +35,12 @@ def scheme(uri: str) -> str:
 
 def is_remote(uri: str) -> bool:
     return scheme(uri) in REMOTE_SCHEMES
+
+
+def absolute(uri: str) -> str:
+    """Local paths made absolute (Ray workers may run elsewhere or in another directory);
+    URIs of object stores unchanged."""
+    return resolve(uri)[1] if scheme(uri) == "file" else uri
 
 
 def join(base: str, *parts: str) -> str:
@@ -174,17 +181,34 @@ def is_dir(uri: str) -> bool:
         raise storage_error(exc, uri) from exc
 
 
-def list_files(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+@dataclass(frozen=True)
+class FileStat:
+    """A listed file: what incremental runs compare to tell new and changed files apart."""
+
+    uri: str
+    rel: str  # path relative to the listed prefix
+    size: int
+    mtime_ns: int | None  # None where the store reports no modification time
+
+
+def stat_files(uri: str, extensions: tuple[str, ...]) -> list[FileStat]:
     """Every file under a directory or prefix, recursively, whose name ends in one of
-    `extensions` (case-insensitive): sorted (uri, path relative to `uri`) pairs, the URIs
-    in the same scheme as `uri`."""
+    `extensions` (case-insensitive), sorted, its URI in the same scheme as `uri`."""
     filesystem, path = resolve(uri)
     selector = pafs.FileSelector(path, recursive=True)
     infos = retrying(lambda: filesystem.get_file_info(selector), uri)
     prefix = f"{scheme(uri)}://" if is_remote(uri) else ""
     base = path.rstrip("/") + "/"
     return sorted(
-        (prefix + info.path, info.path[len(base) :])
-        for info in infos
-        if info.type == pafs.FileType.File and info.path.lower().endswith(extensions)
+        (
+            FileStat(prefix + info.path, info.path[len(base) :], info.size, info.mtime_ns)
+            for info in infos
+            if info.type == pafs.FileType.File and info.path.lower().endswith(extensions)
+        ),
+        key=lambda stat: stat.uri,
     )
+
+
+def list_files(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
+    """(uri, path relative to `uri`) of every file `stat_files` lists."""
+    return [(stat.uri, stat.rel) for stat in stat_files(uri, extensions)]

@@ -32,7 +32,7 @@ from pipeline.errors import ConfigError, ImageError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, encode, to_image
 from pipeline.model.checkpoint import DEFAULT_ENCODER, load_decoder, load_encoder
 from pipeline.model.nets import Decoder, Encoder
-from pipeline.storage.uri import exists, join, read_bytes, resolve, scheme, write_bytes
+from pipeline.storage.uri import absolute, exists, join, read_bytes, write_bytes
 from pipeline.train.losses import LossTerms, adain_losses
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ class TrainConfig:
         for flag, value in (("--content", self.content), ("--style", self.style), ("--storage", self.storage)):
             if not value:
                 raise ConfigError(f"{flag} is required")
-            if scheme(value) == "file":
-                object.__setattr__(self, flag[2:], resolve(value)[1])
+            object.__setattr__(self, flag[2:], absolute(value))
         if not _NAME.fullmatch(self.name or ""):
             raise ConfigError(f"--name {self.name!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
         positive = {

@@ -31,8 +31,8 @@ import ray
 import torch
 from PIL import Image
 
+from pipeline.data.cluster import connect
 from pipeline.data.listing import list_inputs
-from pipeline.data.stylize import connect
 from pipeline.errors import AdainError, ConfigError
 from pipeline.imaging.codec import decode
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint

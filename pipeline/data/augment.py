@@ -1,0 +1,334 @@
+"""Dataset augmentation: N stylized copies of every input image, for training sets.
+
+    lock -> list inputs -> keep new and changed ones -> read + decode + draw N styles
+    (tasks) -> Augmenter (actors: one content encoding serves all N styles) -> write files
+    or tar shards (tasks) -> manifest, state and run log (driver) -> unlock
+
+Styles and alphas are drawn from (seed, input path), so re-runs and other machines draw
+the same. A run processes only inputs that are new, or whose size or modification time
+changed, since the runs recorded in OUTPUT/_state/inputs.parquet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import torch
+from PIL import Image
+
+from pipeline.config import AugmentConfig, ModelConfig, OutputSpec, Sizing
+from pipeline.data.bank import bank_from_images, is_bank, load_bank
+from pipeline.data.cluster import actor_resources, connect
+from pipeline.data.listing import list_inputs, list_styles
+from pipeline.data.manifest import ROW_SCHEMA, STATUSES, ManifestWriter, new_run_id, table_bytes, write_summary
+from pipeline.data.stages import decode_one, elapsed_ms, shape_groups, to_batch, to_uint8, write_outputs
+from pipeline.errors import AdainError, ConfigError
+from pipeline.imaging.codec import encode
+from pipeline.model.checkpoint import load_encoder, weight_uri
+from pipeline.model.loader import load_model
+from pipeline.storage.cache import fetch
+from pipeline.storage.keys import augmented_key, safe_relpath, slug
+from pipeline.storage.lock import acquire, release
+from pipeline.storage.uri import exists, join, read_bytes, write_bytes
+
+AUGMENT_ROW_SCHEMA = pa.schema([*ROW_SCHEMA, ("alpha", pa.float32()), ("shard_member", pa.string())])
+AUGMENT_RUN_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("per_image", pa.int32()),
+        ("seed", pa.int64()),
+        ("alpha_range", pa.string()),
+        ("precision", pa.string()),
+        ("content_size", pa.int32()),
+        ("format", pa.string()),
+    ]
+)
+AUGMENT_DECODED_SCHEMA = pa.schema(
+    [
+        ("input_uri", pa.string()),
+        ("rel_path", pa.string()),
+        ("key", pa.string()),
+        ("styles", pa.list_(pa.string())),
+        ("alphas", pa.list_(pa.float32())),
+        ("pixels", pa.binary()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("error", pa.string()),
+        ("decode_ms", pa.float32()),
+    ]
+)
+STATE_SCHEMA = pa.schema(
+    [("rel_path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("run_id", pa.string())]
+)
+
+
+def draw(
+    seed: int, rel_path: str, n_styles: int, per_image: int, alpha_range: tuple[float, float]
+) -> tuple[list[int], list[float]]:
+    """The styles (indices into the sorted style ids) and alphas of one input: a pure function
+    of (seed, input path), the same on every machine and every run."""
+    path_hash = int.from_bytes(hashlib.sha256(rel_path.encode()).digest()[:8], "big")
+    rng = np.random.default_rng([seed, path_hash])
+    picks = rng.choice(n_styles, size=per_image, replace=False)
+    low, high = alpha_range
+    alphas = rng.uniform(low, high, size=per_image) if high > low else np.full(per_image, low)
+    return picks.tolist(), alphas.astype(np.float32).tolist()
+
+
+def decode_and_draw(
+    batch: pa.Table,
+    *,
+    style_ids: list[str],
+    per_image: int,
+    alpha_range: tuple[float, float],
+    seed: int,
+    sizing: Sizing,
+) -> pa.Table:
+    rows = []
+    for row in batch.select(["input_uri", "rel_path", "key"]).to_pylist():
+        picks, alphas = draw(seed, row["rel_path"], len(style_ids), per_image, alpha_range)
+        row.update(styles=[style_ids[i] for i in picks], alphas=alphas, **decode_one(row["input_uri"], sizing))
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=AUGMENT_DECODED_SCHEMA)
+
+
+class Augmenter:
+    """A model actor holding the networks and every style's statistics (from a bank, or
+    encoded once from the style images)."""
+
+    def __init__(
+        self, model: ModelConfig, styles: str, sizing: Sizing, batch_size: int, luminance: bool = False
+    ) -> None:
+        self.model = load_model(model)
+        self.batch_size, self.luminance = batch_size, luminance
+        if is_bank(styles):
+            self.bank = load_bank(styles, self.model.identity["encoder_sha256"])
+        else:
+            self.bank = bank_from_images(self.model, list_styles((styles,)), sizing)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        decoded = batch.to_pylist()
+        pixels: dict[tuple[int, int], tuple[bytes, float]] = {}
+        for height, width, chunk in shape_groups(decoded, self.batch_size):
+            start = time.perf_counter()
+            rows = [decoded[i] for i in chunk]
+            per_image = len(rows[0]["styles"])
+            styles, alphas = [], []
+            for k in range(per_image):
+                stats = [self.bank.stats(row["styles"][k]) for row in rows]
+                styles.append((torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])))
+                alphas.append(torch.tensor([row["alphas"][k] for row in rows]).view(-1, 1, 1, 1))
+            outputs = self.model.stylize_each(to_batch(rows, height, width), styles, alphas, self.luminance)
+            model_ms = elapsed_ms(start) / (len(chunk) * per_image)
+            for k, out in enumerate(outputs):
+                for j, image in enumerate(to_uint8(out)):
+                    pixels[(chunk[j], k)] = (image.tobytes(), model_ms)
+        identity = self.model.identity
+        out_rows = []
+        for i, row in enumerate(decoded):
+            base = {k: row[k] for k in ("input_uri", "rel_path", "key", "width", "height", "decode_ms")} | identity
+            for k, (style, alpha) in enumerate(zip(row["styles"], row["alphas"], strict=True)):
+                item = base | {"style": style, "alpha": alpha}
+                if row["error"] is not None:
+                    out_rows.append(item | {"status": "error", "error": row["error"]})
+                else:
+                    image, model_ms = pixels[(i, k)]
+                    out_rows.append(item | {"status": "pending", "pixels": image, "model_ms": model_ms})
+        schema = pa.schema([*AUGMENT_ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary())])
+        return pa.Table.from_pylist(out_rows, schema=schema)
+
+
+def sample_name(key: str, style_id: str) -> str:
+    """A WebDataset sample key: the dots of a file name would split the sample."""
+    return f"{safe_relpath(key)}__{slug(style_id)}".replace(".", "_")
+
+
+def write_shard(batch: pa.Table, *, output: OutputSpec, run_id: str) -> pa.Table:
+    """Write the batch's pending outputs as one tar shard: per sample an image and a JSON
+    sidecar (style, alpha, source), as WebDataset loaders read them."""
+    schema = pa.schema([f for f in batch.schema if f.name not in ("pixels", "key")])
+    rows = batch.to_pylist()
+    uri = join(output.uri, "shards", f"{run_id}-{uuid.uuid4().hex[:12]}.tar")
+    buffer = io.BytesIO()
+    written = []
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for row in rows:
+            pixels, key = row.pop("pixels"), row.pop("key")
+            if row["status"] != "pending":
+                continue
+            start = time.perf_counter()
+            name = sample_name(key, row["style"])
+            image = encode(Image.frombytes("RGB", (row["width"], row["height"]), pixels), output.format, output.quality)
+            sidecar = {k: row[k] for k in ("style", "alpha", "input_uri", "rel_path")}
+            for member, data in ((f"{name}.{output.format}", image), (f"{name}.json", json.dumps(sidecar).encode())):
+                info = tarfile.TarInfo(member)
+                info.size, info.mtime = len(data), int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+            row.update(shard_member=name, write_ms=elapsed_ms(start))
+            written.append(row)
+    if written:
+        try:
+            write_bytes(uri, buffer.getvalue())
+            for row in written:
+                row.update(status="ok", output_uri=uri)
+        except AdainError as exc:
+            for row in written:
+                row.update(status="error", error=f"writing {uri}: {exc}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def changed_inputs(inputs: pa.Table, state_uri: str) -> tuple[pa.Table, dict[str, int]]:
+    """The inputs that are new or changed since the recorded runs, and the counts of each kind."""
+    if not exists(state_uri):
+        return inputs, {"new": inputs.num_rows, "changed": 0, "unchanged": 0}
+    state = pq.read_table(io.BytesIO(read_bytes(state_uri)))
+    stamps = zip(state.column("size").to_pylist(), state.column("mtime_ns").to_pylist(), strict=True)
+    seen = dict(zip(state.column("rel_path").to_pylist(), stamps, strict=True))
+    keep, counts = [], {"new": 0, "changed": 0, "unchanged": 0}
+    columns = (inputs.column(name).to_pylist() for name in ("rel_path", "size", "mtime_ns"))
+    for rel, size, mtime in zip(*columns, strict=True):
+        if rel not in seen:
+            kind = "new"
+        elif size is not None and (size, mtime) != seen[rel]:
+            kind = "changed"
+        else:
+            kind = "unchanged"
+        counts[kind] += 1
+        keep.append(kind != "unchanged")
+    return inputs.filter(pa.array(keep, pa.bool_())), counts
+
+
+def record_state(state_uri: str, processed: pa.Table, run_id: str) -> None:
+    """Add this run's inputs to the state, replacing older records of the same paths."""
+    rows = processed.select(["rel_path", "size", "mtime_ns"]).append_column(
+        "run_id", pa.array([run_id] * processed.num_rows, pa.string())
+    )
+    if exists(state_uri):
+        old = pq.read_table(io.BytesIO(read_bytes(state_uri))).cast(STATE_SCHEMA)
+        old = old.filter(pc.invert(pc.is_in(old.column("rel_path"), rows.column("rel_path"))))
+        rows = pa.concat_tables([old, rows.cast(STATE_SCHEMA)])
+    write_bytes(state_uri, table_bytes(rows.cast(STATE_SCHEMA)))
+
+
+def style_ids_of(cfg: AugmentConfig) -> list[str]:
+    """The sorted style ids to draw from, checking the bank's encoder up front."""
+    if is_bank(cfg.styles):
+        return sorted(load_bank(cfg.styles, load_encoder(cfg.model.encoder).sha256).ids)
+    return sorted(style_id for style_id, _ in list_styles((cfg.styles,)))
+
+
+def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
+    """Run one (incremental) augmentation; returns the run log (also OUTPUT/_runs/RUN_ID.json)."""
+    started = time.time()
+    run_id = cfg.run_id or new_run_id()
+    lease = acquire(join(cfg.output.uri, "_lock.json"), run_id, cfg.lock_ttl_s)
+    try:
+        return _run(cfg, run_id, started)
+    finally:
+        release(lease)
+
+
+def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
+    style_ids = style_ids_of(cfg)
+    if cfg.per_image > len(style_ids):
+        raise ConfigError(f"--per-image {cfg.per_image}: there are only {len(style_ids)} styles")
+    fetch(*weight_uri(cfg.model.encoder), flag="--encoder")
+    fetch(*weight_uri(cfg.model.decoder), flag="--decoder")
+    state_uri = join(cfg.output.uri, "_state", "inputs.parquet")
+    todo, kinds = changed_inputs(list_inputs(cfg.input, cfg.extensions, cfg.input_root), state_uri)
+    manifest = ManifestWriter(
+        cfg.output.uri, run_id, run_values(cfg), row_schema=AUGMENT_ROW_SCHEMA, run_schema=AUGMENT_RUN_SCHEMA
+    )
+    if todo.num_rows:
+        connect(cfg.address)
+        batch = cfg.scale.batch_size
+        rows_per_block = batch * 4
+        blocks = [todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            decode_and_draw,
+            fn_kwargs={
+                "style_ids": style_ids,
+                "per_image": cfg.per_image,
+                "alpha_range": cfg.alpha_range,
+                "seed": cfg.seed,
+                "sizing": cfg.sizing,
+            },
+            batch_format="pyarrow",
+            batch_size=batch,
+        )
+        ds = ds.map_batches(
+            Augmenter,
+            fn_constructor_kwargs={
+                "model": cfg.model,
+                "styles": cfg.styles,
+                "sizing": cfg.sizing,
+                "batch_size": batch,
+                "luminance": cfg.preserve_color == "luminance",
+            },
+            batch_format="pyarrow",
+            batch_size=batch,
+            **actor_resources(cfg.model, cfg.scale),
+        )
+        if cfg.shards:
+            ds = ds.map_batches(
+                write_shard,
+                fn_kwargs={"output": cfg.output, "run_id": run_id},
+                batch_format="pyarrow",
+                batch_size=cfg.shard_size,
+            )
+        else:
+            ds = ds.map_batches(
+                write_outputs,
+                fn_kwargs={"output": cfg.output, "naming": augmented_key},
+                batch_format="pyarrow",
+                batch_size=batch,
+            )
+        for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            manifest.add(rows)
+    manifest.flush()
+    record_state(state_uri, todo, run_id)
+    wall = time.time() - started
+    counts = {status: manifest.counts.get(status, 0) for status in STATUSES}
+    summary = {
+        "run_id": run_id,
+        "status": "succeeded",
+        "input": cfg.input,
+        "styles": cfg.styles,
+        "output": cfg.output.uri,
+        "inputs_new": kinds["new"],
+        "inputs_changed": kinds["changed"],
+        "inputs_unchanged": kinds["unchanged"],
+        "per_image": cfg.per_image,
+        "seed": cfg.seed,
+        **counts,
+        "total": sum(counts.values()),
+        "wall_s": round(wall, 3),
+        "images_per_s": round(counts["ok"] / wall, 3) if wall > 0 else None,
+        "manifest": join(cfg.output.uri, "_manifest"),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+    summary["summary"] = write_summary(cfg.output.uri, summary)
+    return summary
+
+
+def run_values(cfg: AugmentConfig) -> dict[str, Any]:
+    low, high = cfg.alpha_range
+    return {
+        "per_image": cfg.per_image,
+        "seed": cfg.seed,
+        "alpha_range": f"{low:g},{high:g}",
+        "precision": cfg.model.precision,
+        "content_size": cfg.sizing.content_size,
+        "format": cfg.output.format,
+    }

@@ -1,0 +1,238 @@
+"""The style bank: every style image encoded once, kept as a Parquet table of statistics.
+
+One row per style image: its id, source URI, size and modification time (to re-index only
+new or changed images), content sha256, and the relu4_1 mean and std vectors. The table's
+metadata names the encoder (sha256 of its weights) and the style size the statistics were
+taken at; a bank never mixes encoders. Jobs given a bank use the statistics and never read
+the style images again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+
+from pipeline.config import ModelConfig, Scale, Sizing
+from pipeline.data.cluster import actor_resources, connect
+from pipeline.data.listing import style_ids
+from pipeline.data.manifest import table_bytes
+from pipeline.errors import AdainError, ConfigError, StorageError
+from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare, to_tensor
+from pipeline.model.checkpoint import load_encoder
+from pipeline.model.functional import Stats
+from pipeline.model.nets import Decoder
+from pipeline.model.stylizer import StyleTransfer, pick_device
+from pipeline.storage.uri import FileStat, exists, is_dir, read_bytes, resolve, stat_files, write_bytes
+
+log = logging.getLogger(__name__)
+
+BANK_FORMAT = b"adain-ray.style-bank/1"
+FEATURES = 512  # relu4_1 channels
+BANK_SCHEMA = pa.schema(
+    [
+        ("style_id", pa.string()),
+        ("source_uri", pa.string()),
+        ("size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("content_sha256", pa.string()),
+        ("mean", pa.list_(pa.float32(), FEATURES)),
+        ("std", pa.list_(pa.float32(), FEATURES)),
+    ]
+)
+
+
+def is_bank(ref: str) -> bool:
+    """Style references ending in .parquet are banks (style images are never Parquet)."""
+    return ref.lower().endswith(".parquet")
+
+
+@dataclass(frozen=True)
+class StyleBank:
+    """Statistics of many styles, ready for AdaIN: `mean`/`std` are (S, 512, 1, 1)."""
+
+    ids: list[str]
+    mean: torch.Tensor
+    std: torch.Tensor
+    encoder_sha256: str
+    style_size: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_rows", {style_id: i for i, style_id in enumerate(self.ids)})
+
+    def stats(self, style_id: str) -> Stats:
+        i = self._rows[style_id]
+        return self.mean[i : i + 1], self.std[i : i + 1]
+
+
+def _metadata(table: pa.Table, uri: str) -> dict[bytes, bytes]:
+    meta = table.schema.metadata or {}
+    if meta.get(b"adain.format") != BANK_FORMAT:
+        raise ConfigError(f"{uri}: not an adain-ray style bank (build one with `adain styles index`)")
+    return meta
+
+
+def read_bank_table(uri: str) -> pa.Table:
+    table = pq.read_table(io.BytesIO(read_bytes(uri)))
+    _metadata(table, uri)
+    return table
+
+
+def load_bank(uri: str, encoder_sha256: str | None = None) -> StyleBank:
+    """Read a bank; with `encoder_sha256`, refuse one built with another encoder."""
+    table = read_bank_table(uri)
+    meta = _metadata(table, uri)
+    bank_encoder = meta[b"adain.encoder_sha256"].decode()
+    if encoder_sha256 is not None and bank_encoder != encoder_sha256:
+        raise ConfigError(
+            f"{uri}: this style bank was built with encoder {bank_encoder[:12]}, but encoder "
+            f"{encoder_sha256[:12]} is loaded; rebuild the bank with this --encoder or pass the bank's encoder"
+        )
+    if table.num_rows == 0:
+        raise ConfigError(f"{uri}: the style bank is empty")
+
+    def stacked(column: str) -> torch.Tensor:
+        flat = table.column(column).combine_chunks().flatten().to_numpy()
+        return torch.from_numpy(np.ascontiguousarray(flat)).view(-1, FEATURES, 1, 1)
+
+    return StyleBank(
+        table.column("style_id").to_pylist(),
+        stacked("mean"),
+        stacked("std"),
+        bank_encoder,
+        int(meta[b"adain.style_size"]),
+    )
+
+
+class StyleEncoder:
+    """A model actor for indexing: style image bytes -> content hash and relu4_1 statistics."""
+
+    def __init__(self, model: ModelConfig, sizing: Sizing) -> None:
+        # Only the encoder matters here; the decoder slot gets an untrained one.
+        encoder = load_encoder(model.encoder).module
+        self.model = StyleTransfer(encoder, Decoder(), pick_device(model.device), model.precision)
+        self.sizing = sizing
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = []
+        for row in batch.to_pylist():
+            try:
+                data = read_bytes(row["source_uri"])
+                image = prepare(data, self.sizing.style_size, self.sizing.crop, self.sizing.max_pixels)
+            except AdainError as exc:
+                rows.append({**row, "error": str(exc)})
+                continue
+            mean, std = self.model.style_stats(to_tensor(image)[None])
+            rows.append(
+                {
+                    **row,
+                    "content_sha256": hashlib.sha256(data).hexdigest(),
+                    "mean": mean.flatten().cpu().numpy(),
+                    "std": std.flatten().cpu().numpy(),
+                }
+            )
+        return pa.Table.from_pylist(rows, schema=BANK_SCHEMA.append(pa.field("error", pa.string())))
+
+
+def _listing(styles: str) -> list[FileStat]:
+    if is_dir(styles):
+        return stat_files(styles, IMAGE_EXTENSIONS)
+    if exists(styles):
+        filesystem, path = resolve(styles)
+        info = filesystem.get_file_info(path)
+        return [FileStat(styles, styles.rsplit("/", 1)[-1], info.size, info.mtime_ns)]
+    raise StorageError(f"{styles}: no style images there; give a prefix, a directory or an image")
+
+
+def index_styles(
+    styles: str, output: str, model: ModelConfig, sizing: Sizing, scale: Scale, address: str | None = None
+) -> dict[str, Any]:
+    """Build or update the bank at `output` from the style images under `styles`.
+
+    Only images that are new, or whose size or modification time changed, are encoded;
+    rows of images that are gone are dropped. Returns counts for the user.
+    """
+    if not is_bank(output):
+        raise ConfigError(f"--output {output}: a style bank is one Parquet file; end the name in .parquet")
+    started = time.time()
+    encoder_sha = load_encoder(model.encoder).sha256
+    listed = _listing(styles)
+    ids = style_ids([stat.rel for stat in listed])
+    old = {}
+    if exists(output):
+        table = read_bank_table(output)
+        meta = _metadata(table, output)
+        if meta[b"adain.encoder_sha256"].decode() != encoder_sha:
+            raise ConfigError(
+                f"{output}: this bank was built with another encoder; a bank never mixes encoders: "
+                "index into a new file, or pass the bank's encoder"
+            )
+        if int(meta[b"adain.style_size"]) != sizing.style_size:
+            raise ConfigError(f"{output}: this bank was built at --style-size {int(meta[b'adain.style_size'])}")
+        old = {row["source_uri"]: row for row in table.to_pylist()}
+    kept, todo = [], []
+    for stat, style_id in zip(listed, ids, strict=True):
+        previous = old.get(stat.uri)
+        unchanged = previous and (previous["size"], previous["mtime_ns"]) == (stat.size, stat.mtime_ns)
+        if unchanged:
+            kept.append({**previous, "style_id": style_id})
+        else:
+            todo.append({"style_id": style_id, "source_uri": stat.uri, "size": stat.size, "mtime_ns": stat.mtime_ns})
+    errors: list[dict[str, str]] = []
+    encoded: list[dict[str, Any]] = []
+    if todo:
+        connect(address)
+        table = pa.Table.from_pylist(todo, schema=BANK_SCHEMA)
+        blocks = [table.slice(i, scale.batch_size) for i in range(0, table.num_rows, scale.batch_size)]
+        ds = ray.data.from_arrow(blocks).map_batches(
+            StyleEncoder,
+            fn_constructor_kwargs={"model": model, "sizing": sizing},
+            batch_format="pyarrow",
+            batch_size=scale.batch_size,
+            **actor_resources(model, scale),
+        )
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                error = row.pop("error")
+                if error:
+                    errors.append({"uri": row["source_uri"], "error": error})
+                else:
+                    encoded.append(row)
+    rows = sorted(kept + encoded, key=lambda row: row["style_id"])
+    table = pa.Table.from_pylist(rows, schema=BANK_SCHEMA).replace_schema_metadata(
+        {
+            b"adain.format": BANK_FORMAT,
+            b"adain.encoder_sha256": encoder_sha.encode(),
+            b"adain.style_size": str(sizing.style_size).encode(),
+        }
+    )
+    write_bytes(output, table_bytes(table))
+    return {
+        "bank": output,
+        "styles": len(rows),
+        "encoded": len(encoded),
+        "unchanged": len(kept),
+        "removed": len(set(old) - {stat.uri for stat in listed}),
+        "errors": errors,
+        "encoder_sha256": encoder_sha,
+        "wall_s": round(time.time() - started, 3),
+    }
+
+
+def bank_from_images(model: StyleTransfer, styles: list[tuple[str, str]], sizing: Sizing) -> StyleBank:
+    """An in-memory bank of (style_id, uri) style images, for jobs given images instead of a bank."""
+    stats = [
+        model.style_stats(to_tensor(prepare(read_bytes(uri), sizing.style_size, sizing.crop, sizing.max_pixels))[None])
+        for _, uri in styles
+    ]
+    mean, std = (torch.cat(parts) for parts in zip(*stats, strict=True))
+    return StyleBank([sid for sid, _ in styles], mean, std, model.identity.get("encoder_sha256", ""), sizing.style_size)
