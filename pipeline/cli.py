@@ -139,7 +139,7 @@ def load_options(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key, value in options.items():
         dest = str(key).replace("-", "_")
-        if dest in ("style", "styles"):
+        if dest in ("style", "styles") and "style" in actions:  # stylize: repeated --style
             values["config_styles"] = [value] if isinstance(value, str) else list(value)
             continue
         if dest not in actions:

@@ -240,6 +240,21 @@ def test_incremental_index(ray_cluster: str, weights: WeightFiles, tmp_path: Pat
     assert rows(bank)["a"] == first["a"]
 
 
+def test_index_single_image_by_relative_path(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One image is a listing too; its URI is stored absolute, as listed directories are
+    (Ray workers may run in another directory), so indexing its folder later changes nothing."""
+    files = write_styles(tmp_path / "styles")
+    monkeypatch.chdir(tmp_path)
+    bank = tmp_path / "bank.parquet"
+    result = index(weights, "styles/a.jpg", bank)
+    assert (result["styles"], result["encoded"], result["errors"]) == (1, 1, [])
+    assert rows(bank)["a"]["source_uri"] == str(files["a"])
+    folder = index(weights, "styles", bank)
+    assert (folder["styles"], folder["encoded"], folder["unchanged"], folder["removed"]) == (3, 2, 1, 0)
+
+
 def test_unreadable_style_is_reported_not_fatal(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
     styles, bank = tmp_path / "styles", tmp_path / "bank.parquet"
     images.write(styles / "good.jpg", images.encoded(40, 32, seed=3))

@@ -32,7 +32,7 @@ from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
 from pipeline.model.nets import Decoder
 from pipeline.model.stylizer import StyleTransfer, pick_device
-from pipeline.storage.uri import FileStat, exists, is_dir, read_bytes, resolve, stat_files, write_bytes
+from pipeline.storage.uri import FileStat, absolute, exists, is_dir, read_bytes, resolve, stat_files, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -147,9 +147,10 @@ def _listing(styles: str) -> list[FileStat]:
     if is_dir(styles):
         return stat_files(styles, IMAGE_EXTENSIONS)
     if exists(styles):
-        filesystem, path = resolve(styles)
+        uri = absolute(styles)
+        filesystem, path = resolve(uri)
         info = filesystem.get_file_info(path)
-        return [FileStat(styles, styles.rsplit("/", 1)[-1], info.size, info.mtime_ns)]
+        return [FileStat(uri, uri.rsplit("/", 1)[-1], info.size, info.mtime_ns)]
     raise StorageError(f"{styles}: no style images there; give a prefix, a directory or an image")
 
 

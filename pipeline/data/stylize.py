@@ -40,6 +40,8 @@ def variants_for(cfg: StylizeConfig) -> list[Variant]:
         bank = load_bank(bank_of(cfg), load_encoder(cfg.model.encoder).sha256)
         if weights is not None:
             raise ConfigError("--style-weights blends style images; with a style bank give each style as its own run")
+        if bank.style_size != cfg.sizing.style_size:
+            log.warning("the style bank was indexed at --style-size %d; its statistics are used", bank.style_size)
         return [Variant(style_id, ()) for style_id in bank.ids]
     styles = list_styles(cfg.styles)
     if weights is None:
