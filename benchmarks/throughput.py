@@ -1,0 +1,238 @@
+"""Throughput of adain-ray against the reference implementations' way, in one run.
+
+    python benchmarks/throughput.py --images 200 --size 256 --device cpu --precision bf16
+
+Measures, on the same generated JPEGs and the same weights:
+  1. baseline   - the reference test scripts' way, written plainly here: one image at a time,
+                  PIL decode and resize, the style image encoded again for every pair, fp32,
+                  output encoded with PIL;
+  2. model only - the project's encoder + AdaIN + decoder on preloaded tensors at the chosen
+                  batch size and precision: the compute ceiling of this machine for this model;
+  3. job        - `adain stylize` end to end through Ray: encoded files in, encoded files and
+                  the manifest out.
+Prints a table and, last, `speedup X.XX` (the job's images/s over the baseline's).
+With no --encoder/--decoder it uses random weights (speed does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.model.checkpoint import load_decoder, load_encoder
+from pipeline.model.nets import Decoder, Encoder
+from pipeline.model.stylizer import StyleTransfer, pick_device
+
+MFLOP_PER_PIXEL = 0.97  # encoder + decoder, about 253 GFLOP per 512x512 image
+
+
+def make_images(folder: Path, count: int, size: int, seed: int = 0) -> None:
+    """`count` JPEGs of size x size with structure (gradients plus noise)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    for i in range(count):
+        base = np.stack([x, y, (x + y) / 2], -1) * rng.uniform(100, 200, 3)
+        pixels = np.clip(base + rng.integers(0, 55, (size, size, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:06d}.jpg", quality=90)
+
+
+def random_weights(folder: Path) -> tuple[str, str]:
+    """He-initialised weights in pytorch-AdaIN's layouts."""
+    torch.manual_seed(0)
+    paths = []
+    for module, name in ((Encoder(), "vgg_normalised.pth"), (Decoder(), "decoder.pth")):
+        for layer in module.modules():
+            if isinstance(layer, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(layer.weight, nonlinearity="relu")
+        torch.save(module.state_dict(), folder / name)
+        paths.append(str(folder / name))
+    return paths[0], paths[1]
+
+
+class PeakRss:
+    """Peak resident memory of this process and all its descendants (Ray's workers included)."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _tree_rss(self) -> int:
+        parents: dict[int, int] = {}
+        rss: dict[int, int] = {}
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rsplit(")", 1)[1].split()
+                parents[int(entry)] = int(fields[1])
+                rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            except (OSError, IndexError, ValueError):
+                continue
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            parent = frontier.pop()
+            for pid, ppid in parents.items():
+                if ppid == parent and pid not in tree:
+                    tree.add(pid)
+                    frontier.append(pid)
+        return sum(rss.get(pid, 0) for pid in tree)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._tree_rss())
+            self._stop.wait(0.2)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._tree_rss())
+
+
+def timed(fn: Callable[[], int]) -> tuple[float, int, int]:
+    """(seconds, images, peak RSS bytes) of one call that returns how many images it made."""
+    with PeakRss() as memory:
+        start = time.perf_counter()
+        images = fn()
+        seconds = time.perf_counter() - start
+    return seconds, images, memory.peak
+
+
+def baseline(files: list[Path], style: Path, size: int, encoder: str, decoder: str, out: Path) -> int:
+    """The reference test script's loop: per pair, decode both, encode both, AdaIN, decode, save."""
+    vgg, dec = Encoder(), Decoder()
+    vgg.load_state_dict(torch.load(encoder, weights_only=True), strict=False)
+    dec.load_state_dict(torch.load(decoder, weights_only=True))
+    vgg.eval()
+    dec.eval()
+
+    def load(path: Path) -> torch.Tensor:
+        img = Image.open(path).convert("RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)[None]
+
+    def calc_mean_std(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c = feat.shape[:2]
+        var = feat.view(n, c, -1).var(dim=2) + 1e-5
+        return feat.view(n, c, -1).mean(dim=2).view(n, c, 1, 1), var.sqrt().view(n, c, 1, 1)
+
+    out.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        for path in files:
+            content, style_img = load(path), load(style)
+            content_f, style_f = vgg(content), vgg(style_img)
+            c_mean, c_std = calc_mean_std(content_f)
+            s_mean, s_std = calc_mean_std(style_f)
+            output = dec((content_f - c_mean) / c_std * s_std + s_mean)
+            pixels = output[0].mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+            Image.fromarray(pixels).save(out / f"{path.stem}.jpg", quality=90)
+    return len(files)
+
+
+def model_only(model: StyleTransfer, size: int, batch: int, batches: int) -> int:
+    content = torch.rand(batch, 3, size, size)
+    stats = model.style_stats(torch.rand(1, 3, size, size))
+    model.stylize(content, stats)  # warm-up: first-call allocations, autotuning
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    for _ in range(batches):
+        model.stylize(content, stats)
+    if model.device.type == "cuda":
+        torch.cuda.synchronize()
+    return batch * batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--actors", type=int, default=None)
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--input", help="a directory of images to use instead of generated ones")
+    parser.add_argument("--encoder")
+    parser.add_argument("--decoder")
+    parser.add_argument("--baseline-images", type=int, default=None, help="images for the slow baseline")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="adain-bench-"))
+    try:
+        encoder, decoder = (args.encoder, args.decoder) if args.encoder else random_weights(work)
+        src = Path(args.input) if args.input else work / "in"
+        if not args.input:
+            make_images(src, args.images, args.size)
+        style = work / "style.jpg"
+        make_images(work / "styles", 1, args.size, seed=99)
+        shutil.move(work / "styles" / "img000000.jpg", style)
+        files = sorted(src.iterdir())
+        rows = []
+
+        n_base = min(len(files), args.baseline_images or len(files))
+        seconds, n, peak = timed(lambda: baseline(files[:n_base], style, args.size, encoder, decoder, work / "base"))
+        rows.append(("baseline (reference loop, fp32)", n / seconds, peak))
+
+        device = pick_device(args.device)
+        model = StyleTransfer(load_encoder(encoder).module, load_decoder(decoder).module, device, args.precision)
+        batches = max(2, args.images // args.batch_size // 2)
+        seconds, n, peak = timed(lambda: model_only(model, args.size, args.batch_size, batches))
+        model_rate = n / seconds
+        rows.append((f"model only ({args.precision}, batch {args.batch_size})", model_rate, peak))
+
+        from pipeline.data.cluster import connect
+        from pipeline.data.stylize import run_stylize
+
+        connect(None)
+        cfg = StylizeConfig(
+            input=str(src),
+            styles=(str(style),),
+            output=OutputSpec(str(work / "out"), "jpg", 90),
+            model=ModelConfig(encoder, decoder, args.device, args.precision),
+            sizing=Sizing(content_size=args.size, style_size=args.size),
+            scale=Scale(args.actors, args.batch_size, args.cpus_per_actor),
+        )
+        seconds, n, peak = timed(lambda: run_stylize(cfg)["ok"])
+        job_rate = n / seconds
+        rows.append(("job (adain stylize through Ray)", job_rate, peak))
+
+        print(f"\n{len(files)} images {args.size}x{args.size}, device {device}, {os.cpu_count()} CPUs")
+        print(f"{'':36} {'images/s':>9} {'ms/image':>9} {'peak RSS':>9}  of model")
+        for name, rate, peak in rows:
+            share = f"{rate / model_rate:7.0%}" if name.startswith("job") else ""
+            print(f"{name:36} {rate:9.2f} {1000 / rate:9.1f} {peak / 2**30:7.2f}GB  {share}")
+        tflops = model_rate * args.size**2 * MFLOP_PER_PIXEL * 1e6 / 1e12
+        print(f"model-only compute: {tflops:.2f} TFLOP/s ({MFLOP_PER_PIXEL} MFLOP per pixel)")
+        print(f"speedup {job_rate / rows[0][1]:.2f}")
+    finally:
+        if args.keep:
+            print(f"work directory: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
