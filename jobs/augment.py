@@ -1,6 +1,6 @@
 """Ray job entrypoint for dataset augmentation; the same options as `adain augment`.
 
-    ray job submit --working-dir . -- python jobs/augment.py --config jobs/configs/augment.yaml
+ray job submit --working-dir . -- python jobs/augment.py --config jobs/configs/augment.yaml
 """
 
 import sys

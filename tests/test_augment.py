@@ -71,6 +71,7 @@ def config(weights: WeightFiles, input: str | Path, styles: str | Path, output: 
 
 
 def encoded_input(rel: str, seed: int) -> bytes:
+    """The bytes of a DATASET image, at its size and in its format."""
     width, height, fmt = DATASET[rel]
     return images.encoded(width, height, fmt, seed=seed)
 
@@ -161,6 +162,7 @@ def expected_files(draws: dict[str, dict[str, float]], fmt: str = "png") -> set[
 
 
 def run_log(out: Path, run_id: str) -> dict[str, Any]:
+    """OUTPUT/_runs/RUN_ID.json of a local output."""
     return json.loads((out / "_runs" / f"{run_id}.json").read_text())
 
 
@@ -295,7 +297,7 @@ def test_incremental_runs(ray_cluster: str, weights: WeightFiles, tmp_path: Path
     # New inputs (one in a new class folder): only they are processed.
     added = write_dataset(src, ["cats/kitten.webp", "dogs/puppies/pug.jpg"])
     more = run()
-    assert (more["inputs_new"], more["inputs_changed"], more["inputs_unchanged"], more["ok"]) == (2, 0, 4, 8 // 2)
+    assert (more["inputs_new"], more["inputs_changed"], more["inputs_unchanged"], more["ok"]) == (2, 0, 4, 4)
     after_add = output_files(out)
     new_files = expected_files(expected_draws(1, added, style_ids, 2, (0.5, 1.0)))
     assert set(after_add) == set(after_first) | new_files and not set(after_first) & new_files
@@ -331,6 +333,31 @@ def test_incremental_runs(ray_cluster: str, weights: WeightFiles, tmp_path: Path
     assert {state[rel]["run_id"] for rel in added} == {more["run_id"]}
     assert {state[rel]["run_id"] for rel in first_rels if rel != changed} == {first["run_id"]}
     assert not (out / "_lock.json").exists()
+
+
+def test_failed_outputs_are_retried(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    """An output that could not be written is an error row, and the next run makes it: an
+    unchanged input is done only when its outputs are, else the dataset stays incomplete."""
+    src, styles, out = tmp_path / "in", tmp_path / "styles", tmp_path / "out"
+    rels = write_dataset(src, ["cats/tabby.jpg", "dogs/beagle.jpg"])
+    style_ids = write_styles(styles, 2)
+    expected = expected_files(expected_draws(0, rels, style_ids, 2, (1.0, 1.0)))
+    blocker = out / "cats" / "tabby__s0.png"  # a folder where the file goes: that write fails
+    images.write(blocker / "keep", b"x")
+    first = run_augment(config(weights, src, styles, out, per_image=2))
+    assert (first["ok"], first["error"]) == (3, 1)
+    (errored,) = [r for r in local_manifest(out, first["run_id"]) if r["status"] == "error"]
+    assert errored["rel_path"] == "cats/tabby.jpg" and str(blocker) in errored["error"]
+    (blocker / "keep").unlink()
+    blocker.rmdir()
+    before = output_files(out)
+
+    retry = run_augment(config(weights, src, styles, out, per_image=2))
+    assert set(output_files(out)) == expected, "the failed output was never retried"
+    assert retry["inputs_unchanged"] == 1 and retry["error"] == 0
+    assert {r["rel_path"] for r in local_manifest(out, retry["run_id"])} == {"cats/tabby.jpg"}
+    beagle = {k for k in before if k.startswith("dogs/")}
+    assert {k: output_files(out)[k] for k in beagle} == {k: before[k] for k in beagle}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -464,6 +491,22 @@ def test_shards(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
         f"{posixpath.splitext(rel)[0]}__{style}" for rel, styles_ in expected.items() for style in styles_
     }
 
+    # Incremental with shards: nothing new, no shard; a new input, a new shard of its samples only.
+    stamps = output_files(out)
+    assert run_augment(cfg)["total"] == 0
+    assert output_files(out) == stamps
+    write_dataset(src, ["dogs/collie.png"])
+    more = run_augment(cfg)
+    assert (more["inputs_new"], more["inputs_unchanged"], more["ok"]) == (1, 4, 2)
+    added = set(output_files(out)) - set(stamps)
+    assert len(added) == 1 and {k: output_files(out)[k] for k in stamps} == stamps
+    (new_shard,) = added
+    with tarfile.open(out / new_shard) as tar:
+        names = sorted(tar.getnames())
+    styles_drawn = expected_draws(2, ["dogs/collie.png"], style_ids, 2, (0.3, 0.8))["dogs/collie.png"]
+    assert names == sorted(f"dogs/collie__{style}.{ext}" for style in styles_drawn for ext in ("jpg", "json"))
+    assert {r["output_uri"] for r in local_manifest(out, more["run_id"])} == {str(out / new_shard)}
+
 
 # ---------------------------------------------------------------------------------------------
 # style bank
@@ -564,6 +607,19 @@ def test_s3_inputs_bank_output_and_lock(
     assert {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in outputs} == {k: etags[k] for k in outputs}
     assert "aug/_lock.json" not in after
 
+    # A changed input on S3 (other content and size): its two outputs are rewritten, no others.
+    s3.put_object(Bucket=bucket, Key="data/dogs/beagle.jpg", Body=images.encoded(56, 40, "JPEG", seed=77))
+    redo = run_augment(cfg)
+    assert (redo["inputs_new"], redo["inputs_changed"], redo["inputs_unchanged"], redo["ok"]) == (0, 1, 2, 2)
+    redone = {k for k in outputs if k.startswith("aug/dogs/beagle__")}
+    assert len(redone) == 2
+    now = {k: s3.head_object(Bucket=bucket, Key=k)["ETag"] for k in outputs}
+    assert all(now[k] != etags[k] for k in redone)
+    assert {k: now[k] for k in outputs - redone} == {k: etags[k] for k in outputs - redone}
+    assert {r["rel_path"] for r in s3_manifest(s3, bucket, "aug", redo["run_id"])} == {"dogs/beagle.jpg"}
+    new_keys = s3_keys(s3, bucket, "aug/") - after
+    assert {k for k in new_keys if not k.startswith(("aug/_runs/", "aug/_manifest/"))} == set()
+
 
 # ---------------------------------------------------------------------------------------------
 # the CLI
@@ -644,7 +700,12 @@ def test_cli_config_yaml(
     ids=["per-image-0", "alpha-range-reversed", "alpha-out-of-range", "per-image-over-styles"],
 )
 def test_cli_bad_values_are_one_line_errors(
-    weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: tuple[str, ...], words: str
+    ray_cluster: str,
+    weights: WeightFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: tuple[str, ...],
+    words: str,
 ) -> None:
     """Bad values: exit 1 or 2, one 'adain: error:' line, no traceback, nothing written."""
     src, styles, out = tmp_path / "in", tmp_path / "styles", tmp_path / "out"

@@ -250,6 +250,7 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
     manifest = ManifestWriter(
         cfg.output.uri, run_id, run_values(cfg), row_schema=AUGMENT_ROW_SCHEMA, run_schema=AUGMENT_RUN_SCHEMA
     )
+    failed: set[str] = set()
     if todo.num_rows:
         connect(cfg.address)
         batch = cfg.scale.batch_size
@@ -296,8 +297,12 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
             )
         for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             manifest.add(rows)
+            not_ok = pc.not_equal(rows.column("status"), "ok")
+            failed.update(rows.filter(not_ok).column("rel_path").to_pylist())
     manifest.flush()
-    record_state(state_uri, todo, run_id)
+    # Inputs with any failed output stay unrecorded, so the next run tries them again.
+    done = pc.invert(pc.is_in(todo.column("rel_path"), pa.array(sorted(failed), pa.string())))
+    record_state(state_uri, todo.filter(done), run_id)
     wall = time.time() - started
     counts = {status: manifest.counts.get(status, 0) for status in STATUSES}
     summary = {
