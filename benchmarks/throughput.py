@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--actors", type=int, default=None)
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
+    parser.add_argument("--cpus-per-actor", type=float, default=None)
     parser.add_argument("--input", help="a directory of images to use instead of generated ones")
     parser.add_argument("--encoder")
     parser.add_argument("--decoder")

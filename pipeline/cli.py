@@ -86,7 +86,7 @@ def _stylize(args: argparse.Namespace) -> int:
         model=model_config(args),
         controls=controls(args),
         sizing=sizing(args),
-        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor),
+        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus),
         extensions=_extensions(args.extensions),
         input_root=args.input_root,
         address=args.address,
@@ -171,7 +171,7 @@ def _index_styles(args: argparse.Namespace) -> int:
 
     if not args.styles or not args.output:
         raise ConfigError("adain styles index needs --styles and --output")
-    scale = Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor)
+    scale = Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus)
     result = index_styles(args.styles, args.output, model_config(args), sizing(args), scale, args.address)
     for error in result["errors"]:
         print(f"adain: skipped style {error['uri']}: {error['error']}", file=sys.stderr)
@@ -186,7 +186,10 @@ def add_scale_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, or per spare CPU)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs (torch threads) per actor")
+    parser.add_argument(
+        "--cpus-per-actor", type=float, help="CPUs per model actor (default: 1 with a GPU; on CPU, the node's)"
+    )
+    parser.add_argument("--io-cpus", type=float, default=0.25, help="CPUs per decoding/writing task (default 0.25)")
     parser.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on GPU clusters")
 
 
@@ -227,7 +230,7 @@ def _augment(args: argparse.Namespace) -> int:
         model=model_config(args),
         preserve_color=args.preserve_color,
         sizing=sizing(args),
-        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor),
+        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus),
         extensions=_extensions(args.extensions),
         input_root=args.input_root,
         address=args.address,

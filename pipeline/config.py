@@ -71,18 +71,21 @@ class Sizing:
 class Scale:
     """How the job maps onto the cluster."""
 
-    actors: int | None = None  # model actors; default: one per GPU, or the CPUs left after one for decoding
+    actors: int | None = None  # model actors; default: one per GPU, or one per node on CPU clusters
     batch_size: int = 16
-    cpus_per_actor: float = 1.0
+    cpus_per_actor: float | None = None  # default: 1 with a GPU; on CPU, the node's CPUs less the I/O share
     gpus_per_actor: float = 1.0
+    io_cpus: float = 0.25  # CPUs asked by each decoding and writing task
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
             raise ConfigError("--actors must be at least 1")
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be at least 1")
-        if self.cpus_per_actor <= 0 or self.gpus_per_actor <= 0:
+        if (self.cpus_per_actor is not None and self.cpus_per_actor <= 0) or self.gpus_per_actor <= 0:
             raise ConfigError("--cpus-per-actor and --gpus-per-actor must be positive")
+        if self.io_cpus <= 0:
+            raise ConfigError("--io-cpus must be positive")
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from PIL import Image
 
 from pipeline.config import AugmentConfig, ModelConfig, OutputSpec, Sizing
 from pipeline.data.bank import bank_from_images, is_bank, load_bank
-from pipeline.data.cluster import actor_resources, connect
+from pipeline.data.cluster import connect, model_stage, set_threads
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ROW_SCHEMA, STATUSES, ManifestWriter, new_run_id, table_bytes, write_summary
 from pipeline.data.stages import decode_one, elapsed_ms, shape_groups, to_batch, to_uint8, write_outputs
@@ -108,8 +108,15 @@ class Augmenter:
     encoded once from the style images)."""
 
     def __init__(
-        self, model: ModelConfig, styles: str, sizing: Sizing, batch_size: int, luminance: bool = False
+        self,
+        model: ModelConfig,
+        styles: str,
+        sizing: Sizing,
+        batch_size: int,
+        luminance: bool = False,
+        threads: int | None = None,
     ) -> None:
+        set_threads(threads)
         self.model = load_model(model)
         self.batch_size, self.luminance = batch_size, luminance
         if is_bank(styles):
@@ -267,7 +274,9 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
             },
             batch_format="pyarrow",
             batch_size=batch,
+            num_cpus=cfg.scale.io_cpus,
         )
+        actor_args, threads = model_stage(cfg.model, cfg.scale)
         ds = ds.map_batches(
             Augmenter,
             fn_constructor_kwargs={
@@ -276,10 +285,11 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
                 "sizing": cfg.sizing,
                 "batch_size": batch,
                 "luminance": cfg.preserve_color == "luminance",
+                "threads": threads,
             },
             batch_format="pyarrow",
             batch_size=batch,
-            **actor_resources(cfg.model, cfg.scale),
+            **actor_args,
         )
         if cfg.shards:
             ds = ds.map_batches(
@@ -287,6 +297,7 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
                 fn_kwargs={"output": cfg.output, "run_id": run_id},
                 batch_format="pyarrow",
                 batch_size=cfg.shard_size,
+                num_cpus=cfg.scale.io_cpus,
             )
         else:
             ds = ds.map_batches(
@@ -294,6 +305,7 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
                 fn_kwargs={"output": cfg.output, "naming": augmented_key},
                 batch_format="pyarrow",
                 batch_size=batch,
+                num_cpus=cfg.scale.io_cpus,
             )
         for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             manifest.add(rows)

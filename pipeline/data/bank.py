@@ -23,7 +23,7 @@ import ray
 import torch
 
 from pipeline.config import ModelConfig, Scale, Sizing
-from pipeline.data.cluster import actor_resources, connect
+from pipeline.data.cluster import connect, model_stage, set_threads
 from pipeline.data.listing import style_ids
 from pipeline.data.manifest import table_bytes
 from pipeline.errors import AdainError, ConfigError, StorageError
@@ -116,7 +116,8 @@ def load_bank(uri: str, encoder_sha256: str | None = None) -> StyleBank:
 class StyleEncoder:
     """A model actor for indexing: style image bytes -> content hash and relu4_1 statistics."""
 
-    def __init__(self, model: ModelConfig, sizing: Sizing) -> None:
+    def __init__(self, model: ModelConfig, sizing: Sizing, threads: int | None = None) -> None:
+        set_threads(threads)
         # Only the encoder matters here; the decoder slot gets an untrained one.
         encoder = load_encoder(model.encoder).module
         self.model = StyleTransfer(encoder, Decoder(), pick_device(model.device), model.precision)
@@ -194,12 +195,13 @@ def index_styles(
         connect(address)
         table = pa.Table.from_pylist(todo, schema=BANK_SCHEMA)
         blocks = [table.slice(i, scale.batch_size) for i in range(0, table.num_rows, scale.batch_size)]
+        actor_args, threads = model_stage(model, scale)
         ds = ray.data.from_arrow(blocks).map_batches(
             StyleEncoder,
-            fn_constructor_kwargs={"model": model, "sizing": sizing},
+            fn_constructor_kwargs={"model": model, "sizing": sizing, "threads": threads},
             batch_format="pyarrow",
             batch_size=scale.batch_size,
-            **actor_resources(model, scale),
+            **actor_args,
         )
         for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():

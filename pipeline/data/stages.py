@@ -21,6 +21,7 @@ from PIL import Image
 
 from pipeline.config import Controls, ModelConfig, OutputSpec, Sizing
 from pipeline.data.bank import load_bank
+from pipeline.data.cluster import set_threads
 from pipeline.data.manifest import ROW_SCHEMA
 from pipeline.errors import AdainError
 from pipeline.imaging.codec import encode, prepare, to_tensor
@@ -121,7 +122,9 @@ class Stylizer:
         variants: list[Variant],
         batch_size: int,
         bank: str | None = None,
+        threads: int | None = None,
     ) -> None:
+        set_threads(threads)
         self.model = load_model(model)
         self.controls, self.variants, self.batch_size = controls, {v.style_id: v for v in variants}, batch_size
         uris = sorted({u for v in variants for u in v.uris})

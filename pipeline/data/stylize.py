@@ -15,7 +15,7 @@ import ray
 
 from pipeline.config import StylizeConfig
 from pipeline.data.bank import is_bank, load_bank
-from pipeline.data.cluster import actor_resources, connect
+from pipeline.data.cluster import connect, model_stage
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import STATUSES, ManifestWriter, new_run_id, write_summary
 from pipeline.data.preview import write_preview
@@ -93,7 +93,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         fn_kwargs={"style_ids": style_ids, "output": cfg.output, "sizing": cfg.sizing},
         batch_format="pyarrow",
         batch_size=batch,
+        num_cpus=cfg.scale.io_cpus,
     )
+    actor_args, threads = model_stage(cfg.model, cfg.scale)
     ds = ds.map_batches(
         Stylizer,
         fn_constructor_kwargs={
@@ -103,12 +105,19 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
             "variants": variants,
             "batch_size": batch,
             "bank": bank_of(cfg),
+            "threads": threads,
         },
         batch_format="pyarrow",
         batch_size=batch,
-        **actor_resources(cfg.model, cfg.scale),
+        **actor_args,
     )
-    ds = ds.map_batches(write_outputs, fn_kwargs={"output": cfg.output}, batch_format="pyarrow", batch_size=batch)
+    ds = ds.map_batches(
+        write_outputs,
+        fn_kwargs={"output": cfg.output},
+        batch_format="pyarrow",
+        batch_size=batch,
+        num_cpus=cfg.scale.io_cpus,
+    )
 
     manifest = ManifestWriter(cfg.output.uri, run_id, run_values(cfg))
     for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):

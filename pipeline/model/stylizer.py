@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -48,23 +47,20 @@ class StyleTransfer(nn.Module):
         self.requires_grad_(False)
         self.device = torch.device(device)
         self.precision = precision
+        # Reduced precision casts the weights themselves: no per-call weight casts as under
+        # autocast (about 2x faster on CPU). Statistics stay float32 (see functional.py).
+        self.dtype = PRECISIONS[precision]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.to(self.device, memory_format=self.memory_format)
+        self.to(self.device, self.dtype, memory_format=self.memory_format)
         self.identity: dict[str, str] = {}  # sha256 of the weights, set by the loader
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=PRECISIONS[self.precision])
-
     def _input(self, images: Tensor) -> Tensor:
-        return images.to(self.device, torch.float32, non_blocking=True).contiguous(memory_format=self.memory_format)
+        return images.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=self.memory_format)
 
     @torch.inference_mode()
     def style_stats(self, styles: Tensor) -> Stats:
         """relu4_1 mean and std of each style image: (S, 512, 1, 1) each, float32."""
-        with self._autocast():
-            return mean_std(self.encoder(self._input(styles)))
+        return mean_std(self.encoder(self._input(styles)))
 
     def _on_device(self, stats: Stats) -> Stats:
         mean, std = stats
@@ -87,8 +83,7 @@ class StyleTransfer(nn.Module):
         `alpha` is a float or one value per image, shaped (N, 1, 1, 1).
         """
         x = self._input(content)
-        with self._autocast():
-            feat = self.encoder(x)
+        feat = self.encoder(x)
         if mask is None:
             target = adain(feat, *self._on_device(style))
         elif background is None:
@@ -111,8 +106,7 @@ class StyleTransfer(nn.Module):
         value for all, or one per style (each a float or a per-image (N, 1, 1, 1) tensor).
         """
         x = self._input(content)
-        with self._autocast():
-            feat = self.encoder(x)
+        feat = self.encoder(x)
         alphas = alpha if isinstance(alpha, (list, tuple)) else [alpha] * len(styles)
         return [
             self._decode(adain(feat, *self._on_device(s)), feat, x, a, preserve_luminance)
@@ -122,8 +116,7 @@ class StyleTransfer(nn.Module):
     def _decode(self, target: Tensor, feat: Tensor, x: Tensor, alpha: float | Tensor, luminance: bool) -> Tensor:
         if isinstance(alpha, Tensor):
             alpha = alpha.to(self.device)
-        with self._autocast():
-            out = self.decoder(mix(target, feat, alpha))
+        out = self.decoder(mix(target, feat, alpha).to(self.dtype))
         # Ceil-mode pooling lets the decoder overshoot by up to 7 px: crop back to the input.
         out = out.float()[..., : x.shape[-2], : x.shape[-1]]
         if luminance:
