@@ -68,6 +68,10 @@ def sizing(args: argparse.Namespace) -> Sizing:
     return Sizing(args.content_size, args.style_size, args.crop, args.max_pixels, args.max_side)
 
 
+def scale(args: argparse.Namespace) -> Scale:
+    return Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus)
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from pipeline.transfer import TransferRequest, run_transfer
 
@@ -86,7 +90,7 @@ def _stylize(args: argparse.Namespace) -> int:
         model=model_config(args),
         controls=controls(args),
         sizing=sizing(args),
-        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus),
+        scale=scale(args),
         extensions=_extensions(args.extensions),
         input_root=args.input_root,
         address=args.address,
@@ -171,8 +175,7 @@ def _index_styles(args: argparse.Namespace) -> int:
 
     if not args.styles or not args.output:
         raise ConfigError("adain styles index needs --styles and --output")
-    scale = Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus)
-    result = index_styles(args.styles, args.output, model_config(args), sizing(args), scale, args.address)
+    result = index_styles(args.styles, args.output, model_config(args), sizing(args), scale(args), args.address)
     for error in result["errors"]:
         print(f"adain: skipped style {error['uri']}: {error['error']}", file=sys.stderr)
     print(
@@ -230,7 +233,7 @@ def _augment(args: argparse.Namespace) -> int:
         model=model_config(args),
         preserve_color=args.preserve_color,
         sizing=sizing(args),
-        scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus),
+        scale=scale(args),
         extensions=_extensions(args.extensions),
         input_root=args.input_root,
         address=args.address,

@@ -31,7 +31,7 @@ from pipeline.config import AugmentConfig, ModelConfig, OutputSpec, Sizing
 from pipeline.data.bank import bank_from_images, is_bank, load_bank
 from pipeline.data.cluster import connect, model_stage, set_threads
 from pipeline.data.listing import list_inputs, list_styles
-from pipeline.data.manifest import ROW_SCHEMA, STATUSES, ManifestWriter, new_run_id, table_bytes, write_summary
+from pipeline.data.manifest import ROW_SCHEMA, ManifestWriter, finish_run, new_run_id, table_bytes
 from pipeline.data.stages import decode_one, elapsed_ms, shape_groups, to_batch, to_uint8, write_outputs
 from pipeline.errors import AdainError, ConfigError
 from pipeline.imaging.codec import encode
@@ -315,28 +315,20 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
     # Inputs with any failed output stay unrecorded, so the next run tries them again.
     done = pc.invert(pc.is_in(todo.column("rel_path"), pa.array(sorted(failed), pa.string())))
     record_state(state_uri, todo.filter(done), run_id)
-    wall = time.time() - started
-    counts = {status: manifest.counts.get(status, 0) for status in STATUSES}
-    summary = {
-        "run_id": run_id,
-        "status": "succeeded",
-        "input": cfg.input,
-        "styles": cfg.styles,
-        "output": cfg.output.uri,
-        "inputs_new": kinds["new"],
-        "inputs_changed": kinds["changed"],
-        "inputs_unchanged": kinds["unchanged"],
-        "per_image": cfg.per_image,
-        "seed": cfg.seed,
-        **counts,
-        "total": sum(counts.values()),
-        "wall_s": round(wall, 3),
-        "images_per_s": round(counts["ok"] / wall, 3) if wall > 0 else None,
-        "manifest": join(cfg.output.uri, "_manifest"),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-    }
-    summary["summary"] = write_summary(cfg.output.uri, summary)
-    return summary
+    return finish_run(
+        manifest,
+        cfg.output.uri,
+        started,
+        status="succeeded",
+        input=cfg.input,
+        styles=cfg.styles,
+        output=cfg.output.uri,
+        inputs_new=kinds["new"],
+        inputs_changed=kinds["changed"],
+        inputs_unchanged=kinds["unchanged"],
+        per_image=cfg.per_image,
+        seed=cfg.seed,
+    )
 
 
 def run_values(cfg: AugmentConfig) -> dict[str, Any]:

@@ -131,8 +131,21 @@ def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
     return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
-def write_summary(output: str, summary: dict[str, Any]) -> str:
-    """Write `_runs/RUN_ID.json`; returns its URI."""
-    uri = join(output, "_runs", f"{summary['run_id']}.json")
+def finish_run(manifest: ManifestWriter, prefix: str, started: float, **fields: Any) -> dict[str, Any]:
+    """The run summary (counts, wall time, rate, where the manifest is) with the job's own
+    `fields`, written to PREFIX/_runs/RUN_ID.json."""
+    wall = time.time() - started
+    counts = {status: manifest.counts.get(status, 0) for status in STATUSES}
+    summary = {
+        "run_id": manifest.run_id,
+        **fields,
+        **counts,
+        "total": sum(counts.values()),
+        "wall_s": round(wall, 3),
+        "images_per_s": round(counts["ok"] / wall, 3) if wall > 0 else None,
+        "manifest": join(prefix, "_manifest"),
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+    }
+    uri = join(prefix, "_runs", f"{manifest.run_id}.json")
     write_bytes(uri, json.dumps(summary, indent=2, sort_keys=True).encode())
-    return uri
+    return {**summary, "summary": uri}

@@ -17,14 +17,14 @@ from pipeline.config import StylizeConfig
 from pipeline.data.bank import is_bank, load_bank
 from pipeline.data.cluster import connect, model_stage
 from pipeline.data.listing import list_inputs, list_styles
-from pipeline.data.manifest import STATUSES, ManifestWriter, new_run_id, write_summary
+from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id
 from pipeline.data.preview import write_preview
 from pipeline.data.stages import Stylizer, Variant, decode_inputs, write_outputs
 from pipeline.errors import ConfigError, ImageError
 from pipeline.imaging.codec import prepare
 from pipeline.model.checkpoint import load_encoder, weight_uri
 from pipeline.storage.cache import fetch
-from pipeline.storage.uri import join, read_bytes
+from pipeline.storage.uri import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -124,22 +124,15 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         manifest.add(rows)
     manifest.flush()
 
-    wall = time.time() - started
-    counts = {status: manifest.counts.get(status, 0) for status in STATUSES}
-    summary = {
-        "run_id": run_id,
-        "input": cfg.input,
-        "output": cfg.output.uri,
-        "inputs": inputs.num_rows,
-        "styles": style_ids,
-        **counts,
-        "total": sum(counts.values()),
-        "wall_s": round(wall, 3),
-        "images_per_s": round(counts["ok"] / wall, 3) if wall > 0 else None,
-        "manifest": join(cfg.output.uri, "_manifest"),
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-    }
-    summary["summary"] = write_summary(cfg.output.uri, summary)
+    summary = finish_run(
+        manifest,
+        cfg.output.uri,
+        started,
+        input=cfg.input,
+        output=cfg.output.uri,
+        inputs=inputs.num_rows,
+        styles=style_ids,
+    )
     if cfg.preview and manifest.samples:
         write_preview(manifest.samples, cfg.preview, cfg.sizing.max_pixels)
         summary["preview"] = cfg.preview
