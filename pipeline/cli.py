@@ -72,6 +72,19 @@ def scale(args: argparse.Namespace) -> Scale:
     return Scale(args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus)
 
 
+def job_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """What the Ray Data jobs (stylize, augment) share: weights, sizes, scale, inputs, cluster, run id."""
+    return {
+        "model": model_config(args),
+        "sizing": sizing(args),
+        "scale": scale(args),
+        "extensions": _extensions(args.extensions),
+        "input_root": args.input_root,
+        "address": args.address,
+        "run_id": args.run_id,
+    }
+
+
 def _transfer(args: argparse.Namespace) -> int:
     from pipeline.transfer import TransferRequest, run_transfer
 
@@ -87,15 +100,9 @@ def _stylize(args: argparse.Namespace) -> int:
         input=args.input,
         styles=tuple(args.style or args.config_styles or ()),
         output=OutputSpec(args.output or "", args.format, args.quality, args.overwrite),
-        model=model_config(args),
         controls=controls(args),
-        sizing=sizing(args),
-        scale=scale(args),
-        extensions=_extensions(args.extensions),
-        input_root=args.input_root,
-        address=args.address,
-        run_id=args.run_id,
         preview=args.preview,
+        **job_fields(args),
     )
     summary = run_stylize(cfg)
     print(
@@ -230,15 +237,9 @@ def _augment(args: argparse.Namespace) -> int:
         seed=args.seed,
         shards=args.shards,
         shard_size=args.shard_size,
-        model=model_config(args),
         preserve_color=args.preserve_color,
-        sizing=sizing(args),
-        scale=scale(args),
-        extensions=_extensions(args.extensions),
-        input_root=args.input_root,
-        address=args.address,
-        run_id=args.run_id,
         lock_ttl_s=args.lock_ttl,
+        **job_fields(args),
     )
     summary = run_augment(cfg)
     print(

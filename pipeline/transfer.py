@@ -30,7 +30,7 @@ from pipeline.imaging.codec import (
     to_image,
     to_tensor,
 )
-from pipeline.model.functional import Stats, blend_stats, coral
+from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
 from pipeline.storage.keys import output_stems
@@ -138,5 +138,5 @@ def _stylize(
         style = stats[0]
     else:
         weights = torch.tensor(controls.style_weights or [1.0] * len(stats))
-        style = blend_stats(torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats]), weights)
+        style = blend_stats(*cat_stats(stats), weights)
     return model.stylize(content[None], style, controls.alpha, preserve_luminance=luminance)

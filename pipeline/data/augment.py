@@ -36,6 +36,7 @@ from pipeline.data.stages import decode_one, elapsed_ms, shape_groups, to_batch,
 from pipeline.errors import AdainError, ConfigError
 from pipeline.imaging.codec import encode
 from pipeline.model.checkpoint import load_encoder, weight_uri
+from pipeline.model.functional import cat_stats
 from pipeline.model.loader import load_model
 from pipeline.storage.cache import fetch
 from pipeline.storage.keys import augmented_key, safe_relpath, slug
@@ -134,7 +135,7 @@ class Augmenter:
             styles, alphas = [], []
             for k in range(per_image):
                 stats = [self.bank.stats(row["styles"][k]) for row in rows]
-                styles.append((torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])))
+                styles.append(cat_stats(stats))
                 alphas.append(torch.tensor([row["alphas"][k] for row in rows]).view(-1, 1, 1, 1))
             outputs = self.model.stylize_each(to_batch(rows, height, width), styles, alphas, self.luminance)
             model_ms = elapsed_ms(start) / (len(chunk) * per_image)

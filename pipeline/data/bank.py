@@ -29,7 +29,7 @@ from pipeline.data.manifest import table_bytes
 from pipeline.errors import AdainError, ConfigError, StorageError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare, to_tensor
 from pipeline.model.checkpoint import load_encoder
-from pipeline.model.functional import Stats
+from pipeline.model.functional import Stats, cat_stats
 from pipeline.model.nets import Decoder
 from pipeline.model.stylizer import StyleTransfer, pick_device
 from pipeline.storage.uri import FileStat, absolute, exists, is_dir, read_bytes, resolve, stat_files, write_bytes
@@ -231,11 +231,12 @@ def index_styles(
     }
 
 
+def style_tensor(uri: str, sizing: Sizing) -> torch.Tensor:
+    """A style image as the jobs encode it: read, decoded, resized to --style-size, (3, H, W)."""
+    return to_tensor(prepare(read_bytes(uri), sizing.style_size, sizing.crop, sizing.max_pixels))
+
+
 def bank_from_images(model: StyleTransfer, styles: list[tuple[str, str]], sizing: Sizing) -> StyleBank:
     """An in-memory bank of (style_id, uri) style images, for jobs given images instead of a bank."""
-    stats = [
-        model.style_stats(to_tensor(prepare(read_bytes(uri), sizing.style_size, sizing.crop, sizing.max_pixels))[None])
-        for _, uri in styles
-    ]
-    mean, std = (torch.cat(parts) for parts in zip(*stats, strict=True))
+    mean, std = cat_stats([model.style_stats(style_tensor(uri, sizing)[None]) for _, uri in styles])
     return StyleBank([sid for sid, _ in styles], mean, std, model.identity.get("encoder_sha256", ""), sizing.style_size)

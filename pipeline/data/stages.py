@@ -20,12 +20,12 @@ import torch
 from PIL import Image
 
 from pipeline.config import Controls, ModelConfig, OutputSpec, Sizing
-from pipeline.data.bank import load_bank
+from pipeline.data.bank import load_bank, style_tensor
 from pipeline.data.cluster import set_threads
 from pipeline.data.manifest import ROW_SCHEMA
 from pipeline.errors import AdainError
-from pipeline.imaging.codec import encode, prepare, to_tensor
-from pipeline.model.functional import Stats, blend_stats, coral
+from pipeline.imaging.codec import encode, prepare
+from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.storage.keys import output_key
 from pipeline.storage.uri import exists, read_bytes, write_bytes
@@ -128,9 +128,7 @@ class Stylizer:
         self.model = load_model(model)
         self.controls, self.variants, self.batch_size = controls, {v.style_id: v for v in variants}, batch_size
         uris = sorted({u for v in variants for u in v.uris})
-        self.style_images = {
-            u: to_tensor(prepare(read_bytes(u), sizing.style_size, sizing.crop, sizing.max_pixels)) for u in uris
-        }
+        self.style_images = {u: style_tensor(u, sizing) for u in uris}
         # Style statistics, once per actor: from the bank, or from the images (coral needs
         # them per content image instead).
         if bank is not None:
@@ -146,7 +144,7 @@ class Stylizer:
         images = [self.style_images[u] for u in variant.uris]
         if content is not None:  # pytorch-AdaIN's colour preservation: recolour the style first
             images = [coral(img, content) for img in images]
-        mean, std = _cat([self.model.style_stats(img[None]) for img in images])
+        mean, std = cat_stats([self.model.style_stats(img[None]) for img in images])
         if len(images) == 1:
             return mean, std
         return blend_stats(mean, std, torch.tensor(variant.weights or [1.0] * len(images)))
@@ -190,10 +188,6 @@ class Stylizer:
         pixels = {s: to_uint8(t) for s, t in stacked.items()}
         per_image_ms = elapsed_ms(start) / len(chunk)
         return {(i, s): (pixels[s][k].tobytes(), per_image_ms) for k, i in enumerate(chunk) for s in decoded[i]["todo"]}
-
-
-def _cat(stats: list[Stats]) -> Stats:
-    return torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats])
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

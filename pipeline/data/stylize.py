@@ -14,17 +14,15 @@ from typing import Any
 import ray
 
 from pipeline.config import StylizeConfig
-from pipeline.data.bank import is_bank, load_bank
+from pipeline.data.bank import is_bank, load_bank, style_tensor
 from pipeline.data.cluster import connect, model_stage
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id
 from pipeline.data.preview import write_preview
 from pipeline.data.stages import Stylizer, Variant, decode_inputs, write_outputs
 from pipeline.errors import ConfigError, ImageError
-from pipeline.imaging.codec import prepare
 from pipeline.model.checkpoint import load_encoder, weight_uri
 from pipeline.storage.cache import fetch
-from pipeline.storage.uri import read_bytes
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +67,7 @@ def check_ready(cfg: StylizeConfig, variants: list[Variant]) -> None:
     fetch(*weight_uri(cfg.model.decoder), flag="--decoder")
     for uri in sorted({u for v in variants for u in v.uris}):
         try:
-            prepare(read_bytes(uri), cfg.sizing.style_size, cfg.sizing.crop, cfg.sizing.max_pixels)
+            style_tensor(uri, cfg.sizing)
         except ImageError as exc:
             raise ImageError(f"style {uri}: {exc}") from None
 

@@ -42,6 +42,11 @@ def adain(content_feat: Tensor, style_mean: Tensor, style_std: Tensor) -> Tensor
     return (content_feat - content_mean) / content_std * style_std + style_mean
 
 
+def cat_stats(stats: list[Stats]) -> Stats:
+    """Stack several styles' statistics into one (S, C, 1, 1) pair."""
+    return torch.cat([mean for mean, _ in stats]), torch.cat([std for _, std in stats])
+
+
 def blend_stats(mean: Tensor, std: Tensor, weights: Tensor) -> Stats:
     """Mix S styles' statistics into one style, weights normalised to sum 1.
 
