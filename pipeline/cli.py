@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import (
+    PRECISIONS,
     PRESERVE_COLOR,
     AugmentConfig,
     Controls,
@@ -22,8 +23,7 @@ from pipeline.config import (
 )
 from pipeline.errors import AdainError, ConfigError
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
-from pipeline.model.checkpoint import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_WEIGHTS
-from pipeline.model.stylizer import PRECISIONS
+from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_WEIGHTS
 from pipeline.train.command import add_train_command
 
 

@@ -6,11 +6,11 @@ from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
-from pipeline.model.checkpoint import DEFAULT_DECODER, DEFAULT_ENCODER
-from pipeline.model.stylizer import PRECISIONS
+from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER
 from pipeline.storage.uri import absolute
 
 PRESERVE_COLOR = ("coral", "luminance")
+PRECISIONS = ("fp32", "bf16", "fp16")  # the networks' dtypes: pipeline.model.stylizer.DTYPES
 
 
 @dataclass(frozen=True)

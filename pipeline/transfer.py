@@ -19,17 +19,8 @@ from torch import Tensor
 
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.errors import AdainError, ConfigError, ImageError
-from pipeline.imaging.codec import (
-    FORMATS,
-    IMAGE_EXTENSIONS,
-    decode,
-    encode,
-    format_of,
-    mask_tensor,
-    prepare,
-    to_image,
-    to_tensor,
-)
+from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, decode, encode, format_of, prepare
+from pipeline.imaging.tensors import mask_tensor, to_image, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer

@@ -19,7 +19,8 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import ModelConfig
-from pipeline.imaging.codec import prepare, to_image, to_tensor
+from pipeline.imaging.codec import prepare
+from pipeline.imaging.tensors import to_image, to_tensor
 from pipeline.model.functional import blend_stats
 from pipeline.model.loader import load_model
 from tests import images

@@ -22,15 +22,8 @@ import torch
 
 from pipeline import cli
 from pipeline.errors import AdainError, StorageError, WeightsError
-from pipeline.model.checkpoint import (
-    KNOWN_WEIGHTS,
-    Weights,
-    load_decoder,
-    load_encoder,
-    save_checkpoint,
-    state_sha256,
-    weight_uri,
-)
+from pipeline.model.checkpoint import Weights, load_decoder, load_encoder, save_checkpoint, state_sha256
+from pipeline.model.sources import KNOWN_WEIGHTS, weight_uri
 from pipeline.storage.cache import cached_path, split_checksum
 from tests import images, reference
 from tests.conftest import HttpServer, S3Server, WeightFiles, free_port

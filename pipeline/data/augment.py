@@ -11,35 +11,30 @@ changed, since the runs recorded in OUTPUT/_state/inputs.parquet.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
-import tarfile
 import time
-import uuid
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
-from PIL import Image
 
-from pipeline.config import AugmentConfig, ModelConfig, OutputSpec, Sizing
+from pipeline.config import AugmentConfig, ModelConfig, Sizing
 from pipeline.data.bank import bank_from_images, is_bank, load_bank
 from pipeline.data.cluster import connect, model_stage, set_threads
+from pipeline.data.io_tasks import decode_and_draw, elapsed_ms, write_outputs, write_shard
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ROW_SCHEMA, ManifestWriter, finish_run, new_run_id, table_bytes
-from pipeline.data.stages import decode_one, elapsed_ms, shape_groups, to_batch, to_uint8, write_outputs
-from pipeline.errors import AdainError, ConfigError
-from pipeline.imaging.codec import encode
-from pipeline.model.checkpoint import load_encoder, weight_uri
+from pipeline.data.stages import shape_groups, to_batch, to_uint8
+from pipeline.errors import ConfigError
+from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import cat_stats
 from pipeline.model.loader import load_model
+from pipeline.model.sources import weight_uri
 from pipeline.storage.cache import fetch
-from pipeline.storage.keys import augmented_key, safe_relpath, slug
+from pipeline.storage.keys import augmented_key
 from pipeline.storage.lock import acquire, release
 from pipeline.storage.uri import exists, join, read_bytes, write_bytes
 
@@ -55,53 +50,9 @@ AUGMENT_RUN_SCHEMA = pa.schema(
         ("format", pa.string()),
     ]
 )
-AUGMENT_DECODED_SCHEMA = pa.schema(
-    [
-        ("input_uri", pa.string()),
-        ("rel_path", pa.string()),
-        ("key", pa.string()),
-        ("styles", pa.list_(pa.string())),
-        ("alphas", pa.list_(pa.float32())),
-        ("pixels", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("error", pa.string()),
-        ("decode_ms", pa.float32()),
-    ]
-)
 STATE_SCHEMA = pa.schema(
     [("rel_path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("run_id", pa.string())]
 )
-
-
-def draw(
-    seed: int, rel_path: str, n_styles: int, per_image: int, alpha_range: tuple[float, float]
-) -> tuple[list[int], list[float]]:
-    """The styles (indices into the sorted style ids) and alphas of one input: a pure function
-    of (seed, input path), the same on every machine and every run."""
-    path_hash = int.from_bytes(hashlib.sha256(rel_path.encode()).digest()[:8], "big")
-    rng = np.random.default_rng([seed, path_hash])
-    picks = rng.choice(n_styles, size=per_image, replace=False)
-    low, high = alpha_range
-    alphas = rng.uniform(low, high, size=per_image) if high > low else np.full(per_image, low)
-    return picks.tolist(), alphas.astype(np.float32).tolist()
-
-
-def decode_and_draw(
-    batch: pa.Table,
-    *,
-    style_ids: list[str],
-    per_image: int,
-    alpha_range: tuple[float, float],
-    seed: int,
-    sizing: Sizing,
-) -> pa.Table:
-    rows = []
-    for row in batch.select(["input_uri", "rel_path", "key"]).to_pylist():
-        picks, alphas = draw(seed, row["rel_path"], len(style_ids), per_image, alpha_range)
-        row.update(styles=[style_ids[i] for i in picks], alphas=alphas, **decode_one(row["input_uri"], sizing))
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=AUGMENT_DECODED_SCHEMA)
 
 
 class Augmenter:
@@ -155,45 +106,6 @@ class Augmenter:
                     out_rows.append(item | {"status": "pending", "pixels": image, "model_ms": model_ms})
         schema = pa.schema([*AUGMENT_ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary())])
         return pa.Table.from_pylist(out_rows, schema=schema)
-
-
-def sample_name(key: str, style_id: str) -> str:
-    """A WebDataset sample key: the dots of a file name would split the sample."""
-    return f"{safe_relpath(key)}__{slug(style_id)}".replace(".", "_")
-
-
-def write_shard(batch: pa.Table, *, output: OutputSpec, run_id: str) -> pa.Table:
-    """Write the batch's pending outputs as one tar shard: per sample an image and a JSON
-    sidecar (style, alpha, source), as WebDataset loaders read them."""
-    schema = pa.schema([f for f in batch.schema if f.name not in ("pixels", "key")])
-    rows = batch.to_pylist()
-    uri = join(output.uri, "shards", f"{run_id}-{uuid.uuid4().hex[:12]}.tar")
-    buffer = io.BytesIO()
-    written = []
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for row in rows:
-            pixels, key = row.pop("pixels"), row.pop("key")
-            if row["status"] != "pending":
-                continue
-            start = time.perf_counter()
-            name = sample_name(key, row["style"])
-            image = encode(Image.frombytes("RGB", (row["width"], row["height"]), pixels), output.format, output.quality)
-            sidecar = {k: row[k] for k in ("style", "alpha", "input_uri", "rel_path")}
-            for member, data in ((f"{name}.{output.format}", image), (f"{name}.json", json.dumps(sidecar).encode())):
-                info = tarfile.TarInfo(member)
-                info.size, info.mtime = len(data), int(time.time())
-                tar.addfile(info, io.BytesIO(data))
-            row.update(shard_member=name, write_ms=elapsed_ms(start))
-            written.append(row)
-    if written:
-        try:
-            write_bytes(uri, buffer.getvalue())
-            for row in written:
-                row.update(status="ok", output_uri=uri)
-        except AdainError as exc:
-            for row in written:
-                row.update(status="error", error=f"writing {uri}: {exc}")
-    return pa.Table.from_pylist(rows, schema=schema)
 
 
 def changed_inputs(inputs: pa.Table, state_uri: str) -> tuple[pa.Table, dict[str, int]]:

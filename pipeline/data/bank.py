@@ -27,7 +27,8 @@ from pipeline.data.cluster import connect, model_stage, set_threads
 from pipeline.data.listing import style_ids
 from pipeline.data.manifest import table_bytes
 from pipeline.errors import AdainError, ConfigError, StorageError
-from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare, to_tensor
+from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare
+from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats, cat_stats
 from pipeline.model.nets import Decoder

@@ -1,34 +1,29 @@
-"""The stages of the stylization pipeline, each a callable for `Dataset.map_batches`.
+"""The model stage of the stylization pipeline: the `Stylizer` actor for `Dataset.map_batches`.
 
-    read + decode (CPU tasks) -> Stylizer (model actors) -> encode + write (CPU tasks)
+    read + decode (io_tasks) -> Stylizer (model actors) -> encode + write (io_tasks)
 
-Batches are pyarrow tables. Pixels travel between stages as raw uint8 HxWx3 bytes with
-their width and height: plain Arrow binary, nothing pickled. A failure of one input
-becomes an `error` row and never stops the job.
+It takes the decoded rows (raw uint8 pixels in Arrow binary) and returns one row per
+output with its stylized pixels, for the writing tasks to encode.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import torch
-from PIL import Image
 
-from pipeline.config import Controls, ModelConfig, OutputSpec, Sizing
+from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank import load_bank, style_tensor
 from pipeline.data.cluster import set_threads
+from pipeline.data.io_tasks import elapsed_ms
 from pipeline.data.manifest import ROW_SCHEMA
-from pipeline.errors import AdainError
-from pipeline.imaging.codec import encode, prepare
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
-from pipeline.storage.keys import output_key
-from pipeline.storage.uri import exists, read_bytes, write_bytes
 
 
 @dataclass(frozen=True)
@@ -40,53 +35,7 @@ class Variant:
     weights: tuple[float, ...] | None = None
 
 
-DECODED_SCHEMA = pa.schema(
-    [
-        ("input_uri", pa.string()),
-        ("rel_path", pa.string()),
-        ("key", pa.string()),
-        ("todo", pa.list_(pa.string())),  # style ids still to produce
-        ("skipped", pa.list_(pa.string())),  # style ids whose output already exists
-        ("pixels", pa.binary()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("error", pa.string()),
-        ("decode_ms", pa.float32()),
-    ]
-)
 STYLIZED_SCHEMA = pa.schema([*ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary())])
-
-
-def elapsed_ms(since: float) -> float:
-    return (time.perf_counter() - since) * 1000.0
-
-
-def decode_one(uri: str, sizing: Sizing) -> dict[str, Any]:
-    """Read, decode and resize one content image: pixels, width and height, or the error."""
-    start = time.perf_counter()
-    row: dict[str, Any] = {}
-    try:
-        img = prepare(read_bytes(uri), sizing.content_size, sizing.crop, sizing.max_pixels, sizing.max_side)
-        row.update(pixels=img.tobytes(), width=img.width, height=img.height)
-    except AdainError as exc:
-        row["error"] = str(exc)
-    row["decode_ms"] = elapsed_ms(start)
-    return row
-
-
-def decode_inputs(batch: pa.Table, *, style_ids: list[str], output: OutputSpec, sizing: Sizing) -> pa.Table:
-    """Read and decode each input whose outputs are not all there yet."""
-    rows = []
-    for row in batch.select(["input_uri", "rel_path", "key"]).to_pylist():
-        row.update(todo=list(style_ids), skipped=[])
-        if not output.overwrite:
-            done = {s for s in style_ids if exists(output_key(output.uri, s, row["key"], output.format))}
-            row["todo"] = [s for s in style_ids if s not in done]
-            row["skipped"] = [s for s in style_ids if s in done]
-        if row["todo"]:
-            row.update(decode_one(row["input_uri"], sizing))
-        rows.append(row)
-    return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
 
 
 def to_batch(rows: list[dict[str, Any]], height: int, width: int) -> torch.Tensor:
@@ -193,23 +142,3 @@ class Stylizer:
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8, rounded as save_image rounds."""
     return images.mul(255).add(0.5).clamp(0, 255).to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def write_outputs(batch: pa.Table, *, output: OutputSpec, naming: Callable[..., str] = output_key) -> pa.Table:
-    """Encode and write each pending output at its deterministic key; the rows become manifest rows."""
-    schema = pa.schema([f for f in batch.schema if f.name not in ("pixels", "key")])
-    rows = batch.to_pylist()
-    for row in rows:
-        pixels, key = row.pop("pixels"), row.pop("key")
-        if row["status"] != "pending":
-            continue
-        start = time.perf_counter()
-        uri = naming(output.uri, row["style"], key, output.format)
-        try:
-            img = Image.frombytes("RGB", (row["width"], row["height"]), pixels)
-            write_bytes(uri, encode(img, output.format, output.quality))
-            row.update(status="ok", output_uri=uri)
-        except AdainError as exc:
-            row.update(status="error", error=f"writing {uri}: {exc}")
-        row["write_ms"] = elapsed_ms(start)
-    return pa.Table.from_pylist(rows, schema=schema)

@@ -16,12 +16,14 @@ import ray
 from pipeline.config import StylizeConfig
 from pipeline.data.bank import is_bank, load_bank, style_tensor
 from pipeline.data.cluster import connect, model_stage
+from pipeline.data.io_tasks import decode_inputs, write_outputs
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id
 from pipeline.data.preview import write_preview
-from pipeline.data.stages import Stylizer, Variant, decode_inputs, write_outputs
+from pipeline.data.stages import Stylizer, Variant
 from pipeline.errors import ConfigError, ImageError
-from pipeline.model.checkpoint import load_encoder, weight_uri
+from pipeline.model.checkpoint import load_encoder
+from pipeline.model.sources import weight_uri
 from pipeline.storage.cache import fetch
 
 log = logging.getLogger(__name__)

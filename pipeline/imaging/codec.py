@@ -1,10 +1,11 @@
-"""Image decoding, resizing and encoding: bytes in, RGB tensors out, and back.
+"""Image decoding, resizing and encoding: bytes in, RGB images out, and back.
 
 Decoding is defensive: every failure an input file can cause (empty, truncated, not an
 image, a header claiming billions of pixels) becomes an `ImageError` with a one-line
 reason, and every odd-but-valid image (EXIF-rotated, grayscale, palette, alpha, CMYK,
-16-bit) becomes plain 8-bit RGB. Resizing and tensor conversion match torchvision's
-`Resize`, `CenterCrop` and `ToTensor` on PIL images, as the reference test scripts use.
+16-bit) becomes plain 8-bit RGB. Resizing matches torchvision's `Resize` and `CenterCrop`
+on PIL images, as the reference test scripts use. No torch here: the decoding and writing
+workers import this module, and start in a fraction of a second without it.
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ import io
 import warnings
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import Tensor
 
 from pipeline.errors import ConfigError, ImageError
 
@@ -88,17 +87,6 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def to_tensor(img: Image.Image) -> Tensor:
-    """RGB image -> (3, H, W) float32 in [0, 1], as torchvision's ToTensor."""
-    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div(255.0)
-
-
-def to_image(tensor: Tensor) -> Image.Image:
-    """(3, H, W) in [0, 1] -> RGB image, rounded as torchvision's save_image rounds."""
-    pixels = tensor.detach().float().mul(255).add(0.5).clamp(0, 255).to("cpu", torch.uint8)
-    return Image.fromarray(pixels.permute(1, 2, 0).numpy(), "RGB")
-
-
 def format_of(path: str) -> str:
     """'jpg', 'png' or 'webp' from a file name, or ConfigError."""
     ext = path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else ""
@@ -114,12 +102,6 @@ def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {}
     img.save(buffer, pil_format, **options)
     return buffer.getvalue()
-
-
-def mask_tensor(img: Image.Image, size: tuple[int, int]) -> Tensor:
-    """A mask image -> (1, 1, H, W) float 0/1 at `size` (W, H): light pixels are foreground."""
-    gray = img.convert("L").resize(size, Image.NEAREST)
-    return torch.from_numpy(np.array(gray) > 127).float()[None, None]
 
 
 def limit_longer(img: Image.Image, max_side: int) -> Image.Image:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import pickle
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,21 +22,13 @@ from torch import Tensor, nn
 
 from pipeline.errors import WeightsError
 from pipeline.model.nets import ARCH_VERSION, Decoder, Encoder
-from pipeline.storage.cache import fetch, split_checksum
+from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, weight_uri
+from pipeline.storage.cache import fetch
 from pipeline.storage.uri import write_bytes
 
 FORMAT = "adain-ray.checkpoint"
 FORMAT_VERSION = 1
 
-_ADAIN_RELEASE = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
-# name -> (url, sha256 or its prefix, or None where no checksum is published)
-KNOWN_WEIGHTS: dict[str, tuple[str, str | None]] = {
-    "adain-vgg": (f"{_ADAIN_RELEASE}/vgg_normalised.pth", None),
-    "adain-decoder": (f"{_ADAIN_RELEASE}/decoder.pth", None),
-    "vgg19-imagenet": ("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d"),
-}
-DEFAULT_ENCODER = "adain-vgg"
-DEFAULT_DECODER = "adain-decoder"
 
 # torchvision vgg19 `features` conv indices -> our Encoder's conv indices, up to conv4_1.
 _TORCHVISION_TO_ENCODER = dict(zip((0, 2, 5, 7, 10, 12, 14, 16, 19), (2, 5, 9, 12, 16, 19, 22, 25, 29), strict=True))
@@ -52,17 +43,6 @@ class Weights:
     module: nn.Module
     sha256: str
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-def weight_uri(ref: str) -> tuple[str, str | None]:
-    """A reference (known name, path or URI, optional '#sha256=') -> (uri, checksum)."""
-    if ref in KNOWN_WEIGHTS:
-        url, digest = KNOWN_WEIGHTS[ref]
-        mirror = os.environ.get("ADAIN_WEIGHTS_MIRROR")
-        if mirror:  # a private copy of the public files, by file name
-            url = f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[1]}"
-        return url, digest
-    return split_checksum(ref)
 
 
 def state_sha256(state: dict[str, Tensor]) -> str:

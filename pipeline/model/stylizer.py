@@ -11,7 +11,7 @@ from pipeline.errors import ConfigError
 from pipeline.model.functional import Stats, adain, keep_chroma, masked_adain, mean_std, mix
 from pipeline.model.nets import Decoder, Encoder
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # by config.PRECISIONS
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -41,15 +41,15 @@ class StyleTransfer(nn.Module):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ConfigError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}")
+        if precision not in DTYPES:
+            raise ConfigError(f"--precision {precision}: expected one of {', '.join(DTYPES)}")
         self.encoder, self.decoder = encoder.eval(), decoder.eval()
         self.requires_grad_(False)
         self.device = torch.device(device)
         self.precision = precision
         # Reduced precision casts the weights themselves: no per-call weight casts as under
         # autocast (about 2x faster on CPU). Statistics stay float32 (see functional.py).
-        self.dtype = PRECISIONS[precision]
+        self.dtype = DTYPES[precision]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(self.device, self.dtype, memory_format=self.memory_format)
         self.identity: dict[str, str] = {}  # sha256 of the weights, set by the loader

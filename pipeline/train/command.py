@@ -6,7 +6,7 @@ import argparse
 
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS
-from pipeline.model.checkpoint import DEFAULT_ENCODER, KNOWN_WEIGHTS
+from pipeline.model.sources import DEFAULT_ENCODER, KNOWN_WEIGHTS
 from pipeline.train.loop import PRECISIONS, TrainConfig
 
 

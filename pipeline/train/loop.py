@@ -29,9 +29,11 @@ from PIL import Image
 from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, ImageError
-from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, encode, to_image
-from pipeline.model.checkpoint import DEFAULT_ENCODER, load_decoder, load_encoder
+from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, encode
+from pipeline.imaging.tensors import to_image
+from pipeline.model.checkpoint import load_decoder, load_encoder
 from pipeline.model.nets import Decoder, Encoder
+from pipeline.model.sources import DEFAULT_ENCODER
 from pipeline.storage.uri import absolute, exists, join, read_bytes, write_bytes
 from pipeline.train.losses import LossTerms, adain_losses
 

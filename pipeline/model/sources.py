@@ -1,0 +1,31 @@
+"""Where weights come from: the known public files by name, a private mirror, or any URI with a checksum.
+
+No torch here: the CLI and the job configs name weights long before a network is built.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pipeline.storage.cache import split_checksum
+
+_ADAIN_RELEASE = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
+# name -> (url, sha256 or its prefix, or None where no checksum is published)
+KNOWN_WEIGHTS: dict[str, tuple[str, str | None]] = {
+    "adain-vgg": (f"{_ADAIN_RELEASE}/vgg_normalised.pth", None),
+    "adain-decoder": (f"{_ADAIN_RELEASE}/decoder.pth", None),
+    "vgg19-imagenet": ("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d"),
+}
+DEFAULT_ENCODER = "adain-vgg"
+DEFAULT_DECODER = "adain-decoder"
+
+
+def weight_uri(ref: str) -> tuple[str, str | None]:
+    """A reference (known name, path or URI, optional '#sha256=') -> (uri, checksum)."""
+    if ref in KNOWN_WEIGHTS:
+        url, digest = KNOWN_WEIGHTS[ref]
+        mirror = os.environ.get("ADAIN_WEIGHTS_MIRROR")
+        if mirror:  # a private copy of the public files, by file name
+            url = f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[1]}"
+        return url, digest
+    return split_checksum(ref)
