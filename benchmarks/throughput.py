@@ -12,12 +12,21 @@ Measures, on the same generated JPEGs and the same weights:
                   the manifest out.
 Prints a table and, last, `speedup X.XX` (the job's images/s over the baseline's).
 With no --encoder/--decoder it uses random weights (speed does not depend on their values).
+
+    python benchmarks/throughput.py --train --size 128 --batch-size 8 --precision bf16
+
+measures training instead, samples/s at the same batch and crop: the reference trainer's
+plain loop (pytorch-AdaIN's train.py: fp32, PIL decode + resize + random crop in the loop,
+Adam on the decoder) against one `adain train` worker through Ray Train (metrics.jsonl's
+samples/s, the first window left out as warm-up); last line `speedup X.XX` likewise.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import shutil
 import sys
 import tempfile
@@ -28,14 +37,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
 from pipeline.model.checkpoint import load_decoder, load_encoder
-from pipeline.model.nets import Decoder, Encoder
+from pipeline.model.nets import VGG_STAGES, Decoder, Encoder
 from pipeline.model.stylizer import StyleTransfer, pick_device
+from pipeline.train.loop import METRICS_FILE, TrainConfig
 
 MFLOP_PER_PIXEL = 0.97  # encoder + decoder, about 253 GFLOP per 512x512 image
 
@@ -164,6 +175,104 @@ def model_only(model: StyleTransfer, size: int, batch: int, batches: int) -> int
     return batch * batches
 
 
+def reference_training(files: list[Path], crop: int, batch: int, steps: int, encoder: str) -> float:
+    """pytorch-AdaIN's train.py loop, written plainly: samples/s over `steps` steps after one warm-up."""
+    vgg, decoder = Encoder(), Decoder()
+    vgg.load_state_dict(torch.load(encoder, weights_only=True), strict=False)
+    layers = list(vgg.eval().requires_grad_(False))
+    slices = [torch.nn.Sequential(*layers[a:b]) for a, b in VGG_STAGES]
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-4)
+
+    def load(path: Path) -> torch.Tensor:  # Resize((2 crop, 2 crop)), RandomCrop(crop), ToTensor
+        img = Image.open(path).convert("RGB").resize((2 * crop, 2 * crop), Image.BILINEAR)
+        left, top = random.randrange(crop + 1), random.randrange(crop + 1)
+        pixels = np.array(img.crop((left, top, left + crop, top + crop)))
+        return torch.from_numpy(pixels).permute(2, 0, 1).float().div(255)
+
+    def encode_with_intermediate(x: torch.Tensor) -> list[torch.Tensor]:
+        feats = [x]
+        for stage in slices:
+            feats.append(stage(feats[-1]))
+        return feats[1:]
+
+    def calc_mean_std(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c = feat.shape[:2]
+        var = feat.view(n, c, -1).var(dim=2) + 1e-5
+        return feat.view(n, c, -1).mean(dim=2).view(n, c, 1, 1), var.sqrt().view(n, c, 1, 1)
+
+    def step(i: int) -> None:
+        content = torch.stack([load(random.choice(files)) for _ in range(batch)])
+        style = torch.stack([load(random.choice(files)) for _ in range(batch)])
+        for group in optimizer.param_groups:
+            group["lr"] = 1e-4 / (1.0 + 5e-5 * i)
+        style_feats = encode_with_intermediate(style)
+        content_feat = encode_with_intermediate(content)[-1]
+        c_mean, c_std = calc_mean_std(content_feat)
+        s_mean, s_std = calc_mean_std(style_feats[-1])
+        t = (content_feat - c_mean) / c_std * s_std + s_mean
+        g_t_feats = encode_with_intermediate(decoder(t))
+        loss_c = F.mse_loss(g_t_feats[-1], t)
+        loss_s = sum(
+            F.mse_loss(calc_mean_std(g)[0], calc_mean_std(s)[0]) + F.mse_loss(calc_mean_std(g)[1], calc_mean_std(s)[1])
+            for g, s in zip(g_t_feats, style_feats, strict=True)
+        )
+        loss = loss_c + 10.0 * loss_s
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step(0)
+    start = time.perf_counter()
+    for i in range(1, steps + 1):
+        step(i)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def adain_training(folder: Path, work: Path, crop: int, batch: int, steps: int, precision: str, encoder: str) -> float:
+    """One `adain train` worker holding every CPU: samples/s from metrics.jsonl, first window left out."""
+    from pipeline.train.trainer import run_training
+
+    log_every = max(1, steps // 4)
+    cfg = TrainConfig(
+        content=str(folder),
+        style=str(folder),
+        storage=str(work / "runs"),
+        name="bench",
+        workers=1,
+        cpus_per_worker=float(os.cpu_count() or 1),
+        batch_size=batch,
+        max_iter=steps + log_every,
+        resize=2 * crop,
+        crop=crop,
+        checkpoint_every=steps + log_every,
+        log_every=log_every,
+        encoder=encoder,
+        precision=precision,
+        samples=0,
+    )
+    run_training(cfg)
+    rows = [json.loads(line) for line in (work / "runs" / "bench" / METRICS_FILE).read_text().splitlines()]
+    rates = [row["samples_per_s"] for row in rows[1:]]
+    return sum(rates) / len(rates)
+
+
+def train_main(args: argparse.Namespace, work: Path, encoder: str) -> None:
+    src = Path(args.input) if args.input else work / "in"
+    if not args.input:
+        make_images(src, args.images, 2 * args.size)
+    files = sorted(src.iterdir())
+    from pipeline.data.cluster import connect
+
+    connect("local")  # a Ray of its own, never one already running here
+    base = reference_training(files, args.size, args.batch_size, args.steps, encoder)
+    ours = adain_training(src, work, args.size, args.batch_size, args.steps, args.precision, encoder)
+    print(f"\ntraining, batch {args.batch_size}, crop {args.size}, {os.cpu_count()} CPUs")
+    print(f"{'':44} {'samples/s':>10}")
+    print(f"{'reference loop (pytorch-AdaIN train.py, fp32)':44} {base:10.2f}")
+    print(f"{f'adain train, 1 worker ({args.precision})':44} {ours:10.2f}")
+    print(f"speedup {ours / base:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
@@ -178,11 +287,16 @@ def main() -> None:
     parser.add_argument("--decoder")
     parser.add_argument("--baseline-images", type=int, default=None, help="images for the slow baseline")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--train", action="store_true", help="measure training instead (--size is the crop)")
+    parser.add_argument("--steps", type=int, default=8, help="timed training steps (--train)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="adain-bench-"))
     try:
         encoder, decoder = (args.encoder, args.decoder) if args.encoder else random_weights(work)
+        if args.train:
+            train_main(args, work, encoder)
+            return
         src = Path(args.input) if args.input else work / "in"
         if not args.input:
             make_images(src, args.images, args.size)
@@ -206,7 +320,7 @@ def main() -> None:
         from pipeline.data.cluster import connect
         from pipeline.data.stylize import run_stylize
 
-        connect(None)
+        connect("local")  # a Ray of its own, never one already running here
         cfg = StylizeConfig(
             input=str(src),
             styles=(str(style),),

@@ -27,8 +27,9 @@ from pipeline.data.cluster import connect, model_stage, set_threads
 from pipeline.data.io_tasks import decode_and_draw, elapsed_ms, write_outputs, write_shard
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ROW_SCHEMA, ManifestWriter, finish_run, new_run_id, table_bytes
-from pipeline.data.stages import shape_groups, to_batch, to_uint8
+from pipeline.data.stages import shape_groups, to_batch
 from pipeline.errors import ConfigError
+from pipeline.imaging.tensors import batch_to_pixels
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import cat_stats
 from pipeline.model.loader import load_model
@@ -88,10 +89,12 @@ class Augmenter:
                 stats = [self.bank.stats(row["styles"][k]) for row in rows]
                 styles.append(cat_stats(stats))
                 alphas.append(torch.tensor([row["alphas"][k] for row in rows]).view(-1, 1, 1, 1))
-            outputs = self.model.stylize_each(to_batch(rows, height, width), styles, alphas, self.luminance)
+            outputs = self.model.stylize_each(
+                to_batch(rows, height, width, self.model.device), styles, alphas, self.luminance
+            )
             model_ms = elapsed_ms(start) / (len(chunk) * per_image)
             for k, out in enumerate(outputs):
-                for j, image in enumerate(to_uint8(out)):
+                for j, image in enumerate(batch_to_pixels(out)):
                     pixels[(chunk[j], k)] = (image.tobytes(), model_ms)
         identity = self.model.identity
         out_rows = []

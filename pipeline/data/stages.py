@@ -22,6 +22,7 @@ from pipeline.data.bank import load_bank, style_tensor
 from pipeline.data.cluster import set_threads
 from pipeline.data.io_tasks import elapsed_ms
 from pipeline.data.manifest import ROW_SCHEMA
+from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 
@@ -38,10 +39,10 @@ class Variant:
 STYLIZED_SCHEMA = pa.schema([*ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary())])
 
 
-def to_batch(rows: list[dict[str, Any]], height: int, width: int) -> torch.Tensor:
-    """Decoded rows of one shape -> (N, 3, H, W) float in [0, 1]."""
+def to_batch(rows: list[dict[str, Any]], height: int, width: int, device: torch.device) -> torch.Tensor:
+    """Decoded rows of one shape -> (N, 3, H, W) float in [0, 1] on `device`."""
     arrays = [np.frombuffer(row["pixels"], np.uint8).reshape(height, width, 3) for row in rows]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float().div(255.0)
+    return pixels_to_batch(np.stack(arrays), device)
 
 
 def shape_groups(rows: list[dict[str, Any]], batch_size: int) -> Iterator[tuple[int, int, list[int]]]:
@@ -121,7 +122,7 @@ class Stylizer:
         self, decoded: list[dict], chunk: list[int], height: int, width: int
     ) -> dict[tuple[int, str], tuple[bytes, float]]:
         start = time.perf_counter()
-        content = to_batch([decoded[i] for i in chunk], height, width)
+        content = to_batch([decoded[i] for i in chunk], height, width, self.model.device)
         styles = sorted({s for i in chunk for s in decoded[i]["todo"]})
         luminance = self.controls.preserve_color == "luminance"
         if self.controls.preserve_color == "coral":
@@ -134,11 +135,6 @@ class Stylizer:
         else:
             outs = self.model.stylize_each(content, [self.stats[s] for s in styles], self.controls.alpha, luminance)
             stacked = dict(zip(styles, outs, strict=True))
-        pixels = {s: to_uint8(t) for s, t in stacked.items()}
+        pixels = {s: batch_to_pixels(t) for s, t in stacked.items()}
         per_image_ms = elapsed_ms(start) / len(chunk)
         return {(i, s): (pixels[s][k].tobytes(), per_image_ms) for k, i in enumerate(chunk) for s in decoded[i]["todo"]}
-
-
-def to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8, rounded as save_image rounds."""
-    return images.mul(255).add(0.5).clamp(0, 255).to("cpu", torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -52,6 +52,10 @@ class StyleTransfer(nn.Module):
         self.dtype = DTYPES[precision]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(self.device, self.dtype, memory_format=self.memory_format)
+        if self.device.type == "cuda":
+            # Let cuDNN time its algorithms once per input shape: jobs batch same-shape images,
+            # so each shape is tuned once and then reused for the whole run.
+            torch.backends.cudnn.benchmark = True
         self.identity: dict[str, str] = {}  # sha256 of the weights, set by the loader
 
     def _input(self, images: Tensor) -> Tensor:

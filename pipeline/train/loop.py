@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError, ImageError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, encode
-from pipeline.imaging.tensors import to_image
+from pipeline.imaging.tensors import pixels_to_batch, to_image
 from pipeline.model.checkpoint import load_decoder, load_encoder
 from pipeline.model.nets import Decoder, Encoder
 from pipeline.model.sources import DEFAULT_ENCODER
@@ -261,12 +261,6 @@ def endless_batches(shard: Any, batch_size: int, what: str) -> Iterator[np.ndarr
             raise ImageError(f"no readable {what} images reached this worker; check the {what} prefix")
 
 
-def to_batch(images: np.ndarray, device: torch.device) -> Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, H, W) float in [0, 1] on the device, as torchvision's ToTensor."""
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
-    return tensor.permute(0, 3, 1, 2).float().div_(255.0)
-
-
 # ---------------------------------------------------------------------------------------------
 # what people watch: metrics.jsonl, TensorBoard when installed
 
@@ -380,7 +374,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     encoder = load_encoder(cfg.encoder)
     if encoder.sha256 != config["encoder_sha256"]:
         raise ConfigError(f"--encoder {cfg.encoder}: the weights changed while the run was starting")
-    encoder_net = encoder.module.to(device).eval()
+    # channels_last: oneDNN's and cuDNN's fast convolution layout (about 1.5x with bf16 on CPU).
+    # The frozen encoder keeps float32 weights: autocast handles it, and bf16 weights made the
+    # backward pass through it slower on CPU.
+    encoder_net = encoder.module.to(device, memory_format=torch.channels_last).eval()
     decoder = Decoder() if cfg.decoder is None else load_decoder(cfg.decoder).module
     state = None
     checkpoint = ray.train.get_checkpoint()  # a restarted worker group, or a resumed run
@@ -388,6 +385,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as directory, open(os.path.join(directory, STATE_FILE), "rb") as handle:
             state = load_training_state(handle.read())
         decoder.load_state_dict(state["decoder"])
+    decoder = decoder.to(device, memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(decoder.train())  # DDP when world_size > 1
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if state is not None:
@@ -401,7 +399,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     for iteration in range(start + 1, cfg.max_iter + 1):
         if crash is not None:
             crash(iteration, rank)
-        content, style = to_batch(next(contents), device), to_batch(next(styles), device)
+        content, style = pixels_to_batch(next(contents), device), pixels_to_batch(next(styles), device)
         terms = train_step(encoder_net, model, optimizer, content, style, cfg, iteration - 1)
         window.add(terms)
 
