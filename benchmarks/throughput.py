@@ -43,6 +43,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.imaging.codec import prepare
+from pipeline.imaging.tensors import batch_to_pixels, to_tensor
 from pipeline.model.checkpoint import load_decoder, load_encoder
 from pipeline.model.nets import VGG_STAGES, Decoder, Encoder
 from pipeline.model.stylizer import StyleTransfer, pick_device
@@ -160,6 +162,21 @@ def baseline(files: list[Path], style: Path, size: int, encoder: str, decoder: s
             pixels = output[0].mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
             Image.fromarray(pixels).save(out / f"{path.stem}.jpg", quality=90)
     return len(files)
+
+
+def precision_psnr(
+    model: StyleTransfer, encoder: str, decoder: str, files: list[Path], style: Path, size: int
+) -> float:
+    """PSNR (dB) of the model's 8-bit outputs against fp32's on the first few images: what
+    reduced precision costs in the pixels a user gets."""
+    reference = StyleTransfer(load_encoder(encoder).module, load_decoder(decoder).module, model.device, "fp32")
+    content = torch.stack([to_tensor(prepare(f.read_bytes(), size, crop=True)) for f in files[:4]])
+    style_image = to_tensor(prepare(style.read_bytes(), size, crop=True))[None]
+    ours, ref = (
+        batch_to_pixels(m.stylize(content, m.style_stats(style_image))).astype(np.float64) for m in (model, reference)
+    )
+    mse = max(float(np.mean((ours - ref) ** 2)), 1e-10)
+    return 10 * np.log10(255.0**2 / mse)
 
 
 def model_only(model: StyleTransfer, size: int, batch: int, batches: int) -> int:
@@ -340,6 +357,9 @@ def main() -> None:
             print(f"{name:36} {rate:9.2f} {1000 / rate:9.1f} {peak / 2**30:7.2f}GB  {share}")
         tflops = model_rate * args.size**2 * MFLOP_PER_PIXEL * 1e6 / 1e12
         print(f"model-only compute: {tflops:.2f} TFLOP/s ({MFLOP_PER_PIXEL} MFLOP per pixel)")
+        if args.precision != "fp32":
+            psnr = precision_psnr(model, encoder, decoder, files, style, args.size)
+            print(f"{args.precision} outputs vs fp32: PSNR {psnr:.1f} dB")
         print(f"speedup {job_rate / rows[0][1]:.2f}")
     finally:
         if args.keep:

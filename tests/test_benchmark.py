@@ -24,3 +24,19 @@ def test_throughput_harness_runs_on_tiny_inputs(
     for row in ("baseline", "model only", "job"):
         assert re.search(rf"^{row}.*\d+\.\d+\s+\d+\.\d+", table, re.MULTILINE), table
     assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1]), lines[-1]
+    psnr = re.search(r"^bf16 outputs vs fp32: PSNR (\d+\.\d) dB$", table, re.MULTILINE)
+    assert psnr and float(psnr.group(1)) >= 30.0, table
+
+
+def test_training_mode_runs_on_tiny_inputs(
+    ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--train measures the reference loop and one `adain train` worker, speedup last."""
+    argv = [str(HARNESS), "--train", "--images", "4", "--size", "32", "--batch-size", "2", "--steps", "2"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(HARNESS), run_name="__main__")
+    lines = capsys.readouterr().out.strip().splitlines()
+    table = "\n".join(lines)
+    for row in ("reference loop", "adain train, 1 worker"):
+        assert re.search(rf"^{row}.*\s\d+\.\d\d$", table, re.MULTILINE), table
+    assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1]), lines[-1]

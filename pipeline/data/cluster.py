@@ -27,8 +27,7 @@ def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
         cpus = scale.cpus_per_actor or 1.0
         actors = scale.actors or max(1, int(gpus / scale.gpus_per_actor))
         return {"compute": ActorPoolStrategy(size=actors), "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}
-    node_cpus = min((node["Resources"].get("CPU", 1.0) for node in ray.nodes() if node["Alive"]), default=1.0)
-    cpus = scale.cpus_per_actor or max(1.0, node_cpus - 2 * scale.io_cpus)
+    cpus = scale.cpus_per_actor or max(1.0, worker_node_cpus() - 2 * scale.io_cpus)
     actors = scale.actors or max(1, int(resources.get("CPU", 1.0) // (cpus + 2 * scale.io_cpus)))
     return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus}
 
@@ -37,7 +36,13 @@ def torch_threads(scale: Scale) -> int | None:
     """Torch threads for a CPU model actor: every core of its node, unless sized by hand."""
     if scale.cpus_per_actor is not None:
         return max(1, math.ceil(scale.cpus_per_actor))
-    return max(1, int(min((n["Resources"].get("CPU", 1.0) for n in ray.nodes() if n["Alive"]), default=1.0)))
+    return max(1, int(worker_node_cpus()))
+
+
+def worker_node_cpus() -> float:
+    """CPUs of the smallest live node that has any: a head started with CPU 0 (as cluster.yaml's)
+    runs no actors, so it must not size them."""
+    return min((n["Resources"]["CPU"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")), default=1.0)
 
 
 def connect(address: str | None) -> None:
