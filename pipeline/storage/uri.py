@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -51,9 +52,35 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
+# Transient errors (5xx, SlowDown, throttling, timeouts, dropped connections) are retried at two
+# levels, both bounded and both with exponential backoff and jitter: the AWS SDK retries each HTTP
+# request (AWS "standard" mode, 3 attempts: a blip inside a long download or a multipart upload
+# costs one request, not the whole transfer), and `retrying` retries the whole operation when the
+# SDK gives up (ATTEMPTS times; the SDK cannot retry everything: reading an object smaller than
+# S3's XML error body fails as "Failed to flush response stream", which it does not retry). So one
+# operation makes at most SDK_ATTEMPTS x ATTEMPTS requests, over about ten seconds at worst.
+# Permanent errors (no such bucket or key, access denied, bad credentials, other 4xx) are retried
+# by neither: one request, then a one-line StorageError.
+SDK_ATTEMPTS = 3
+ATTEMPTS = 4
+BASE_DELAY_S = 0.2
+
+
+def s3_endpoint() -> str | None:
+    """The S3 endpoint users set for MinIO, Ceph, ... as pyarrow and the AWS SDKs read it."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
 @lru_cache(maxsize=32)
-def _filesystem(scheme_: str, bucket: str) -> pafs.FileSystem:
-    # One filesystem object per bucket: creating an S3FileSystem resolves the region.
+def _filesystem(scheme_: str, bucket: str, endpoint: str | None) -> pafs.FileSystem:
+    # One filesystem object per bucket and endpoint: creating one may resolve the bucket's region.
+    if scheme_ == "s3":
+        # As FileSystem.from_uri builds it (endpoint from the environment, else the bucket's
+        # region), but with the retry strategy above: from_uri leaves the SDK's legacy default,
+        # 11 attempts within about two seconds, for every request.
+        region = None if endpoint else pafs.resolve_s3_region(bucket)
+        retry = pafs.AwsStandardS3RetryStrategy(max_attempts=SDK_ATTEMPTS)
+        return pafs.S3FileSystem(region=region, endpoint_override=endpoint, retry_strategy=retry)
     filesystem, _ = pafs.FileSystem.from_uri(f"{scheme_}://{bucket}")
     return filesystem
 
@@ -71,13 +98,32 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
     if not bucket:
         raise StorageError(f"{uri}: no bucket in the URI; write {kind}://BUCKET/PREFIX")
     try:
-        return _filesystem(kind, bucket), bucket_and_key.rstrip("/")
+        return _filesystem(kind, bucket, s3_endpoint() if kind == "s3" else None), bucket_and_key.rstrip("/")
     except OSError as exc:
         raise storage_error(exc, uri) from exc
 
 
-def storage_error(exc: BaseException, uri: str) -> StorageError:
-    """Turn a filesystem exception into a one-line error that says what to do."""
+_DENIED = (
+    "ACCESS_DENIED",
+    "AccessDenied",
+    "INVALID_ACCESS_KEY_ID",
+    "InvalidAccessKeyId",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "SignatureDoesNotMatch",
+    "EXPIRED_TOKEN",
+    "ExpiredToken",
+    "HTTP status 403",
+    "An error occurred (403)",  # botocore, when a HEAD has no error body to name the code
+)
+_MISSING = ("NO_SUCH_BUCKET", "NoSuchBucket", "NO_SUCH_KEY", "NoSuchKey", "NOT_FOUND")
+# A client error the SDK has no name for: retrying cannot help, except for 408 and 429.
+_OTHER_CLIENT_ERROR = re.compile(r"HTTP status 4(?!08|29)\d\d")
+
+
+def storage_error(exc: BaseException, uri: str, attempts: int = 1) -> StorageError:
+    """Turn a filesystem exception into a one-line error that says what to do.
+
+    `attempts` > 1: a transient error that outlasted that many tries with backoff."""
     text = str(exc)
     if isinstance(exc, FileNotFoundError) or "Path does not exist" in text or "NOT_FOUND" in text:
         if is_remote(uri) and not _bucket_exists(uri):
@@ -85,23 +131,31 @@ def storage_error(exc: BaseException, uri: str) -> StorageError:
         return StorageError(f"{uri}: not found; check the path")
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         return StorageError(f"{uri}: the bucket does not exist; create it or fix the URI")
-    if "ACCESS_DENIED" in text or "AccessDenied" in text or "403" in text or isinstance(exc, PermissionError):
+    if isinstance(exc, PermissionError) or any(marker in text for marker in _DENIED):
         return StorageError(
             f"{uri}: access denied; check the credentials (AWS_PROFILE, instance profile, "
             "GOOGLE_APPLICATION_CREDENTIALS) and the bucket's policy"
         )
     first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    if attempts > 1:
+        return StorageError(
+            f"{uri}: {first_line}; still failing after {attempts} tries with backoff: the object store is "
+            "down, unreachable or throttling; check it (and AWS_ENDPOINT_URL), then run again"
+        )
     return StorageError(f"{uri}: {first_line}")
 
 
 def _is_permanent(exc: OSError) -> bool:
+    """Errors that no retry can fix: missing bucket or key, denied access, other client errors."""
     text = str(exc)
-    return isinstance(exc, (FileNotFoundError, PermissionError)) or any(
-        marker in text for marker in ("NO_SUCH_BUCKET", "NoSuchBucket", "ACCESS_DENIED", "AccessDenied", "NOT_FOUND")
+    return (
+        isinstance(exc, (FileNotFoundError, PermissionError))
+        or any(marker in text for marker in (*_MISSING, *_DENIED))
+        or _OTHER_CLIENT_ERROR.search(text) is not None
     )
 
 
-def retrying(action: Callable[[], T], uri: str, attempts: int = 4, delay: float = 0.2) -> T:
+def retrying(action: Callable[[], T], uri: str, attempts: int = ATTEMPTS, delay: float = BASE_DELAY_S) -> T:
     """Run a storage action, retrying transient errors with exponential backoff and jitter.
 
     Permanent errors (not found, no bucket, no permission) fail at once; the last
@@ -111,8 +165,10 @@ def retrying(action: Callable[[], T], uri: str, attempts: int = 4, delay: float 
         try:
             return action()
         except OSError as exc:
-            if _is_permanent(exc) or attempt == attempts - 1:
+            if _is_permanent(exc):
                 raise storage_error(exc, uri) from exc
+            if attempt == attempts - 1:
+                raise storage_error(exc, uri, attempts) from exc
             log.debug("retrying %s after %s", uri, exc)
             time.sleep(delay * 2**attempt * (1 + random.random()))
     raise AssertionError("unreachable")
@@ -175,10 +231,7 @@ def exists(uri: str) -> bool:
 def is_dir(uri: str) -> bool:
     """True for a local directory or an object-store prefix with objects under it."""
     filesystem, path = resolve(uri)
-    try:
-        return filesystem.get_file_info(path).type == pafs.FileType.Directory
-    except OSError as exc:
-        raise storage_error(exc, uri) from exc
+    return retrying(lambda: filesystem.get_file_info(path).type == pafs.FileType.Directory, uri)
 
 
 @dataclass(frozen=True)
