@@ -6,7 +6,9 @@
 
 Styles and alphas are drawn from (seed, input path), so re-runs and other machines draw
 the same. A run processes only inputs that are new, or whose size or modification time
-changed, since the runs recorded in OUTPUT/_state/inputs.parquet.
+changed, since the runs recorded in OUTPUT/_state/inputs.parquet. A run that died (its
+driver killed) is not recorded: the next run takes over its lock if its process is gone
+from this host, and keeps the outputs it finished (`skipped` rows), making only the rest.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ import torch
 from pipeline.config import AugmentConfig, ModelConfig, Sizing
 from pipeline.data.bank import bank_from_images, is_bank, load_bank
 from pipeline.data.cluster import connect, model_stage, set_threads
-from pipeline.data.io_tasks import decode_and_draw, elapsed_ms, write_outputs, write_shard
+from pipeline.data.io_tasks import elapsed_ms, write_outputs, write_shard
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ROW_SCHEMA, ManifestWriter, finish_run, new_run_id, table_bytes
+from pipeline.data.resume import decode_unfinished, release_if_dead
 from pipeline.data.stages import shape_groups, to_batch
 from pipeline.errors import ConfigError
 from pipeline.imaging.tensors import batch_to_pixels
@@ -102,7 +105,9 @@ class Augmenter:
             base = {k: row[k] for k in ("input_uri", "rel_path", "key", "width", "height", "decode_ms")} | identity
             for k, (style, alpha) in enumerate(zip(row["styles"], row["alphas"], strict=True)):
                 item = base | {"style": style, "alpha": alpha}
-                if row["error"] is not None:
+                if style in (row.get("done") or ()):  # written by a run that died: kept as it is
+                    out_rows.append(item | {"status": "skipped"})
+                elif row["error"] is not None:
                     out_rows.append(item | {"status": "error", "error": row["error"]})
                 else:
                     image, model_ms = pixels[(i, k)]
@@ -112,13 +117,15 @@ class Augmenter:
 
 
 def changed_inputs(inputs: pa.Table, state_uri: str) -> tuple[pa.Table, dict[str, int]]:
-    """The inputs that are new or changed since the recorded runs, and the counts of each kind."""
+    """The inputs that are new or changed since the recorded runs (with a `new` column: never
+    recorded), and the counts of each kind."""
     if not exists(state_uri):
-        return inputs, {"new": inputs.num_rows, "changed": 0, "unchanged": 0}
+        new = pa.array([True] * inputs.num_rows, pa.bool_())
+        return inputs.append_column("new", new), {"new": inputs.num_rows, "changed": 0, "unchanged": 0}
     state = pq.read_table(io.BytesIO(read_bytes(state_uri)))
     stamps = zip(state.column("size").to_pylist(), state.column("mtime_ns").to_pylist(), strict=True)
     seen = dict(zip(state.column("rel_path").to_pylist(), stamps, strict=True))
-    keep, counts = [], {"new": 0, "changed": 0, "unchanged": 0}
+    kinds, counts = [], {"new": 0, "changed": 0, "unchanged": 0}
     columns = (inputs.column(name).to_pylist() for name in ("rel_path", "size", "mtime_ns"))
     for rel, size, mtime in zip(*columns, strict=True):
         if rel not in seen:
@@ -128,8 +135,9 @@ def changed_inputs(inputs: pa.Table, state_uri: str) -> tuple[pa.Table, dict[str
         else:
             kind = "unchanged"
         counts[kind] += 1
-        keep.append(kind != "unchanged")
-    return inputs.filter(pa.array(keep, pa.bool_())), counts
+        kinds.append(kind)
+    inputs = inputs.append_column("new", pa.array([kind == "new" for kind in kinds], pa.bool_()))
+    return inputs.filter(pa.array([kind != "unchanged" for kind in kinds], pa.bool_())), counts
 
 
 def record_state(state_uri: str, processed: pa.Table, run_id: str) -> None:
@@ -155,7 +163,9 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     """Run one (incremental) augmentation; returns the run log (also OUTPUT/_runs/RUN_ID.json)."""
     started = time.time()
     run_id = cfg.run_id or new_run_id()
-    lease = acquire(join(cfg.output.uri, "_lock.json"), run_id, cfg.lock_ttl_s)
+    lock = join(cfg.output.uri, "_lock.json")
+    release_if_dead(lock)
+    lease = acquire(lock, run_id, cfg.lock_ttl_s)
     try:
         return _run(cfg, run_id, started)
     finally:
@@ -180,8 +190,9 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
         rows_per_block = batch * 4
         blocks = [todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)]
         ds = ray.data.from_arrow(blocks).map_batches(
-            decode_and_draw,
+            decode_unfinished,
             fn_kwargs={
+                "output": None if cfg.shards else cfg.output,
                 "style_ids": style_ids,
                 "per_image": cfg.per_image,
                 "alpha_range": cfg.alpha_range,
@@ -225,8 +236,8 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
             )
         for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):
             manifest.add(rows)
-            not_ok = pc.not_equal(rows.column("status"), "ok")
-            failed.update(rows.filter(not_ok).column("rel_path").to_pylist())
+            errors = pc.equal(rows.column("status"), "error")
+            failed.update(rows.filter(errors).column("rel_path").to_pylist())
     manifest.flush()
     # Inputs with any failed output stay unrecorded, so the next run tries them again.
     done = pc.invert(pc.is_in(todo.column("rel_path"), pa.array(sorted(failed), pa.string())))

@@ -30,6 +30,7 @@ import numpy as np
 import ray
 import torch
 from PIL import Image
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.data.cluster import connect
 from pipeline.data.listing import list_inputs
@@ -87,6 +88,17 @@ class SkippedImages:
 
     def all(self) -> dict[str, str]:
         return dict(self.errors)
+
+
+def skipped_images_actor() -> Any:
+    """The SkippedImages actor, on this (the driver's) node, as Ray Train places its controller.
+
+    Every worker asks it for the count at each metrics row, so it must outlive any worker node:
+    placed on a node that dies, it would fail every restarted worker group until --max-failures
+    is spent. The driver's node dying ends the run anyway.
+    """
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ray.remote(num_cpus=0, scheduling_strategy=here)(SkippedImages).remote()
 
 
 def decode_crops(
@@ -260,7 +272,7 @@ def run_training(cfg: TrainConfig, crash: CrashDrill | None = None) -> dict[str,
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    skipped = ray.remote(num_cpus=0)(SkippedImages).remote()
+    skipped = skipped_images_actor()
     cpus = loader_cpus(cfg)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     data_context = DataContext.get_current()
