@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 from PIL import Image
 
 from pipeline.config import ModelConfig, OutputSpec, Sizing, StylizeConfig
+from pipeline.data.cluster import input_blocks
 from pipeline.data.stylize import run_stylize
 from tests import images
 from tests.conftest import S3Server, WeightFiles
@@ -63,3 +65,14 @@ def test_io_stages_start_without_torch() -> None:
     code = "import sys, pipeline.data.io_tasks; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_input_blocks_cover_the_listing_in_bounded_blocks() -> None:
+    """Every input in exactly one block, in order; a few batches per block at least, and few
+    enough blocks that handing 10M inputs to Ray does not take minutes."""
+    table = pa.table({"input_uri": [f"s3://b/{i:07d}.jpg" for i in range(100_000)]})
+    blocks = input_blocks(table, batch_size=16)
+    assert pa.concat_tables(blocks).equals(table)
+    assert all(64 <= b.num_rows <= 1024 for b in blocks[:-1]) and len(blocks) <= 200
+    small = input_blocks(table.slice(0, 40), batch_size=8)
+    assert [b.num_rows for b in small] == [32, 8]

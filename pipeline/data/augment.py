@@ -25,7 +25,7 @@ import torch
 
 from pipeline.config import AugmentConfig, ModelConfig, Sizing
 from pipeline.data.bank import bank_from_images, is_bank, load_bank
-from pipeline.data.cluster import connect, model_stage, set_threads
+from pipeline.data.cluster import connect, input_blocks, model_stage, set_threads, unreserved_on_cpu
 from pipeline.data.io_tasks import elapsed_ms, write_outputs, write_shard
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ROW_SCHEMA, ManifestWriter, finish_run, new_run_id, table_bytes
@@ -187,9 +187,7 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
     if todo.num_rows:
         connect(cfg.address)
         batch = cfg.scale.batch_size
-        rows_per_block = batch * 4
-        blocks = [todo.slice(i, rows_per_block) for i in range(0, todo.num_rows, rows_per_block)]
-        ds = ray.data.from_arrow(blocks).map_batches(
+        ds = ray.data.from_arrow(input_blocks(todo, batch)).map_batches(
             decode_unfinished,
             fn_kwargs={
                 "output": None if cfg.shards else cfg.output,
@@ -234,7 +232,7 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
                 batch_size=batch,
                 num_cpus=cfg.scale.io_cpus,
             )
-        for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        for rows in unreserved_on_cpu(ds, actor_args).iter_batches(batch_format="pyarrow", batch_size=None):
             manifest.add(rows)
             errors = pc.equal(rows.column("status"), "error")
             failed.update(rows.filter(errors).column("rel_path").to_pylist())

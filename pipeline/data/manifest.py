@@ -96,8 +96,11 @@ class ManifestWriter:
         self._pending_rows = 0
         self._parts = 0
         self._last_flush = time.monotonic()
+        self.first_rows_at: float | None = None  # time.time() when the first rows came back
 
     def add(self, rows: pa.Table) -> None:
+        if self.first_rows_at is None:
+            self.first_rows_at = time.time()
         rows = rows.select(self.row_schema.names).cast(self.row_schema)
         for status, count in zip(*_value_counts(rows.column("status")), strict=True):
             self.counts[status] += count
@@ -142,6 +145,8 @@ def finish_run(manifest: ManifestWriter, prefix: str, started: float, **fields: 
         **counts,
         "total": sum(counts.values()),
         "wall_s": round(wall, 3),
+        # How long the pipeline took to fill: listing, start-up, and the first batches through.
+        "first_rows_s": None if manifest.first_rows_at is None else round(manifest.first_rows_at - started, 3),
         "images_per_s": round(counts["ok"] / wall, 3) if wall > 0 else None,
         "manifest": join(prefix, "_manifest"),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),

@@ -15,7 +15,7 @@ import ray
 
 from pipeline.config import StylizeConfig
 from pipeline.data.bank import is_bank, load_bank, style_tensor
-from pipeline.data.cluster import connect, model_stage
+from pipeline.data.cluster import connect, input_blocks, model_stage, unreserved_on_cpu
 from pipeline.data.io_tasks import decode_inputs, write_outputs
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id
@@ -27,10 +27,6 @@ from pipeline.model.sources import weight_uri
 from pipeline.storage.cache import fetch
 
 log = logging.getLogger(__name__)
-
-# Input rows per block, in batches: small blocks keep every stage busy and outputs flowing
-# steadily, so a killed run loses little finished-but-unwritten work.
-_BATCHES_PER_BLOCK = 4
 
 
 def variants_for(cfg: StylizeConfig) -> list[Variant]:
@@ -83,11 +79,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     connect(cfg.address)
     run_id = cfg.run_id or new_run_id()
     batch = cfg.scale.batch_size
-    rows_per_block = batch * _BATCHES_PER_BLOCK
-    blocks = [inputs.slice(i, rows_per_block) for i in range(0, inputs.num_rows, rows_per_block)]
     style_ids = [v.style_id for v in variants]
 
-    ds = ray.data.from_arrow(blocks)
+    ds = ray.data.from_arrow(input_blocks(inputs, batch))
     ds = ds.map_batches(
         decode_inputs,
         fn_kwargs={"style_ids": style_ids, "output": cfg.output, "sizing": cfg.sizing},
@@ -120,7 +114,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     )
 
     manifest = ManifestWriter(cfg.output.uri, run_id, run_values(cfg))
-    for rows in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+    for rows in unreserved_on_cpu(ds, actor_args).iter_batches(batch_format="pyarrow", batch_size=None):
         manifest.add(rows)
     manifest.flush()
 
