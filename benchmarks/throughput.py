@@ -42,7 +42,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.config import JPEG_CODECS, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import batch_to_pixels, to_tensor
 from pipeline.model.checkpoint import load_decoder, load_encoder
@@ -51,6 +51,18 @@ from pipeline.model.stylizer import StyleTransfer, pick_device
 from pipeline.train.loop import METRICS_FILE, TrainConfig
 
 MFLOP_PER_PIXEL = 0.97  # encoder + decoder, about 253 GFLOP per 512x512 image
+
+
+# Dense tensor-core peaks (TFLOP/s, from NVIDIA's data sheets, SXM parts) at bf16/fp16, for the
+# roofline line; other devices need --peak-tflops.
+TENSOR_PEAKS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def peak_tflops(device: torch.device, precision: str) -> float | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for gpu, peak in TENSOR_PEAKS.items() if gpu in name), None)
 
 
 def make_images(folder: Path, count: int, size: int, seed: int = 0) -> None:
@@ -131,20 +143,23 @@ def timed(fn: Callable[[], int]) -> tuple[float, int, int]:
     return seconds, images, memory.peak
 
 
-def baseline(files: list[Path], style: Path, size: int, encoder: str, decoder: str, out: Path) -> int:
-    """The reference test script's loop: per pair, decode both, encode both, AdaIN, decode, save."""
+def baseline(
+    files: list[Path], style: Path, size: int, encoder: str, decoder: str, out: Path, device: torch.device
+) -> int:
+    """The reference test script's loop: per pair, decode both, encode both, AdaIN, decode, save
+    (on the GPU when there is one, as the reference script runs)."""
     vgg, dec = Encoder(), Decoder()
     vgg.load_state_dict(torch.load(encoder, weights_only=True), strict=False)
     dec.load_state_dict(torch.load(decoder, weights_only=True))
-    vgg.eval()
-    dec.eval()
+    vgg.eval().to(device)
+    dec.eval().to(device)
 
     def load(path: Path) -> torch.Tensor:
         img = Image.open(path).convert("RGB")
         w, h = img.size
         scale = size / min(w, h)
         img = img.resize((round(w * scale), round(h * scale)), Image.BILINEAR)
-        return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)[None]
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)[None].to(device)
 
     def calc_mean_std(feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n, c = feat.shape[:2]
@@ -159,7 +174,7 @@ def baseline(files: list[Path], style: Path, size: int, encoder: str, decoder: s
             c_mean, c_std = calc_mean_std(content_f)
             s_mean, s_std = calc_mean_std(style_f)
             output = dec((content_f - c_mean) / c_std * s_std + s_mean)
-            pixels = output[0].mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+            pixels = output[0].mul(255).add(0.5).clamp(0, 255).permute(1, 2, 0).to(torch.uint8).cpu().numpy()
             Image.fromarray(pixels).save(out / f"{path.stem}.jpg", quality=90)
     return len(files)
 
@@ -180,8 +195,8 @@ def precision_psnr(
 
 
 def model_only(model: StyleTransfer, size: int, batch: int, batches: int) -> int:
-    content = torch.rand(batch, 3, size, size)
-    stats = model.style_stats(torch.rand(1, 3, size, size))
+    content = torch.rand(batch, 3, size, size, device=model.device)  # preloaded: no transfers timed
+    stats = model.style_stats(torch.rand(1, 3, size, size, device=model.device))
     model.stylize(content, stats)  # warm-up: first-call allocations, autotuning
     if model.device.type == "cuda":
         torch.cuda.synchronize()
@@ -299,6 +314,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--actors", type=int, default=None)
     parser.add_argument("--cpus-per-actor", type=float, default=None)
+    parser.add_argument("--jpeg-codec", default="auto", choices=list(JPEG_CODECS), help="the job's --jpeg-codec")
+    parser.add_argument("--peak-tflops", type=float, help="the device's dense peak at --precision, for the roofline")
     parser.add_argument("--input", help="a directory of images to use instead of generated ones")
     parser.add_argument("--encoder")
     parser.add_argument("--decoder")
@@ -323,11 +340,12 @@ def main() -> None:
         files = sorted(src.iterdir())
         rows = []
 
+        device = pick_device(args.device)
         n_base = min(len(files), args.baseline_images or len(files))
-        seconds, n, peak = timed(lambda: baseline(files[:n_base], style, args.size, encoder, decoder, work / "base"))
+        base_out = work / "base"
+        seconds, n, peak = timed(lambda: baseline(files[:n_base], style, args.size, encoder, decoder, base_out, device))
         rows.append(("baseline (reference loop, fp32)", n / seconds, peak))
 
-        device = pick_device(args.device)
         model = StyleTransfer(load_encoder(encoder).module, load_decoder(decoder).module, device, args.precision)
         batches = max(2, args.images // args.batch_size // 2)
         seconds, n, peak = timed(lambda: model_only(model, args.size, args.batch_size, batches))
@@ -344,7 +362,7 @@ def main() -> None:
             output=OutputSpec(str(work / "out"), "jpg", 90),
             model=ModelConfig(encoder, decoder, args.device, args.precision),
             sizing=Sizing(content_size=args.size, style_size=args.size),
-            scale=Scale(args.actors, args.batch_size, args.cpus_per_actor),
+            scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, jpeg_codec=args.jpeg_codec),
         )
         seconds, n, peak = timed(lambda: run_stylize(cfg)["ok"])
         job_rate = n / seconds
@@ -356,7 +374,9 @@ def main() -> None:
             share = f"{rate / model_rate:7.0%}" if name.startswith("job") else ""
             print(f"{name:36} {rate:9.2f} {1000 / rate:9.1f} {peak / 2**30:7.2f}GB  {share}")
         tflops = model_rate * args.size**2 * MFLOP_PER_PIXEL * 1e6 / 1e12
-        print(f"model-only compute: {tflops:.2f} TFLOP/s ({MFLOP_PER_PIXEL} MFLOP per pixel)")
+        peak = args.peak_tflops or peak_tflops(device, args.precision)
+        roofline = f", {tflops / peak:.0%} of {peak:g} TFLOP/s peak" if peak else ""
+        print(f"model-only compute: {tflops:.2f} TFLOP/s ({MFLOP_PER_PIXEL} MFLOP per pixel{roofline})")
         if args.precision != "fp32":
             psnr = precision_psnr(model, encoder, decoder, files, style, args.size)
             print(f"{args.precision} outputs vs fp32: PSNR {psnr:.1f} dB")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from pipeline.config import (
+    JPEG_CODECS,
     PRECISIONS,
     PRESERVE_COLOR,
     AugmentConfig,
@@ -77,7 +79,7 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": model_config(args),
         "sizing": sizing(args),
-        "scale": scale(args),
+        "scale": dataclasses.replace(scale(args), jpeg_codec=args.jpeg_codec),
         "extensions": _extensions(args.extensions),
         "input_root": args.input_root,
         "address": args.address,
@@ -131,6 +133,7 @@ def _add_stylize(commands: argparse._SubParsersAction) -> argparse.ArgumentParse
     add_control_flags(stylize)
     add_size_flags(stylize)
     add_scale_flags(stylize)
+    add_codec_flag(stylize)
     stylize.set_defaults(run=_stylize, config_styles=None)
     return stylize
 
@@ -203,6 +206,16 @@ def add_scale_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on GPU clusters")
 
 
+def add_codec_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jpeg-codec",
+        default="auto",
+        choices=list(JPEG_CODECS),
+        help="where JPEGs are decoded and encoded: in the CPU tasks (Pillow) or on the model actors' device "
+        "(nvJPEG on GPUs); default auto: model with GPU actors, tasks on CPU",
+    )
+
+
 def _add_styles(commands: argparse._SubParsersAction) -> None:
     styles = commands.add_parser("styles", help="style banks: encode style images once")
     actions = styles.add_subparsers(dest="styles_command", required=True, metavar="ACTION")
@@ -272,6 +285,7 @@ def _add_augment(commands: argparse._SubParsersAction) -> None:
     add_model_flags(augment)
     add_size_flags(augment)
     add_scale_flags(augment)
+    add_codec_flag(augment)
     augment.set_defaults(run=_augment)
 
 

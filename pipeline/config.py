@@ -11,6 +11,7 @@ from pipeline.storage.uri import absolute
 
 PRESERVE_COLOR = ("coral", "luminance")
 PRECISIONS = ("fp32", "bf16", "fp16")  # the networks' dtypes: pipeline.model.stylizer.DTYPES
+JPEG_CODECS = ("auto", "tasks", "model")  # where JPEGs are decoded and encoded: Scale.jpeg_codec
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class Scale:
     cpus_per_actor: float | None = None  # default: 1 with a GPU; on CPU, the node's CPUs less the I/O share
     gpus_per_actor: float = 1.0
     io_cpus: float = 0.25  # CPUs asked by each decoding and writing task
+    jpeg_codec: str = "auto"  # JPEGs decoded/encoded in the CPU tasks, or on the model's device; auto: model on GPUs
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
@@ -86,6 +88,8 @@ class Scale:
             raise ConfigError("--cpus-per-actor and --gpus-per-actor must be positive")
         if self.io_cpus <= 0:
             raise ConfigError("--io-cpus must be positive")
+        if self.jpeg_codec not in JPEG_CODECS:
+            raise ConfigError(f"--jpeg-codec {self.jpeg_codec}: expected one of {', '.join(JPEG_CODECS)}")
 
 
 @dataclass(frozen=True)

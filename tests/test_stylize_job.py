@@ -181,9 +181,13 @@ def check_mixed_inputs_run(summary: dict[str, Any], rows: list[dict[str, Any]], 
 # 1. bad input never stops the job
 
 
-def test_bad_and_odd_inputs_in_a_directory(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("codec", "fmt"), [("tasks", "png"), ("model", "jpg")], ids=["pillow", "jpeg-on-model"])
+def test_bad_and_odd_inputs_in_a_directory(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path, codec: str, fmt: str
+) -> None:
     """Corrupt, empty, fake and bomb files become error rows with a reason; odd-but-valid images
-    (every Pillow mode, CMYK, 16-bit, EXIF-rotated) are stylized at the right upright size."""
+    (every Pillow mode, CMYK, 16-bit, EXIF-rotated) are stylized at the right upright size,
+    whether JPEGs are decoded and encoded in the CPU tasks or on the model actor."""
     src = tmp_path / "in"
     for name, (data, _) in {**BAD_INPUTS, **ODD_INPUTS}.items():
         images.write(src / name, data)
@@ -193,18 +197,19 @@ def test_bad_and_odd_inputs_in_a_directory(ray_cluster: str, weights: WeightFile
         images.write(tmp_path / "styles" / "ink.jpg", images.encoded(40, 32, seed=11)),
     ]
     out = tmp_path / "out"
-    summary = run_stylize(make_config(weights, str(src), tuple(map(str, styles)), str(out)))
+    cfg = make_config(weights, str(src), tuple(map(str, styles)), str(out), fmt=fmt, scale=Scale(jpeg_codec=codec))
+    summary = run_stylize(cfg)
 
     rows = local_manifest(out)
     check_mixed_inputs_run(summary, rows, ["wave", "ink"])
     for row in rows:
         if row["status"] == "ok":
             stem = row["rel_path"].rsplit(".", 1)[0]
-            assert row["output_uri"] == f"{out}/{row['style']}/{stem}.png"
+            assert row["output_uri"] == f"{out}/{row['style']}/{stem}.{fmt}"
             with Image.open(row["output_uri"]) as img:
                 assert img.size == ODD_INPUTS[row["rel_path"]][1]
     written = set(output_files(out))
-    assert written == {f"{s}/{n.rsplit('.', 1)[0]}.png" for s in ("wave", "ink") for n in ODD_INPUTS}
+    assert written == {f"{s}/{n.rsplit('.', 1)[0]}.{fmt}" for s in ("wave", "ink") for n in ODD_INPUTS}
 
 
 def test_bad_inputs_on_s3(ray_cluster: str, weights: WeightFiles, s3_server: S3Server, bucket: str) -> None:

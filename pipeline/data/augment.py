@@ -25,14 +25,20 @@ import torch
 
 from pipeline.config import AugmentConfig, ModelConfig, Sizing
 from pipeline.data.bank import bank_from_images, is_bank, load_bank
-from pipeline.data.cluster import connect, input_blocks, model_stage, set_threads, unreserved_on_cpu
+from pipeline.data.cluster import (
+    connect,
+    input_blocks,
+    jpeg_on_model,
+    model_stage,
+    set_threads,
+    unreserved_on_cpu,
+)
 from pipeline.data.io_tasks import elapsed_ms, write_outputs, write_shard
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ROW_SCHEMA, ManifestWriter, finish_run, new_run_id, table_bytes
 from pipeline.data.resume import decode_unfinished, release_if_dead
-from pipeline.data.stages import shape_groups, to_batch
+from pipeline.data.stages import ModelIO, device_stream, shape_groups
 from pipeline.errors import ConfigError
-from pipeline.imaging.tensors import batch_to_pixels
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import cat_stats
 from pipeline.model.loader import load_model
@@ -71,9 +77,11 @@ class Augmenter:
         batch_size: int,
         luminance: bool = False,
         threads: int | None = None,
+        jpeg_quality: int | None = None,
     ) -> None:
         set_threads(threads)
         self.model = load_model(model)
+        self.io = ModelIO(self.model.device, sizing, jpeg_quality)
         self.batch_size, self.luminance = batch_size, luminance
         if is_bank(styles):
             self.bank = load_bank(styles, self.model.identity["encoder_sha256"])
@@ -82,23 +90,10 @@ class Augmenter:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         decoded = batch.to_pylist()
-        pixels: dict[tuple[int, int], tuple[bytes, float]] = {}
-        for height, width, chunk in shape_groups(decoded, self.batch_size):
-            start = time.perf_counter()
-            rows = [decoded[i] for i in chunk]
-            per_image = len(rows[0]["styles"])
-            styles, alphas = [], []
-            for k in range(per_image):
-                stats = [self.bank.stats(row["styles"][k]) for row in rows]
-                styles.append(cat_stats(stats))
-                alphas.append(torch.tensor([row["alphas"][k] for row in rows]).view(-1, 1, 1, 1))
-            outputs = self.model.stylize_each(
-                to_batch(rows, height, width, self.model.device), styles, alphas, self.luminance
-            )
-            model_ms = elapsed_ms(start) / (len(chunk) * per_image)
-            for k, out in enumerate(outputs):
-                for j, image in enumerate(batch_to_pixels(out)):
-                    pixels[(chunk[j], k)] = (image.tobytes(), model_ms)
+        pixels: dict[tuple[int, int], tuple[bytes, bool, float]] = {}
+        with device_stream(self.model.device):
+            for height, width, chunk in shape_groups(decoded, self.batch_size):
+                pixels.update(self._run(decoded, chunk, height, width))
         identity = self.model.identity
         out_rows = []
         for i, row in enumerate(decoded):
@@ -110,10 +105,34 @@ class Augmenter:
                 elif row["error"] is not None:
                     out_rows.append(item | {"status": "error", "error": row["error"]})
                 else:
-                    image, model_ms = pixels[(i, k)]
-                    out_rows.append(item | {"status": "pending", "pixels": image, "model_ms": model_ms})
-        schema = pa.schema([*AUGMENT_ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary())])
+                    image, jpeg, model_ms = pixels[(i, k)]
+                    output = {"pixels": image, "jpeg": jpeg, "model_ms": model_ms}
+                    out_rows.append(item | {"status": "pending"} | output)
+        schema = pa.schema([*AUGMENT_ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary()), ("jpeg", pa.bool_())])
         return pa.Table.from_pylist(out_rows, schema=schema)
+
+    def _run(self, decoded: list[dict], chunk: list[int], height: int, width: int) -> dict:
+        """Stylize one same-shape chunk with each row's drawn styles and alphas: {(row, k): output}."""
+        start = time.perf_counter()
+        content, errors = self.io.batch([decoded[i] for i in chunk], height, width)
+        for k, error in errors.items():
+            decoded[chunk[k]]["error"] = error
+        rows = [decoded[i] for k, i in enumerate(chunk) if k not in errors]
+        chunk = [i for k, i in enumerate(chunk) if k not in errors]
+        if not chunk:
+            return {}
+        per_image = len(rows[0]["styles"])
+        styles, alphas = [], []
+        for k in range(per_image):
+            styles.append(cat_stats([self.bank.stats(row["styles"][k]) for row in rows]))
+            alphas.append(torch.tensor([row["alphas"][k] for row in rows]).view(-1, 1, 1, 1))
+        outputs = self.model.stylize_each(content, styles, alphas, self.luminance)
+        model_ms = elapsed_ms(start) / (len(chunk) * per_image)
+        results = {}
+        for k, out in enumerate(outputs):
+            files, jpeg = self.io.outputs(out)
+            results.update({(i, k): (data, jpeg, model_ms) for i, data in zip(chunk, files, strict=True)})
+        return results
 
 
 def changed_inputs(inputs: pa.Table, state_uri: str) -> tuple[pa.Table, dict[str, int]]:
@@ -187,6 +206,8 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
     if todo.num_rows:
         connect(cfg.address)
         batch = cfg.scale.batch_size
+        actor_args, threads = model_stage(cfg.model, cfg.scale)
+        jpeg, jpeg_quality = jpeg_on_model(cfg.scale, actor_args, cfg.output)
         ds = ray.data.from_arrow(input_blocks(todo, batch)).map_batches(
             decode_unfinished,
             fn_kwargs={
@@ -196,12 +217,12 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
                 "alpha_range": cfg.alpha_range,
                 "seed": cfg.seed,
                 "sizing": cfg.sizing,
+                "jpeg_to_model": jpeg,
             },
             batch_format="pyarrow",
             batch_size=batch,
             num_cpus=cfg.scale.io_cpus,
         )
-        actor_args, threads = model_stage(cfg.model, cfg.scale)
         ds = ds.map_batches(
             Augmenter,
             fn_constructor_kwargs={
@@ -211,6 +232,7 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
                 "batch_size": batch,
                 "luminance": cfg.preserve_color == "luminance",
                 "threads": threads,
+                "jpeg_quality": jpeg_quality,
             },
             batch_format="pyarrow",
             batch_size=batch,

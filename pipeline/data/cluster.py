@@ -10,13 +10,15 @@ import ray
 import torch
 from ray.data import ActorPoolStrategy
 
-from pipeline.config import ModelConfig, Scale
+from pipeline.config import ModelConfig, OutputSpec, Scale
 
 
 def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
     """Ray arguments for the model actor pool.
 
-    GPU actors when the cluster has GPUs (or --device cuda asks for them). On CPU clusters,
+    GPU actors when the cluster has GPUs (or --device cuda asks for them), each taking two
+    calls at once on threads of its own, so that one batch's host work (Arrow to tensors, the
+    upload, the download, JPEG bytes) overlaps the other's kernels. On CPU clusters,
     one actor per node by default, holding the node's CPUs less two decoding/writing tasks'
     share (--io-cpus), and running one torch thread per CPU of the node: decoding and
     encoding happen in separate tasks, so the model never waits for them, and the cores
@@ -27,7 +29,8 @@ def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
     if model.device.startswith("cuda") or (model.device == "auto" and gpus > 0):
         cpus = scale.cpus_per_actor or 1.0
         actors = scale.actors or max(1, int(gpus / scale.gpus_per_actor))
-        return {"compute": ActorPoolStrategy(size=actors), "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}
+        pool = ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
+        return {"compute": pool, "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}
     cpus = scale.cpus_per_actor or max(1.0, worker_node_cpus() - 2 * scale.io_cpus)
     actors = scale.actors or max(1, int(resources.get("CPU", 1.0) // (cpus + 2 * scale.io_cpus)))
     return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus}
@@ -56,6 +59,15 @@ def model_stage(model: ModelConfig, scale: Scale) -> tuple[dict[str, Any], int |
     """The model actors' Ray arguments and their torch threads (None: torch's default, on GPUs)."""
     resources = actor_resources(model, scale)
     return resources, None if "num_gpus" in resources else torch_threads(scale)
+
+
+def jpeg_on_model(scale: Scale, actor_args: dict[str, Any], output: OutputSpec) -> tuple[bool, int | None]:
+    """Whether plain JPEG inputs are decoded on the model actors' device, and the quality JPEG
+    outputs are encoded at there (None: in the writing tasks), per --jpeg-codec. By default on
+    GPU actors, where nvJPEG frees the node's CPUs; on CPU actors, decoding and encoding in
+    separate tasks keeps them off the model's critical path."""
+    on_model = "num_gpus" in actor_args if scale.jpeg_codec == "auto" else scale.jpeg_codec == "model"
+    return on_model, output.quality if on_model and output.format == "jpg" else None
 
 
 def set_threads(threads: int | None) -> None:

@@ -70,6 +70,7 @@ def decode_unfinished(
     alpha_range: tuple[float, float],
     seed: int,
     sizing: Sizing,
+    jpeg_to_model: bool = False,
 ) -> pa.Table:
     """decode_and_draw, less what a run that died had finished.
 
@@ -89,7 +90,8 @@ def decode_unfinished(
         done.append([style for style, key in keys.items() if written_since(key, row["mtime_ns"])])
     need = pa.array([len(finished) < per_image for finished in done], pa.bool_())
     options = {"style_ids": style_ids, "per_image": per_image, "alpha_range": alpha_range, "seed": seed}
-    decoded = iter(decode_and_draw(batch.filter(need), **options, sizing=sizing).to_pylist())
+    decoded = decode_and_draw(batch.filter(need), **options, sizing=sizing, jpeg_to_model=jpeg_to_model)
+    decoded = iter(decoded.to_pylist())
     out = []
     for row, finished in zip(rows, done, strict=True):
         if len(finished) < per_image:

@@ -2,14 +2,18 @@
 
     read + decode (io_tasks) -> Stylizer (model actors) -> encode + write (io_tasks)
 
-It takes the decoded rows (raw uint8 pixels in Arrow binary) and returns one row per
-output with its stylized pixels, for the writing tasks to encode.
+It takes the decoded rows (raw uint8 pixels in Arrow binary, or JPEG files to decode on the
+model's device) and returns one row per output with its stylized pixels (raw, for the writing
+tasks to encode, or JPEG files encoded on the device). `ModelIO` is that edge, shared with the
+augmentation actor.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +26,10 @@ from pipeline.data.bank import load_bank, style_tensor
 from pipeline.data.cluster import set_threads
 from pipeline.data.io_tasks import elapsed_ms
 from pipeline.data.manifest import ROW_SCHEMA
-from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch
+from pipeline.errors import ImageError
+from pipeline.imaging.codec import prepare
+from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
+from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 
@@ -36,13 +43,73 @@ class Variant:
     weights: tuple[float, ...] | None = None
 
 
-STYLIZED_SCHEMA = pa.schema([*ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary())])
+# pixels: raw RGB, or the JPEG file when `jpeg` (encoded on the model's device)
+STYLIZED_SCHEMA = pa.schema([*ROW_SCHEMA, ("key", pa.string()), ("pixels", pa.binary()), ("jpeg", pa.bool_())])
 
 
-def to_batch(rows: list[dict[str, Any]], height: int, width: int, device: torch.device) -> torch.Tensor:
-    """Decoded rows of one shape -> (N, 3, H, W) float in [0, 1] on `device`."""
-    arrays = [np.frombuffer(row["pixels"], np.uint8).reshape(height, width, 3) for row in rows]
-    return pixels_to_batch(np.stack(arrays), device)
+_local = threading.local()
+
+
+@contextmanager
+def device_stream(device: torch.device) -> Iterator[None]:
+    """Run on a CUDA stream of this thread's own. A GPU actor takes two calls at once (see
+    `cluster.actor_resources`), so one call's uploads, decoding and host work overlap the other's
+    kernels. On the CPU, nothing changes."""
+    if device.type != "cuda":
+        yield
+        return
+    stream = getattr(_local, "stream", None)
+    if stream is None:
+        stream = _local.stream = torch.cuda.Stream(device)
+        stream.wait_stream(torch.cuda.current_stream(device))  # the weights and style statistics are ready
+    with torch.cuda.stream(stream):
+        yield
+
+
+class ModelIO:
+    """Pixels into and out of a model actor.
+
+    In: raw RGB bytes from the decoding tasks, or (`jpeg` rows) JPEG files, decoded and resized
+    here on the model's device; a file the device cannot decode is decoded here with Pillow, and
+    one that Pillow cannot decode either becomes that row's error. Out: raw RGB bytes for the
+    writing tasks to encode, or, with `jpeg_quality`, JPEG files encoded here on the device.
+    """
+
+    def __init__(self, device: torch.device, sizing: Sizing, jpeg_quality: int | None = None) -> None:
+        self.device, self.sizing, self.jpeg_quality = device, sizing, jpeg_quality
+
+    def batch(self, rows: list[dict[str, Any]], height: int, width: int) -> tuple[torch.Tensor, dict[int, str]]:
+        """Decoded rows of one shape -> ((N, 3, H, W) float in [0, 1] on the device, {position: error})
+        where the batch holds the rows without an error, in order."""
+        raw = [i for i, row in enumerate(rows) if not row["jpeg"]]
+        files = [i for i, row in enumerate(rows) if row["jpeg"]]
+        images: dict[int, torch.Tensor] = {}
+        errors: dict[int, str] = {}
+        if raw:
+            arrays = [np.frombuffer(rows[i]["pixels"], np.uint8).reshape(height, width, 3) for i in raw]
+            if not files:
+                return pixels_to_batch(np.stack(arrays), self.device), errors
+            images.update(zip(raw, pixels_to_batch(np.stack(arrays), self.device), strict=True))
+        decoded = decode_jpegs([rows[i]["pixels"] for i in files], self.device)
+        for i, image in zip(files, decoded, strict=True):
+            try:
+                if image is not None:
+                    images[i] = prepare_on_device(image, self.sizing)
+                else:
+                    s = self.sizing
+                    img = prepare(rows[i]["pixels"], s.content_size, s.crop, s.max_pixels, s.max_side)
+                    images[i] = to_tensor(img).to(self.device)
+            except ImageError as exc:
+                errors[i] = str(exc)
+        kept = [images[i] for i in range(len(rows)) if i in images]
+        batch = torch.stack(kept).contiguous(memory_format=torch.channels_last) if kept else torch.empty(0)
+        return batch, errors
+
+    def outputs(self, images: torch.Tensor) -> tuple[list[bytes], bool]:
+        """(N, 3, H, W) in [0, 1] -> the bytes each output row carries, and whether they are JPEG files."""
+        if self.jpeg_quality is not None:
+            return encode_jpegs(images, self.jpeg_quality), True
+        return [image.tobytes() for image in batch_to_pixels(images)], False
 
 
 def shape_groups(rows: list[dict[str, Any]], batch_size: int) -> Iterator[tuple[int, int, list[int]]]:
@@ -73,9 +140,11 @@ class Stylizer:
         batch_size: int,
         bank: str | None = None,
         threads: int | None = None,
+        jpeg_quality: int | None = None,
     ) -> None:
         set_threads(threads)
         self.model = load_model(model)
+        self.io = ModelIO(self.model.device, sizing, jpeg_quality)
         self.controls, self.variants, self.batch_size = controls, {v.style_id: v for v in variants}, batch_size
         uris = sorted({u for v in variants for u in v.uris})
         self.style_images = {u: style_tensor(u, sizing) for u in uris}
@@ -101,9 +170,10 @@ class Stylizer:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         decoded = batch.to_pylist()
-        results: dict[tuple[int, str], tuple[bytes, float]] = {}
-        for height, width, chunk in shape_groups(decoded, self.batch_size):
-            results.update(self._run(decoded, chunk, height, width))
+        results: dict[tuple[int, str], tuple[bytes, bool, float]] = {}
+        with device_stream(self.model.device):
+            for height, width, chunk in shape_groups(decoded, self.batch_size):
+                results.update(self._run(decoded, chunk, height, width))
         identity = self.model.identity
         rows = []
         for i, row in enumerate(decoded):
@@ -114,15 +184,21 @@ class Stylizer:
                 if row["error"] is not None:
                     rows.append(base | {"style": style, "status": "error", "error": row["error"]})
                 else:
-                    pixels, model_ms = results[(i, style)]
-                    rows.append(base | {"style": style, "status": "pending", "pixels": pixels, "model_ms": model_ms})
+                    pixels, jpeg, model_ms = results[(i, style)]
+                    output = {"pixels": pixels, "jpeg": jpeg, "model_ms": model_ms}
+                    rows.append(base | {"style": style, "status": "pending"} | output)
         return pa.Table.from_pylist(rows, schema=STYLIZED_SCHEMA)
 
     def _run(
         self, decoded: list[dict], chunk: list[int], height: int, width: int
-    ) -> dict[tuple[int, str], tuple[bytes, float]]:
+    ) -> dict[tuple[int, str], tuple[bytes, bool, float]]:
         start = time.perf_counter()
-        content = to_batch([decoded[i] for i in chunk], height, width, self.model.device)
+        content, errors = self.io.batch([decoded[i] for i in chunk], height, width)
+        for k, error in errors.items():
+            decoded[chunk[k]]["error"] = error
+        chunk = [i for k, i in enumerate(chunk) if k not in errors]
+        if not chunk:
+            return {}
         styles = sorted({s for i in chunk for s in decoded[i]["todo"]})
         luminance = self.controls.preserve_color == "luminance"
         if self.controls.preserve_color == "coral":
@@ -135,6 +211,8 @@ class Stylizer:
         else:
             outs = self.model.stylize_each(content, [self.stats[s] for s in styles], self.controls.alpha, luminance)
             stacked = dict(zip(styles, outs, strict=True))
-        pixels = {s: batch_to_pixels(t) for s, t in stacked.items()}
+        files = {s: self.io.outputs(t) for s, t in stacked.items()}
         per_image_ms = elapsed_ms(start) / len(chunk)
-        return {(i, s): (pixels[s][k].tobytes(), per_image_ms) for k, i in enumerate(chunk) for s in decoded[i]["todo"]}
+        return {
+            (i, s): (files[s][0][k], files[s][1], per_image_ms) for k, i in enumerate(chunk) for s in decoded[i]["todo"]
+        }

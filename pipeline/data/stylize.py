@@ -15,7 +15,7 @@ import ray
 
 from pipeline.config import StylizeConfig
 from pipeline.data.bank import is_bank, load_bank, style_tensor
-from pipeline.data.cluster import connect, input_blocks, model_stage, unreserved_on_cpu
+from pipeline.data.cluster import connect, input_blocks, jpeg_on_model, model_stage, unreserved_on_cpu
 from pipeline.data.io_tasks import decode_inputs, write_outputs
 from pipeline.data.listing import list_inputs, list_styles
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id
@@ -81,15 +81,17 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     batch = cfg.scale.batch_size
     style_ids = [v.style_id for v in variants]
 
+    actor_args, threads = model_stage(cfg.model, cfg.scale)
+    jpeg, jpeg_quality = jpeg_on_model(cfg.scale, actor_args, cfg.output)
+
     ds = ray.data.from_arrow(input_blocks(inputs, batch))
     ds = ds.map_batches(
         decode_inputs,
-        fn_kwargs={"style_ids": style_ids, "output": cfg.output, "sizing": cfg.sizing},
+        fn_kwargs={"style_ids": style_ids, "output": cfg.output, "sizing": cfg.sizing, "jpeg_to_model": jpeg},
         batch_format="pyarrow",
         batch_size=batch,
         num_cpus=cfg.scale.io_cpus,
     )
-    actor_args, threads = model_stage(cfg.model, cfg.scale)
     ds = ds.map_batches(
         Stylizer,
         fn_constructor_kwargs={
@@ -100,6 +102,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
             "batch_size": batch,
             "bank": bank_of(cfg),
             "threads": threads,
+            "jpeg_quality": jpeg_quality,
         },
         batch_format="pyarrow",
         batch_size=batch,

@@ -53,6 +53,23 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return to_rgb(img)
 
 
+def plain_jpeg_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
+    """(W, H) of a JPEG that any JPEG decoder (nvJPEG, torchvision's) turns into the image `decode`
+    makes: complete (ends in its EOI marker), three-channel, upright (no EXIF rotation), within
+    `max_pixels`. None for anything else, which then goes through `decode`, made for every case.
+    Reads the header only."""
+    if not data.startswith(b"\xff\xd8") or not data.endswith(b"\xff\xd9"):
+        return None
+    try:
+        img = Image.open(io.BytesIO(data))
+        upright = img.getexif().get(0x0112, 1) == 1
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    if img.format != "JPEG" or img.mode != "RGB" or not upright or img.width * img.height > max_pixels:
+        return None
+    return img.size
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode -> RGB; high-bit-depth scaled to 8 bits, transparency over white."""
     if img.mode in ("I", "F") or img.mode.startswith("I;16"):
@@ -67,24 +84,38 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    """Scale so that the shorter side is `size` (0 keeps the size), as torchvision's Resize(size)."""
+def shorter_to(width: int, height: int, size: int) -> tuple[int, int]:
+    """(W, H) with the shorter side scaled to `size` (0 keeps the size), as torchvision's Resize(size)."""
     if size == 0:
-        return img
-    width, height = img.size
+        return width, height
     short, long = min(width, height), max(width, height)
     new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
-    if (new_w, new_h) == (width, height):
-        return img
-    return img.resize((new_w, new_h), Image.BILINEAR)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
 
 
-def center_crop(img: Image.Image, size: int) -> Image.Image:
-    """A size x size centre crop, placed as torchvision's CenterCrop places it."""
-    width, height = img.size
+def crop_box(width: int, height: int, size: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a size x size centre crop, placed as torchvision's CenterCrop places it."""
     top, left = round((height - size) / 2.0), round((width - size) / 2.0)
-    return img.crop((left, top, left + size, top + size))
+    return left, top, left + size, top + size
+
+
+def longer_at_most(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(W, H) scaled down, keeping the aspect ratio, so that the longer side is at most `max_side` (0: no limit)."""
+    if max_side == 0 or max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def output_size(width: int, height: int, size: int, crop: bool = False, max_side: int = 0) -> tuple[int, int]:
+    """The (W, H) that `prepare` makes of a width x height image."""
+    if crop:
+        return size, size
+    return longer_at_most(*shorter_to(width, height, size), max_side)
+
+
+def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
+    return img if img.size == size else img.resize(size, Image.BILINEAR)
 
 
 def format_of(path: str) -> str:
@@ -104,16 +135,10 @@ def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     return buffer.getvalue()
 
 
-def limit_longer(img: Image.Image, max_side: int) -> Image.Image:
-    """Scale down, keeping the aspect ratio, so that the longer side is at most `max_side` (0: no limit)."""
-    width, height = img.size
-    if max_side == 0 or max(width, height) <= max_side:
-        return img
-    scale = max_side / max(width, height)
-    return img.resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR)
-
-
 def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS, max_side: int = 0) -> Image.Image:
     """Decode, scale the shorter side to `size`, then centre-crop to size x size or cap the longer side."""
-    img = resize_shorter(decode(data, max_pixels), size)
-    return center_crop(img, size) if crop else limit_longer(img, max_side)
+    img = decode(data, max_pixels)
+    img = _resized(img, shorter_to(*img.size, size))
+    if crop:
+        return img.crop(crop_box(*img.size, size))
+    return _resized(img, longer_at_most(*img.size, max_side))

@@ -26,12 +26,16 @@ def pixels_to_batch(pixels: np.ndarray, device: torch.device) -> Tensor:
     return batch.permute(0, 3, 1, 2).float().div_(255.0).contiguous(memory_format=torch.channels_last)
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """Floats in [0, 1] -> uint8, rounded as torchvision's save_image rounds, where the images are."""
+    return images.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
+
+
 def batch_to_pixels(images: Tensor) -> np.ndarray:
     """(N, 3, H, W) in [0, 1] -> (N, H, W, 3) uint8 on the host, rounded as save_image rounds.
 
     Rounded to uint8 where the images are (on the GPU), so only bytes come back."""
-    pixels = images.detach().float().mul(255).add_(0.5).clamp_(0, 255).to(torch.uint8)
-    return pixels.permute(0, 2, 3, 1).cpu().numpy()
+    return to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def to_image(tensor: Tensor) -> Image.Image:

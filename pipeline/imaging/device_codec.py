@@ -1,0 +1,63 @@
+"""JPEG decoding, resizing and encoding on the model's device, with torchvision's codecs.
+
+On a GPU these run on nvJPEG, beside the model, so the CPUs of a GPU node only move bytes;
+on a CPU they run on libjpeg-turbo, the same code. Only JPEGs that `codec.plain_jpeg_size`
+accepts come here; everything else goes through Pillow (`codec.prepare`), which handles every
+case. Resizing follows `codec.prepare`'s sizes, with torch's antialiased bilinear filter, which
+is built to match Pillow's.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
+
+from pipeline.config import Sizing
+from pipeline.imaging.codec import crop_box, longer_at_most, shorter_to
+from pipeline.imaging.tensors import to_uint8
+
+
+def decode_jpegs(data: list[bytes], device: torch.device) -> list[Tensor | None]:
+    """JPEG bytes -> (3, H, W) uint8 RGB tensors on `device`, None where one cannot be decoded.
+
+    One batched call (nvJPEG decodes the batch together); if it fails, each image alone, so
+    one bad file costs only itself."""
+    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]
+    try:
+        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
+    except RuntimeError:
+        pass
+    images: list[Tensor | None] = []
+    for one in encoded:
+        try:
+            images.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
+        except RuntimeError:
+            images.append(None)
+    return images
+
+
+def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
+    """(3, H, W) float -> (3, size[1], size[0]) with Pillow's BILINEAR filter (antialiased when shrinking)."""
+    if (image.shape[-1], image.shape[-2]) == size:
+        return image
+    return F.interpolate(image[None], size=(size[1], size[0]), mode="bilinear", antialias=True)[0]
+
+
+def prepare_on_device(image: Tensor, sizing: Sizing) -> Tensor:
+    """A decoded (3, H, W) uint8 content image -> float in [0, 1] at the size `codec.prepare` gives."""
+    height, width = image.shape[-2:]
+    resized = shorter_to(width, height, sizing.content_size)
+    x = _resize(image.float().div_(255.0), resized)
+    if sizing.crop:
+        left, top, right, bottom = crop_box(*resized, sizing.content_size)
+        return x[:, top:bottom, left:right]
+    return _resize(x, longer_at_most(*resized, sizing.max_side))
+
+
+def encode_jpegs(images: Tensor, quality: int) -> list[bytes]:
+    """(N, 3, H, W) in [0, 1] on any device -> JPEG bytes each, encoded where the images are,
+    from pixels rounded as `tensors.to_uint8` rounds them."""
+    encoded = encode_jpeg(list(to_uint8(images).contiguous()), quality=quality)
+    return [bytes(e.cpu().numpy()) for e in encoded]
