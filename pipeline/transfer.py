@@ -96,8 +96,8 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
             mask_image = decode(read_bytes(req.mask), sizing.max_pixels)
     cached = None if controls.preserve_color == "coral" else [model.style_stats(s[None]) for s in style_images]
     failures = 0
-    style_names = [stem.replace("/", "_") for stem in output_stems([rel for _, rel in styles])]
-    for (uri, _), stem in zip(contents, output_stems([rel for _, rel in contents]), strict=True):
+    style_names = [stem.replace("/", "_") for stem in output_stems([rel for _, rel in styles]).to_pylist()]
+    for (uri, _), stem in zip(contents, output_stems([rel for _, rel in contents]).to_pylist(), strict=True):
         try:
             content = _load(uri, sizing.content_size, sizing)
             stats = cached or [model.style_stats(coral(s, content)[None]) for s in style_images]

@@ -5,30 +5,32 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
-from dataclasses import replace
+from collections.abc import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS
 from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug
-from pipeline.storage.uri import FileStat, exists, is_dir, list_files, read_bytes, stat_files, storage_error
+from pipeline.storage.uri import exists, is_dir, list_files, read_bytes, stat_table, storage_error
 
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".txt")
 
 
-def _uris_from_list_file(uri: str) -> list[str]:
+def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     """A Parquet/CSV file with a `uri` column (else its first column), or text with one URI a line."""
     data = read_bytes(uri)
     if uri.lower().endswith(".txt"):
-        return [line.strip() for line in data.decode().splitlines() if line.strip() and not line.startswith("#")]
+        lines = [line.strip() for line in data.decode().splitlines()]
+        return pa.chunked_array([[line for line in lines if line and not line.startswith("#")]], pa.string())
     table = pq.read_table(io.BytesIO(data)) if uri.lower().endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
     if table.num_columns == 0:
         raise ConfigError(f"{uri}: the list file has no columns; give a 'uri' column")
-    column = table.column("uri") if "uri" in table.column_names else table.column(0)
-    return [str(u) for u in column.to_pylist() if u]
+    column = (table.column("uri") if "uri" in table.column_names else table.column(0)).cast(pa.string())
+    return column.filter(pc.invert(pc.or_kleene(pc.is_null(column), pc.equal(column, ""))))
 
 
 def _absolute(uri: str, list_file: str) -> str:
@@ -50,28 +52,44 @@ def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, roo
     """
     extensions = tuple(e.lower() for e in extensions)
     if is_dir(source):
-        stats = stat_files(source, extensions)
+        stats = stat_table(source, extensions)
         if root is not None:
-            stats = [replace(stat, rel=relative_to(stat.uri, root)) for stat in stats]
+            stats = stats.set_column(1, "rel", _per_row(lambda u: relative_to(u, root), stats.column("uri")))
     elif source.lower().endswith(LIST_FILE_EXTENSIONS):
-        uris = [_absolute(u, source) for u in _uris_from_list_file(source)]
-        stats = [FileStat(u, relative_to(u, root or ""), None, None) for u in uris]
+        uris = _per_row(lambda u: _absolute(u, source), _uris_from_list_file(source))
+        stats = _unlisted(uris, _per_row(lambda u: relative_to(u, root or ""), uris))
     elif exists(source):
-        stats = [FileStat(source, relative_to(source, root or posixpath.dirname(source)), None, None)]
+        rel = relative_to(source, root or posixpath.dirname(source))
+        stats = _unlisted(pa.chunked_array([[source]], pa.string()), pa.chunked_array([[rel]], pa.string()))
     else:
         raise storage_error(FileNotFoundError(source), source)  # says so if the bucket is missing
-    if not stats:
+    if not stats.num_rows:
         raise ConfigError(f"{source}: no input images (extensions {', '.join(extensions)})")
-    rels = [safe_relpath(stat.rel) for stat in stats]
+    rels = _per_row(safe_relpath, stats.column("rel"))
     return pa.table(
         {
-            "input_uri": [stat.uri for stat in stats],
+            "input_uri": stats.column("uri"),
             "rel_path": rels,
             "key": output_stems(rels),
-            "size": pa.array([stat.size for stat in stats], pa.int64()),
-            "mtime_ns": pa.array([stat.mtime_ns for stat in stats], pa.int64()),
+            "size": stats.column("size"),
+            "mtime_ns": stats.column("mtime_ns"),
         }
     )
+
+
+_CHUNK_ROWS = 65_536  # rows turned into Python strings at a time
+
+
+def _per_row(fn: Callable[[str], str], column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`fn` of each string, _CHUNK_ROWS at a time: never the whole column as Python strings."""
+    chunks = [column.slice(i, _CHUNK_ROWS).to_pylist() for i in range(0, len(column), _CHUNK_ROWS)]
+    return pa.chunked_array([pa.array([fn(v) for v in chunk], pa.string()) for chunk in chunks], pa.string())
+
+
+def _unlisted(uris: pa.ChunkedArray, rels: pa.ChunkedArray) -> pa.Table:
+    """Inputs named rather than listed: no size or modification time to compare."""
+    nulls = pa.nulls(len(uris), pa.int64())
+    return pa.table({"uri": uris, "rel": rels, "size": nulls, "mtime_ns": nulls})
 
 
 def style_ids(rels: list[str]) -> list[str]:

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections import Counter
 from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
@@ -38,16 +40,30 @@ def relative_to(uri: str, root: str) -> str:
     return path.split("/", 1)[1] if "://" in uri and "/" in path else path
 
 
-def output_stems(rels: Sequence[str]) -> list[str]:
+def output_stems(rels: pa.ChunkedArray | Sequence[str]) -> pa.ChunkedArray:
     """Each input's output name without extension: its safe relative path minus the
     extension, keeping the extension in the name (`a_png`) where two inputs would
-    otherwise share one (`a.jpg`, `a.png`)."""
-    stems = [posixpath.splitext(safe_relpath(rel))[0] for rel in rels]
-    counts = Counter(stems)
-    return [
-        stem if counts[stem] == 1 else f"{stem}_{posixpath.splitext(rel)[1].lstrip('.')}"
-        for stem, rel in zip(stems, rels, strict=True)
-    ]
+    otherwise share one (`a.jpg`, `a.png`).
+
+    Works a chunk at a time and finds clashes with Arrow, so ten million inputs never
+    become ten million Python strings at once."""
+    chunks = rels.chunks if isinstance(rels, pa.ChunkedArray) else [pa.array(rels, pa.string())]
+    stems = pa.chunked_array(
+        [pa.array([posixpath.splitext(safe_relpath(r))[0] for r in c.to_pylist()], pa.string()) for c in chunks],
+        pa.string(),
+    )
+    counts = pc.value_counts(stems)
+    shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if len(shared) == 0:
+        return stems
+    fixed = []
+    for chunk, stem_chunk in zip(chunks, stems.chunks, strict=True):
+        clash = pc.is_in(stem_chunk, value_set=shared).to_pylist()
+        names = zip(stem_chunk.to_pylist(), chunk.to_pylist(), clash, strict=True)
+        fixed.append(
+            pa.array([f"{s}_{posixpath.splitext(r)[1].lstrip('.')}" if c else s for s, r, c in names], pa.string())
+        )
+    return pa.chunked_array(fixed, pa.string())
 
 
 def output_key(output: str, style_id: str, stem: str, fmt: str) -> str:

