@@ -194,17 +194,22 @@ def precision_psnr(
     return 10 * np.log10(255.0**2 / mse)
 
 
-def model_only(model: StyleTransfer, size: int, batch: int, batches: int) -> int:
+def model_only(model: StyleTransfer, size: int, batch: int, images: int) -> tuple[int, float]:
+    """`images` stylized in calls of the size the job makes them (`images_per_call`), after a
+    warm-up call (allocations, autotuning, compiling): (images, seconds)."""
+    batch = model.images_per_call(size, size, batch)
+    batches = max(2, images // batch)
     content = torch.rand(batch, 3, size, size, device=model.device)  # preloaded: no transfers timed
     stats = model.style_stats(torch.rand(1, 3, size, size, device=model.device))
     model.stylize(content, stats)  # warm-up: first-call allocations, autotuning
     if model.device.type == "cuda":
         torch.cuda.synchronize()
+    start = time.perf_counter()
     for _ in range(batches):
         model.stylize(content, stats)
     if model.device.type == "cuda":
         torch.cuda.synchronize()
-    return batch * batches
+    return batch * batches, time.perf_counter() - start
 
 
 def reference_training(files: list[Path], crop: int, batch: int, steps: int, encoder: str) -> float:
@@ -315,6 +320,7 @@ def main() -> None:
     parser.add_argument("--actors", type=int, default=None)
     parser.add_argument("--cpus-per-actor", type=float, default=None)
     parser.add_argument("--jpeg-codec", default="auto", choices=list(JPEG_CODECS), help="the job's --jpeg-codec")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks (model only and job)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak at --precision, for the roofline")
     parser.add_argument("--input", help="a directory of images to use instead of generated ones")
     parser.add_argument("--encoder")
@@ -346,11 +352,14 @@ def main() -> None:
         seconds, n, peak = timed(lambda: baseline(files[:n_base], style, args.size, encoder, decoder, base_out, device))
         rows.append(("baseline (reference loop, fp32)", n / seconds, peak))
 
-        model = StyleTransfer(load_encoder(encoder).module, load_decoder(decoder).module, device, args.precision)
-        batches = max(2, args.images // args.batch_size // 2)
-        seconds, n, peak = timed(lambda: model_only(model, args.size, args.batch_size, batches))
-        model_rate = n / seconds
-        rows.append((f"model only ({args.precision}, batch {args.batch_size})", model_rate, peak))
+        nets = load_encoder(encoder).module, load_decoder(decoder).module
+        model = StyleTransfer(*nets, device, args.precision, compile=args.compile)
+        with PeakRss() as memory:
+            n, seconds = model_only(model, args.size, args.batch_size, args.images // 2)
+        model_rate, peak = n / seconds, memory.peak
+        per_call = model.images_per_call(args.size, args.size, args.batch_size)
+        compiled = ", compiled" if args.compile else ""
+        rows.append((f"model only ({args.precision}, {per_call} a call{compiled})", model_rate, peak))
 
         from pipeline.data.cluster import connect
         from pipeline.data.stylize import run_stylize
@@ -360,7 +369,7 @@ def main() -> None:
             input=str(src),
             styles=(str(style),),
             output=OutputSpec(str(work / "out"), "jpg", 90),
-            model=ModelConfig(encoder, decoder, args.device, args.precision),
+            model=ModelConfig(encoder, decoder, args.device, args.precision, args.compile),
             sizing=Sizing(content_size=args.size, style_size=args.size),
             scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, jpeg_codec=args.jpeg_codec),
         )

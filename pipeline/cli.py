@@ -42,6 +42,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder", default=DEFAULT_DECODER, help="decoder weights: path, URI or a known name")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the networks: about 20%% faster on CPU, but about 30 s to compile per process "
+        "and per new image size; for long runs of same-size images (--crop)",
+    )
 
 
 def add_control_flags(parser: argparse.ArgumentParser) -> None:
@@ -59,7 +65,7 @@ def add_size_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config(args: argparse.Namespace) -> ModelConfig:
-    return ModelConfig(args.encoder, args.decoder, args.device, args.precision)
+    return ModelConfig(args.encoder, args.decoder, args.device, args.precision, args.compile)
 
 
 def controls(args: argparse.Namespace) -> Controls:

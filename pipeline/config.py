@@ -22,6 +22,7 @@ class ModelConfig:
     decoder: str = DEFAULT_DECODER
     device: str = "auto"
     precision: str = "fp32"
+    compile: bool = False  # torch.compile the networks
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:

@@ -202,3 +202,14 @@ def test_keep_chroma_takes_luma_from_stylized_and_chroma_from_content() -> None:
 
 def test_encoder_is_frozen(model: StyleTransfer) -> None:
     assert not any(p.requires_grad for p in model.encoder.parameters())
+
+
+def test_compiled_model_gives_the_eager_models_images(model: StyleTransfer, weights: WeightFiles) -> None:
+    """--compile fuses the paddings and ReLUs into the convolutions; the images stay the same."""
+    compiled = StyleTransfer(
+        load_encoder(str(weights.vgg)).module, load_decoder(str(weights.decoder)).module, compile=True
+    )
+    content, style = image(32, 40, seed=14), image(32, 32, seed=15)
+    expected = model.stylize(content, model.style_stats(style), alpha=0.7)
+    out = compiled.stylize(content, compiled.style_stats(style), alpha=0.7)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-4)

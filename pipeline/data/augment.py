@@ -13,6 +13,7 @@ from this host, and keeps the outputs it finished (`skipped` rows), making only 
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from typing import Any
@@ -82,7 +83,8 @@ class Augmenter:
         set_threads(threads)
         self.model = load_model(model)
         self.io = ModelIO(self.model.device, sizing, jpeg_quality)
-        self.batch_size, self.luminance = batch_size, luminance
+        self.per_call = functools.partial(self.model.images_per_call, batch_size=batch_size)
+        self.luminance = luminance
         if is_bank(styles):
             self.bank = load_bank(styles, self.model.identity["encoder_sha256"])
         else:
@@ -92,7 +94,7 @@ class Augmenter:
         decoded = batch.to_pylist()
         pixels: dict[tuple[int, int], tuple[bytes, bool, float]] = {}
         with device_stream(self.model.device):
-            for height, width, chunk in shape_groups(decoded, self.batch_size):
+            for height, width, chunk in shape_groups(decoded, self.per_call):
                 pixels.update(self._run(decoded, chunk, height, width))
         identity = self.model.identity
         out_rows = []

@@ -10,9 +10,10 @@ augmentation actor.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -112,16 +113,19 @@ class ModelIO:
         return [image.tobytes() for image in batch_to_pixels(images)], False
 
 
-def shape_groups(rows: list[dict[str, Any]], batch_size: int) -> Iterator[tuple[int, int, list[int]]]:
-    """(height, width, row indices) chunks of same-shape decoded rows: images are never padded,
-    since padding would change the AdaIN statistics."""
+def shape_groups(
+    rows: list[dict[str, Any]], per_call: Callable[[int, int], int]
+) -> Iterator[tuple[int, int, list[int]]]:
+    """(height, width, row indices) chunks of same-shape decoded rows, `per_call(height, width)`
+    rows at most: images are never padded, since padding would change the AdaIN statistics."""
     groups: dict[tuple[int, int], list[int]] = {}
     for i, row in enumerate(rows):
         if row["pixels"] is not None:
             groups.setdefault((row["height"], row["width"]), []).append(i)
     for (height, width), members in groups.items():
-        for start in range(0, len(members), batch_size):
-            yield height, width, members[start : start + batch_size]
+        size = per_call(height, width)
+        for start in range(0, len(members), size):
+            yield height, width, members[start : start + size]
 
 
 class Stylizer:
@@ -145,7 +149,8 @@ class Stylizer:
         set_threads(threads)
         self.model = load_model(model)
         self.io = ModelIO(self.model.device, sizing, jpeg_quality)
-        self.controls, self.variants, self.batch_size = controls, {v.style_id: v for v in variants}, batch_size
+        self.controls, self.variants = controls, {v.style_id: v for v in variants}
+        self.per_call = functools.partial(self.model.images_per_call, batch_size=batch_size)
         uris = sorted({u for v in variants for u in v.uris})
         self.style_images = {u: style_tensor(u, sizing) for u in uris}
         # Style statistics, once per actor: from the bank, or from the images (coral needs
@@ -172,7 +177,7 @@ class Stylizer:
         decoded = batch.to_pylist()
         results: dict[tuple[int, str], tuple[bytes, bool, float]] = {}
         with device_stream(self.model.device):
-            for height, width, chunk in shape_groups(decoded, self.batch_size):
+            for height, width, chunk in shape_groups(decoded, self.per_call):
                 results.update(self._run(decoded, chunk, height, width))
         identity = self.model.identity
         rows = []

@@ -26,6 +26,6 @@ def load_model(cfg: ModelConfig) -> StyleTransfer:
             trained_for[:12],
             encoder.sha256[:12],
         )
-    model = StyleTransfer(encoder.module, decoder.module, pick_device(cfg.device), cfg.precision)
+    model = StyleTransfer(encoder.module, decoder.module, pick_device(cfg.device), cfg.precision, compile=cfg.compile)
     model.identity = {"encoder_sha256": encoder.sha256, "decoder_sha256": decoder.sha256}
     return model
