@@ -59,5 +59,9 @@ def prepare_on_device(image: Tensor, sizing: Sizing) -> Tensor:
 def encode_jpegs(images: Tensor, quality: int) -> list[bytes]:
     """(N, 3, H, W) in [0, 1] on any device -> JPEG bytes each, encoded where the images are,
     from pixels rounded as `tensors.to_uint8` rounds them."""
-    encoded = encode_jpeg(list(to_uint8(images).contiguous()), quality=quality)
+    pixels = list(to_uint8(images).contiguous())
+    try:
+        encoded = encode_jpeg(pixels, quality=quality)
+    except RuntimeError:  # a torchvision without this device's JPEG encoder: encode on the host
+        encoded = encode_jpeg([p.cpu() for p in pixels], quality=quality)
     return [bytes(e.cpu().numpy()) for e in encoded]
