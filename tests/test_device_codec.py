@@ -101,12 +101,12 @@ def test_model_io_keeps_raw_and_jpeg_rows_apart_and_reports_errors() -> None:
     jpeg = images.encoded(48, 40, seed=7)
     raw = prepare(images.encoded(48, 40, "PNG", seed=8), 32)
     rows = [
-        {"pixels": raw.tobytes(), "jpeg": False},
-        {"pixels": jpeg, "jpeg": True},
-        {"pixels": BROKEN_JPEG, "jpeg": True},
+        {"pixels": raw.tobytes(), "jpeg": False, "error": None},
+        {"pixels": jpeg, "jpeg": True, "error": None},
+        {"pixels": BROKEN_JPEG, "jpeg": True, "error": None},
     ]
-    batch, errors = ModelIO(CPU, sizing).batch(rows, 32, 38)
-    assert list(errors) == [2] and "not an image" in errors[2]
+    batch, kept = ModelIO(CPU, sizing).batch(rows, [0, 1, 2], 32, 38)
+    assert kept == [0, 1] and "not an image" in rows[2]["error"]
     assert batch.shape == (2, 3, 32, 38)
     assert torch.equal(batch[0], to_tensor(raw))
     assert float((batch[1] - to_tensor(prepare(jpeg, 32))).abs().max()) <= 3 / 255

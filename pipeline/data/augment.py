@@ -116,13 +116,10 @@ class Augmenter:
     def _run(self, decoded: list[dict], chunk: list[int], height: int, width: int) -> dict:
         """Stylize one same-shape chunk with each row's drawn styles and alphas: {(row, k): output}."""
         start = time.perf_counter()
-        content, errors = self.io.batch([decoded[i] for i in chunk], height, width)
-        for k, error in errors.items():
-            decoded[chunk[k]]["error"] = error
-        rows = [decoded[i] for k, i in enumerate(chunk) if k not in errors]
-        chunk = [i for k, i in enumerate(chunk) if k not in errors]
+        content, chunk = self.io.batch(decoded, chunk, height, width)
         if not chunk:
             return {}
+        rows = [decoded[i] for i in chunk]
         per_image = len(rows[0]["styles"])
         styles, alphas = [], []
         for k in range(per_image):

@@ -79,9 +79,17 @@ class ModelIO:
     def __init__(self, device: torch.device, sizing: Sizing, jpeg_quality: int | None = None) -> None:
         self.device, self.sizing, self.jpeg_quality = device, sizing, jpeg_quality
 
-    def batch(self, rows: list[dict[str, Any]], height: int, width: int) -> tuple[torch.Tensor, dict[int, str]]:
-        """Decoded rows of one shape -> ((N, 3, H, W) float in [0, 1] on the device, {position: error})
-        where the batch holds the rows without an error, in order."""
+    def batch(
+        self, decoded: list[dict[str, Any]], chunk: list[int], height: int, width: int
+    ) -> tuple[torch.Tensor, list[int]]:
+        """The `chunk` of `decoded` rows, all height x width, as (N, 3, H, W) float in [0, 1] on the
+        device, and the rows it holds: a row that cannot be decoded gets its `error` and is left out."""
+        batch, errors = self._load([decoded[i] for i in chunk], height, width)
+        for k, error in errors.items():
+            decoded[chunk[k]]["error"] = error
+        return batch, [i for k, i in enumerate(chunk) if k not in errors]
+
+    def _load(self, rows: list[dict[str, Any]], height: int, width: int) -> tuple[torch.Tensor, dict[int, str]]:
         raw = [i for i, row in enumerate(rows) if not row["jpeg"]]
         files = [i for i, row in enumerate(rows) if row["jpeg"]]
         images: dict[int, torch.Tensor] = {}
@@ -198,10 +206,7 @@ class Stylizer:
         self, decoded: list[dict], chunk: list[int], height: int, width: int
     ) -> dict[tuple[int, str], tuple[bytes, bool, float]]:
         start = time.perf_counter()
-        content, errors = self.io.batch([decoded[i] for i in chunk], height, width)
-        for k, error in errors.items():
-            decoded[chunk[k]]["error"] = error
-        chunk = [i for k, i in enumerate(chunk) if k not in errors]
+        content, chunk = self.io.batch(decoded, chunk, height, width)
         if not chunk:
             return {}
         styles = sorted({s for i in chunk for s in decoded[i]["todo"]})
