@@ -61,11 +61,13 @@ class StyleTransfer(nn.Module):
             # Let cuDNN time its algorithms once per input shape: jobs batch same-shape images,
             # so each shape is tuned once and then reused for the whole run.
             torch.backends.cudnn.benchmark = True
-        # torch.compile fuses each ReLU and reflection padding into its neighbours, passes over
-        # memory that cost about a quarter of the model's time on CPU (and more on GPUs). It
-        # compiles once per input shape (then once for any shape), so it pays on long runs.
-        self.run_encoder = torch.compile(self.encoder) if compile else self.encoder
-        self.run_decoder = torch.compile(self.decoder) if compile else self.decoder
+        if compile:
+            # torch.compile fuses each ReLU and reflection padding into its neighbours, passes over
+            # memory that cost about a quarter of the model's time on CPU (and more on GPUs). It
+            # compiles once per input shape (then once for any shape), so it pays on long runs.
+            # In place: the modules, their names and their weights stay as they are.
+            self.encoder.compile()
+            self.decoder.compile()
         self.identity: dict[str, str] = {}  # sha256 of the weights, set by the loader
 
     def images_per_call(self, height: int, width: int, batch_size: int) -> int:
@@ -81,7 +83,7 @@ class StyleTransfer(nn.Module):
     @torch.inference_mode()
     def style_stats(self, styles: Tensor) -> Stats:
         """relu4_1 mean and std of each style image: (S, 512, 1, 1) each, float32."""
-        return mean_std(self.run_encoder(self._input(styles)))
+        return mean_std(self.encoder(self._input(styles)))
 
     def _on_device(self, stats: Stats) -> Stats:
         mean, std = stats
@@ -104,7 +106,7 @@ class StyleTransfer(nn.Module):
         `alpha` is a float or one value per image, shaped (N, 1, 1, 1).
         """
         x = self._input(content)
-        feat = self.run_encoder(x)
+        feat = self.encoder(x)
         if mask is None:
             target = adain(feat, *self._on_device(style))
         elif background is None:
@@ -127,7 +129,7 @@ class StyleTransfer(nn.Module):
         value for all, or one per style (each a float or a per-image (N, 1, 1, 1) tensor).
         """
         x = self._input(content)
-        feat = self.run_encoder(x)
+        feat = self.encoder(x)
         alphas = alpha if isinstance(alpha, (list, tuple)) else [alpha] * len(styles)
         return [
             self._decode(adain(feat, *self._on_device(s)), feat, x, a, preserve_luminance)
@@ -137,7 +139,7 @@ class StyleTransfer(nn.Module):
     def _decode(self, target: Tensor, feat: Tensor, x: Tensor, alpha: float | Tensor, luminance: bool) -> Tensor:
         if isinstance(alpha, Tensor):
             alpha = alpha.to(self.device)
-        out = self.run_decoder(mix(target, feat, alpha).to(self.dtype))
+        out = self.decoder(mix(target, feat, alpha).to(self.dtype))
         # Ceil-mode pooling lets the decoder overshoot by up to 7 px: crop back to the input.
         out = out.float()[..., : x.shape[-2], : x.shape[-1]]
         if luminance:
