@@ -53,6 +53,11 @@ def elapsed_ms(since: float) -> float:
     return (time.perf_counter() - since) * 1000.0
 
 
+def prepare_content(data: bytes, sizing: Sizing) -> Image.Image:
+    """A content image's bytes -> the RGB image the model takes, sized per `sizing`."""
+    return prepare(data, sizing.content_size, sizing.crop, sizing.max_pixels, sizing.max_side)
+
+
 def decode_one(uri: str, sizing: Sizing, jpeg_to_model: bool = False) -> dict[str, Any]:
     """Read, decode and resize one content image: pixels, width and height, or the error.
 
@@ -67,7 +72,7 @@ def decode_one(uri: str, sizing: Sizing, jpeg_to_model: bool = False) -> dict[st
             width, height = output_size(*size, sizing.content_size, sizing.crop, sizing.max_side)
             row.update(pixels=data, jpeg=True, width=width, height=height)
         else:
-            img = prepare(data, sizing.content_size, sizing.crop, sizing.max_pixels, sizing.max_side)
+            img = prepare_content(data, sizing)
             row.update(pixels=img.tobytes(), width=img.width, height=img.height)
     except AdainError as exc:
         row["error"] = str(exc)

@@ -25,10 +25,9 @@ import torch
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank import load_bank, style_tensor
 from pipeline.data.cluster import set_threads
-from pipeline.data.io_tasks import elapsed_ms
+from pipeline.data.io_tasks import elapsed_ms, prepare_content
 from pipeline.data.manifest import ROW_SCHEMA
 from pipeline.errors import ImageError
-from pipeline.imaging.codec import prepare
 from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
@@ -105,9 +104,7 @@ class ModelIO:
                 if image is not None:
                     images[i] = prepare_on_device(image, self.sizing)
                 else:
-                    s = self.sizing
-                    img = prepare(rows[i]["pixels"], s.content_size, s.crop, s.max_pixels, s.max_side)
-                    images[i] = to_tensor(img).to(self.device)
+                    images[i] = to_tensor(prepare_content(rows[i]["pixels"], self.sizing)).to(self.device)
             except ImageError as exc:
                 errors[i] = str(exc)
         kept = [images[i] for i in range(len(rows)) if i in images]
