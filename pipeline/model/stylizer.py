@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from pipeline.errors import ConfigError
 from pipeline.model.functional import Stats, adain, keep_chroma, masked_adain, mean_std, mix
+from pipeline.model.host import reuse_freed_memory
 from pipeline.model.nets import Decoder, Encoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # by config.PRECISIONS
@@ -57,6 +58,8 @@ class StyleTransfer(nn.Module):
         self.dtype = DTYPES[precision]
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(self.device, self.dtype, memory_format=self.memory_format)
+        if self.device.type == "cpu":
+            reuse_freed_memory()
         if self.device.type == "cuda":
             # Let cuDNN time its algorithms once per input shape: jobs batch same-shape images,
             # so each shape is tuned once and then reused for the whole run.

