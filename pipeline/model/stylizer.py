@@ -14,8 +14,8 @@ from pipeline.model.nets import Decoder, Encoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # by config.PRECISIONS
 # On CPU, a model call's activations should stay in the caches: about this many pixels a call.
-# (2 cores, bf16, channels_last, per image: 256x256 89 ms at batch 2, 109 ms at batch 8;
-# 512x512 406 ms at batch 1, 546 ms at batch 4.) GPUs want the whole --batch-size.
+# (2 cores, bf16, 256x256 in the job, side by side: 2 a call 9.97 images/s, 8 a call 8.20, as the
+# other processes on the node take their share of the caches.) GPUs want the whole --batch-size.
 CPU_PIXELS_PER_CALL = 1 << 17
 
 
@@ -66,7 +66,7 @@ class StyleTransfer(nn.Module):
             torch.backends.cudnn.benchmark = True
         if compile:
             # torch.compile fuses each ReLU and reflection padding into its neighbours, passes over
-            # memory that cost about a quarter of the model's time on CPU (and more on GPUs). It
+            # memory (on 2 CPU cores 3-5% faster once freed memory is reused; more on GPUs). It
             # compiles once per input shape (then once for any shape), so it pays on long runs.
             # In place: the modules, their names and their weights stay as they are.
             self.encoder.compile()
