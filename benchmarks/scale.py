@@ -39,7 +39,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput.py, next 
 
 import pyarrow as pa
 import ray
-from throughput import MFLOP_PER_PIXEL, PeakRss, make_images, random_weights
+from throughput import MFLOP_PER_PIXEL, PeakRss, Sampling, make_images, random_weights
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
 from pipeline.data.cluster import input_blocks
@@ -148,43 +147,21 @@ def object_store(debug_state: Path) -> dict[str, int]:
     return {name: int(match.group(1)) for name, match in found.items() if match}
 
 
-class Sampler:
-    """Every `every` seconds, in a thread: the driver's RSS and the object store's use."""
+class Sampler(Sampling):
+    """Every `every` seconds: the driver's RSS and the object store's use."""
 
     def __init__(self, debug_state: Path, every: float) -> None:
+        super().__init__()
         self.debug_state, self.every = debug_state, every
         self.timeline: list[dict[str, Any]] = []
-        self.cpu = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self.started = time.perf_counter()
 
-    def _run(self) -> None:
-        start = time.perf_counter()
-        while not self._stop.wait(self.every):
-            point = {"t": round(time.perf_counter() - start, 2), "driver_rss": driver_rss()}
-            self.timeline.append({**point, **object_store(self.debug_state)})
-        self.cpu = time.thread_time()
+    def sample(self) -> None:
+        point = {"t": round(time.perf_counter() - self.started, 2), "driver_rss": driver_rss()}
+        self.timeline.append({**point, **object_store(self.debug_state)})
 
     def peak(self, field: str) -> int:
         return max((point.get(field, 0) for point in self.timeline), default=0)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
-class TreePeak(PeakRss):
-    """throughput.py's PeakRss (this process and all its descendants), also counting its own CPU time."""
-
-    cpu = 0.0
-
-    def _sample(self) -> None:
-        super()._sample()
-        self.cpu = time.thread_time()
 
 
 def measure_listing(src: Path) -> tuple[pa.Table, dict[str, Any]]:
@@ -236,7 +213,7 @@ def run_once(cfg: StylizeConfig, debug_state: Path, every: float) -> dict[str, A
     reset_driver_peak()
     rss_before = driver_rss()
     cpu = time.process_time()
-    with Sampler(debug_state, every) as sampler, TreePeak() as tree:
+    with Sampler(debug_state, every) as sampler, PeakRss() as tree:
         summary = run_stylize(cfg)
     cpu = time.process_time() - cpu - sampler.cpu - tree.cpu  # Ray's threads in this process included
     parts = list((Path(cfg.output.uri) / "_manifest").glob(f"{summary['run_id']}-*.parquet"))

@@ -34,6 +34,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -89,13 +90,49 @@ def random_weights(folder: Path) -> tuple[str, str]:
     return paths[0], paths[1]
 
 
-class PeakRss:
+_Sampling = TypeVar("_Sampling", bound="Sampling")
+
+
+class Sampling:
+    """Calls `sample()` on a thread of its own: on entering the `with` block, every `every`
+    seconds inside it, and once more on leaving it. `cpu` is that thread's CPU time, for
+    callers that take it out of the process's own."""
+
+    every = 0.2
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        self.sample()
+        while not self._stop.wait(self.every):
+            self.sample()
+        self.sample()
+        self.cpu = time.thread_time()
+
+    def __enter__(self: _Sampling) -> _Sampling:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class PeakRss(Sampling):
     """Peak resident memory of this process and all its descendants (Ray's workers included)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self._tree_rss())
 
     def _tree_rss(self) -> int:
         parents: dict[int, int] = {}
@@ -118,20 +155,6 @@ class PeakRss:
                     tree.add(pid)
                     frontier.append(pid)
         return sum(rss.get(pid, 0) for pid in tree)
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._tree_rss())
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._tree_rss())
 
 
 def timed(fn: Callable[[], int]) -> tuple[float, int, int]:
