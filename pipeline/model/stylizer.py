@@ -66,7 +66,7 @@ class StyleTransfer(nn.Module):
             torch.backends.cudnn.benchmark = True
         if compile:
             # torch.compile fuses each ReLU and reflection padding into its neighbours, passes over
-            # memory (on 2 CPU cores 3-5% faster once freed memory is reused; more on GPUs). It
+            # memory (on 2 CPU cores 3-5% faster once freed memory is reused; GPUs not measured). It
             # compiles once per input shape (then once for any shape), so it pays on long runs.
             # In place: the modules, their names and their weights stay as they are.
             self.encoder.compile()
