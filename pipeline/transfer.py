@@ -24,7 +24,7 @@ from pipeline.imaging.tensors import mask_tensor, to_image, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
-from pipeline.storage.keys import output_stems
+from pipeline.storage.keys import output_stems, safe_relpath
 from pipeline.storage.uri import is_dir, join, list_files, read_bytes, write_bytes
 
 
@@ -68,6 +68,11 @@ def _load(uri: str, size: int, sizing: Sizing) -> Tensor:
         return to_tensor(prepare(read_bytes(uri), size, sizing.crop, sizing.max_pixels, sizing.max_side))
 
 
+def _stems(files: list[tuple[str, str]]) -> list[str]:
+    """Output names without extension of (uri, relative path) pairs."""
+    return output_stems([safe_relpath(rel) for _, rel in files]).to_pylist()
+
+
 def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Controls, sizing: Sizing) -> int:
     """Stylize and write every output; returns the number of content images that failed."""
     contents = _expand(req.content)
@@ -96,8 +101,8 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
             mask_image = decode(read_bytes(req.mask), sizing.max_pixels)
     cached = None if controls.preserve_color == "coral" else [model.style_stats(s[None]) for s in style_images]
     failures = 0
-    style_names = [stem.replace("/", "_") for stem in output_stems([rel for _, rel in styles]).to_pylist()]
-    for (uri, _), stem in zip(contents, output_stems([rel for _, rel in contents]).to_pylist(), strict=True):
+    style_names = [stem.replace("/", "_") for stem in _stems(styles)]
+    for (uri, _), stem in zip(contents, _stems(contents), strict=True):
         try:
             content = _load(uri, sizing.content_size, sizing)
             stats = cached or [model.style_stats(coral(s, content)[None]) for s in style_images]

@@ -41,15 +41,15 @@ def relative_to(uri: str, root: str) -> str:
 
 
 def output_stems(rels: pa.ChunkedArray | Sequence[str]) -> pa.ChunkedArray:
-    """Each input's output name without extension: its safe relative path minus the
-    extension, keeping the extension in the name (`a_png`) where two inputs would
-    otherwise share one (`a.jpg`, `a.png`).
+    """Each input's output name without extension, from its safe relative path (`safe_relpath`,
+    which the caller has made already): the path minus the extension, keeping the extension in
+    the name (`a_png`) where two inputs would otherwise share one (`a.jpg`, `a.png`).
 
     Works a chunk at a time and finds clashes with Arrow, so ten million inputs never
     become ten million Python strings at once."""
     chunks = rels.chunks if isinstance(rels, pa.ChunkedArray) else [pa.array(rels, pa.string())]
     stems = pa.chunked_array(
-        [pa.array([posixpath.splitext(safe_relpath(r))[0] for r in c.to_pylist()], pa.string()) for c in chunks],
+        [pa.array([posixpath.splitext(r)[0] for r in c.to_pylist()], pa.string()) for c in chunks],
         pa.string(),
     )
     counts = pc.value_counts(stems)
