@@ -43,13 +43,13 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.config import JPEG_CODECS, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.config import JPEG_CODECS, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig, TrainConfig
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import batch_to_pixels, to_tensor
 from pipeline.model.checkpoint import load_decoder, load_encoder
 from pipeline.model.nets import VGG_STAGES, Decoder, Encoder
 from pipeline.model.stylizer import StyleTransfer, pick_device
-from pipeline.train.loop import METRICS_FILE, TrainConfig
+from pipeline.train.metrics import METRICS_FILE
 
 MFLOP_PER_PIXEL = 0.97  # encoder + decoder, about 253 GFLOP per 512x512 image
 

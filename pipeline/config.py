@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
-from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
+from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, SizePlan, size_plan
+from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER
-from pipeline.storage.uri import absolute
+from pipeline.storage.uri import absolute, join
 
 PRESERVE_COLOR = ("coral", "luminance")
-PRECISIONS = ("fp32", "bf16", "fp16")  # the networks' dtypes: pipeline.model.stylizer.DTYPES
 JPEG_CODECS = ("auto", "tasks", "model")  # where JPEGs are decoded and encoded: Scale.jpeg_codec
 
 
@@ -47,6 +48,12 @@ class Controls:
         if self.preserve_color not in (None, *PRESERVE_COLOR):
             raise ConfigError(f"--preserve-color {self.preserve_color}: expected coral or luminance")
 
+    def weights_for(self, styles: int) -> tuple[float, ...] | None:
+        """--style-weights, checked against the number of style images they blend."""
+        if self.style_weights is not None and len(self.style_weights) != styles:
+            raise ConfigError(f"--style-weights has {len(self.style_weights)} weights for {styles} styles")
+        return self.style_weights
+
 
 @dataclass(frozen=True)
 class Sizing:
@@ -67,6 +74,10 @@ class Sizing:
             raise ConfigError("--max-pixels must be positive")
         if self.max_side < 0:
             raise ConfigError("--max-side must be 0 (no limit) or a positive number of pixels")
+
+    def content_plan(self, width: int, height: int) -> SizePlan:
+        """How a width x height content image is sized for the model."""
+        return size_plan(width, height, self.content_size, self.crop, self.max_side)
 
 
 @dataclass(frozen=True)
@@ -136,10 +147,6 @@ class StylizeConfig:
             raise ConfigError("--style is required: one or more style images or prefixes")
         object.__setattr__(self, "input", absolute(self.input))
         object.__setattr__(self, "styles", tuple(absolute(style) for style in self.styles))
-        if self.controls.style_weights and len(self.controls.style_weights) != len(self.styles):
-            raise ConfigError(
-                f"--style-weights has {len(self.controls.style_weights)} weights for {len(self.styles)} --style values"
-            )
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         if not self.input or not self.styles:
-            raise ConfigError("--input and --styles are required")
+            raise ConfigError("--input and --style are required")
         object.__setattr__(self, "input", absolute(self.input))
         object.__setattr__(self, "styles", absolute(self.styles))
         if self.per_image < 1:
@@ -180,3 +187,99 @@ class AugmentConfig:
             raise ConfigError("augment supports --preserve-color luminance only (coral needs each style image)")
         if self.lock_ttl_s <= 0:
             raise ConfigError("--lock-ttl must be positive")
+
+
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run: data, scale, objective, schedule and where it all goes.
+
+    Local paths are made absolute here, once: Ray Train runs each worker in its own
+    working directory, where a relative path would mean something else.
+    """
+
+    content: str
+    style: str
+    storage: str
+    name: str
+    workers: int = 1
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float = 1.0
+    loader_cpus: float | None = None  # CPUs per decoding task; None: 1 if the cluster has one spare, else 0
+    batch_size: int = 8  # per worker
+    max_iter: int = 160_000
+    resize: int = 512
+    crop: int = 256
+    checkpoint_every: int = 10_000
+    log_every: int = 100
+    keep_checkpoints: int = 3
+    max_failures: int = 3
+    encoder: str = DEFAULT_ENCODER
+    decoder: str | None = None  # initial decoder weights to fine-tune; None trains from scratch
+    content_weight: float = 1.0
+    style_weight: float = 10.0
+    tv_weight: float = 0.0
+    lr: float = 1e-4
+    lr_decay: float = 5e-5
+    precision: str = "fp32"
+    export_pytorch_adain: bool = False
+    resume: bool = False
+    samples: int = 4  # rows of the sample grid saved with each checkpoint
+    seed: int = 0
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    max_pixels: int = MAX_PIXELS
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--content", self.content), ("--style", self.style), ("--storage", self.storage)):
+            if not value:
+                raise ConfigError(f"{flag} is required")
+            object.__setattr__(self, flag[2:], absolute(value))
+        if not _RUN_NAME.fullmatch(self.name or ""):
+            raise ConfigError(f"--name {self.name!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
+        positive = {
+            "--workers": self.workers,
+            "--cpus-per-worker": self.cpus_per_worker,
+            "--batch-size": self.batch_size,
+            "--max-iter": self.max_iter,
+            "--resize": self.resize,
+            "--crop": self.crop,
+            "--checkpoint-every": self.checkpoint_every,
+            "--log-every": self.log_every,
+            "--keep-checkpoints": self.keep_checkpoints,
+            "--lr": self.lr,
+            "--max-pixels": self.max_pixels,
+        }
+        for flag, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"{flag} {value}: must be positive")
+        non_negative = {
+            "--gpus-per-worker": self.gpus_per_worker,
+            "--loader-cpus": self.loader_cpus or 0.0,
+            "--max-failures": self.max_failures,
+            "--content-weight": self.content_weight,
+            "--style-weight": self.style_weight,
+            "--tv-weight": self.tv_weight,
+            "--lr-decay": self.lr_decay,
+            "--samples": self.samples,
+        }
+        for flag, value in non_negative.items():
+            if value < 0:
+                raise ConfigError(f"{flag} {value}: must not be negative")
+        if self.crop > self.resize:
+            raise ConfigError(f"--crop {self.crop} is larger than --resize {self.resize}; crops are cut from it")
+        if self.precision not in TRAINING_PRECISIONS:
+            raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(TRAINING_PRECISIONS)}")
+        if self.content_weight + self.style_weight + self.tv_weight == 0:
+            raise ConfigError("--content-weight, --style-weight and --tv-weight are all 0: nothing to learn")
+
+    @property
+    def run_uri(self) -> str:
+        """STORAGE/NAME: checkpoints, metrics, the exported decoder."""
+        return join(self.storage, self.name)
+
+    def learning_rate(self, step: int) -> float:
+        """pytorch-AdaIN's `adjust_learning_rate`: lr / (1 + lr_decay * step), steps counted from 0."""
+        return self.lr / (1.0 + self.lr_decay * step)

@@ -19,3 +19,7 @@ class StorageError(AdainError):
 
 class WeightsError(AdainError):
     """Weights that cannot be found, downloaded, verified or loaded."""
+
+
+class DeviceError(AdainError):
+    """A device that is asked for but not there (no CUDA GPU on this machine)."""

@@ -81,8 +81,7 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
         raise ConfigError(f"--mask needs exactly two styles (foreground, background), got {len(styles)}")
     if req.mask and controls.style_weights:
         raise ConfigError("--mask and --style-weights cannot be combined")
-    if controls.style_weights and len(controls.style_weights) != len(styles):
-        raise ConfigError(f"--style-weights has {len(controls.style_weights)} weights for {len(styles)} styles")
+    controls.weights_for(len(styles))
     combined = "masked" if req.mask else "interpolation" if controls.style_weights else None
     n_outputs = len(contents) * (1 if combined else len(styles))
     to_dir = req.output.endswith("/") or is_dir(req.output) or "." not in posixpath.basename(req.output)
@@ -93,7 +92,7 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
     def output_uri(stem: str, suffix: str) -> str:
         return join(req.output, f"{stem}_{suffix}.{fmt}") if to_dir else req.output
 
-    model = load_model(model_cfg)
+    model = load_model(model_cfg.encoder, model_cfg.decoder, model_cfg.device, model_cfg.precision, model_cfg.compile)
     style_images = [_load(uri, sizing.style_size, sizing) for uri, _ in styles]
     mask_image = None
     if req.mask:

@@ -32,7 +32,7 @@ from pipeline.cli import main
 from pipeline.config import AugmentConfig, ModelConfig, OutputSpec, Scale, Sizing
 from pipeline.data.augment import run_augment
 from pipeline.data.bank import index_styles
-from pipeline.data.io_tasks import draw
+from pipeline.data.plan import draw
 from pipeline.errors import StorageError
 from pipeline.storage.lock import acquire, release
 from tests import images

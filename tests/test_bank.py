@@ -410,4 +410,4 @@ def test_cli_index_and_config(
 
 def test_cli_index_needs_styles_and_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["styles", "index", "--output", str(tmp_path / "bank.parquet")]) == 1
-    assert "--styles" in one_error_line(capsys)
+    assert "needs --style and --output" in one_error_line(capsys)  # --style, as in every command

@@ -44,10 +44,13 @@ import torch
 from PIL import Image
 
 from pipeline.config import OutputSpec, Sizing
-from pipeline.data.io_tasks import draw
-from pipeline.data.resume import decode_unfinished, release_if_dead
+from pipeline.data.decode import decode_inputs
+from pipeline.data.plan import RESUME_NEVER, RESUME_NEW_INPUTS, DrawnStyles, Plan, draw
+from pipeline.data.writers import FileWriter, ShardWriter
 from pipeline.model.checkpoint import load_decoder
-from pipeline.train.loop import load_training_state
+from pipeline.storage import keys
+from pipeline.storage.lock import release_if_dead
+from pipeline.train.checkpoints import load_training_state
 from tests import images
 from tests.conftest import WeightFiles
 
@@ -481,11 +484,12 @@ def test_augment_keeps_only_outputs_a_dead_run_finished(tmp_path: Path) -> None:
             "new": [True, True, True, False],
         }
     )
-    draws = {"style_ids": AUGMENT_STYLES, "per_image": 2, "alpha_range": (1.0, 1.0), "seed": 7}
+    draws = DrawnStyles(tuple(AUGMENT_STYLES), per_image=2, alpha_range=(1.0, 1.0), seed=7)
     sizing = Sizing(content_size=32, style_size=32)
 
-    rows = {r["rel_path"]: r for r in decode_unfinished(batch, output=output, sizing=sizing, **draws).to_pylist()}
-    assert {rel: r["done"] for rel, r in rows.items()} == {
+    plan = Plan(draws, FileWriter(output, keys.augmented_key), RESUME_NEW_INPUTS)
+    rows = {r["rel_path"]: r for r in decode_inputs(batch, plan=plan, sizing=sizing).to_pylist()}
+    assert {rel: [s for s, done in zip(r["styles"], r["done"], strict=True) if done] for rel, r in rows.items()} == {
         "cats/all.png": picks["cats/all.png"],
         "cats/some.png": [picks["cats/some.png"][1]],
         "dogs/replaced.png": [],
@@ -496,8 +500,9 @@ def test_augment_keeps_only_outputs_a_dead_run_finished(tmp_path: Path) -> None:
         assert rows[rel]["pixels"] is not None and rows[rel]["error"] is None, rel
     for rel, row in rows.items():
         assert row["styles"] == picks[rel]
-    shards = decode_unfinished(batch.slice(1), output=None, sizing=sizing, **draws).to_pylist()
-    assert all(r["done"] == [] and r["pixels"] is not None for r in shards)
+    in_shards = Plan(draws, ShardWriter(output, "run"), RESUME_NEVER)
+    shards = decode_inputs(batch.slice(1), plan=in_shards, sizing=sizing).to_pylist()
+    assert all(not any(r["done"]) and r["pixels"] is not None for r in shards)
 
 
 def test_a_dead_runs_lock_is_taken_over_and_no_other(tmp_path: Path) -> None:

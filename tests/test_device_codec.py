@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.config import OutputSpec, Scale, Sizing
 from pipeline.data.cluster import jpeg_on_model
-from pipeline.data.stages import ModelIO
+from pipeline.data.model_actor import ModelIO
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import encode, output_size, plain_jpeg_size, prepare
@@ -67,7 +67,7 @@ def test_plain_jpegs_only_go_to_the_device() -> None:
 def test_device_resize_matches_pillow(sizing: Sizing) -> None:
     data = images.encoded(96, 72, seed=5)
     (decoded,) = decode_jpegs([data], CPU)
-    ours = prepare_on_device(decoded, sizing)
+    ours = prepare_on_device(decoded, sizing.content_plan(96, 72))
     pillow = to_tensor(prepare(data, sizing.content_size, sizing.crop, sizing.max_pixels, sizing.max_side))
     assert ours.shape == pillow.shape
     assert (ours.shape[2], ours.shape[1]) == output_size(96, 72, sizing.content_size, sizing.crop, sizing.max_side)
@@ -110,10 +110,10 @@ def test_model_io_keeps_raw_and_jpeg_rows_apart_and_reports_errors() -> None:
     assert batch.shape == (2, 3, 32, 38)
     assert torch.equal(batch[0], to_tensor(raw))
     assert float((batch[1] - to_tensor(prepare(jpeg, 32))).abs().max()) <= 3 / 255
-    files, encoded = ModelIO(CPU, sizing, jpeg_quality=90).outputs(batch)
-    assert encoded and all(f.startswith(b"\xff\xd8") for f in files)
-    files, encoded = ModelIO(CPU, sizing).outputs(batch)
-    assert not encoded and [len(f) for f in files] == [32 * 38 * 3] * 2
+    files = ModelIO(CPU, sizing, jpeg_quality=90).outputs(batch)
+    assert all(f.startswith(b"\xff\xd8") for f in files)
+    files = ModelIO(CPU, sizing).outputs(batch)
+    assert not any(f.startswith(b"\xff\xd8") for f in files) and [len(f) for f in files] == [32 * 38 * 3] * 2
 
 
 def test_where_jpegs_are_coded() -> None:
@@ -167,9 +167,10 @@ def test_nvjpeg_matches_the_cpu_codec() -> None:
     sizing = Sizing(content_size=64, crop=True)
     for g, c in zip(on_gpu[:-1], on_cpu[:-1], strict=True):
         assert g.is_cuda and g.shape == c.shape
-        ours, reference = prepare_on_device(g, sizing).cpu(), prepare_on_device(c, sizing)
+        plan = sizing.content_plan(96, 72)
+        ours, reference = prepare_on_device(g, plan).cpu(), prepare_on_device(c, plan)
         assert psnr(batch_to_pixels(ours[None]), batch_to_pixels(reference[None])) > 40
-    batch = torch.stack([prepare_on_device(g, sizing) for g in on_gpu[:-1]])
+    batch = torch.stack([prepare_on_device(g, sizing.content_plan(96, 72)) for g in on_gpu[:-1]])
     for data, image in zip(encode_jpegs(batch, 90), batch_to_pixels(batch.cpu()), strict=True):
         with Image.open(io.BytesIO(data)) as img:
             assert img.size == (64, 64) and psnr(np.asarray(img), image) > 25

@@ -62,7 +62,8 @@ def test_s3_prefixes(ray_cluster: str, weights: WeightFiles, s3_server: S3Server
 def test_io_stages_start_without_torch() -> None:
     """Decode/write workers import only their own module: torch would cost each of them about two
     CPU-seconds at start-up, taken from the model actor on a small node."""
-    code = "import sys, pipeline.data.io_tasks; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    modules = "pipeline.data.decode, pipeline.data.plan, pipeline.data.writers"
+    code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -23,15 +23,19 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import build_parser, load_options, main
+from pipeline.cli import build_parser, main, parse
+from pipeline.cli.commands import train_config
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.model.checkpoint import load_decoder, load_encoder
 from pipeline.model.nets import Decoder
-from pipeline.train.command import add_train_command, train_config
-from pipeline.train.loop import CrashDrill, TrainConfig, load_training_state, train_step
+from pipeline.train.checkpoints import load_training_state
+from pipeline.train.loop import train_step
+from pipeline.train.metrics import MetricsLog
 from pipeline.train.trainer import export_decoder, latest_checkpoint, run_training
 from tests import images, reference
 from tests.conftest import S3Server, WeightFiles
+from tests.drills import CrashDrill, step_hook
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,24 +60,6 @@ def torch_threads(count: int) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-def parser() -> argparse.ArgumentParser:
-    """An `adain`-like parser holding only the train command, built with add_train_command."""
-    root = argparse.ArgumentParser(prog="adain")
-    add_train_command(root.add_subparsers(dest="command", required=True))
-    return root
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    """As pipeline.cli.parse does it: a --config file supplies defaults that the flags override."""
-    root = parser()
-    args = root.parse_args(argv)
-    if args.config:
-        sub = next(a for a in root._actions if isinstance(a, argparse._SubParsersAction)).choices["train"]
-        sub.set_defaults(**load_options(args.config, sub))
-        args = root.parse_args(argv)
-    return args
 
 
 def batch(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -184,6 +170,40 @@ def test_bf16_step_is_close_to_fp32(weights: WeightFiles, tmp_path: Path) -> Non
     assert losses["bf16"] == pytest.approx(losses["fp32"], rel=0.05)
 
 
+def test_metrics_are_appended_locally_and_uploaded_in_batches_to_object_stores(
+    tmp_path: Path, s3_server: S3Server, bucket: str
+) -> None:
+    """A metrics row costs one line, not a rewrite of the file: locally the file is appended in
+    place (its inode stays; rows already there are kept); an object store gets the whole file
+    at most every upload_every_s, and at once when a row asks for it (at checkpoints)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"iteration": 1}\n')
+    inode = (run / "metrics.jsonl").stat().st_ino
+    log = MetricsLog(str(run))
+    for iteration in (2, 3):
+        log.add({"iteration": iteration, "loss_total": 1.0 / iteration})
+        assert (run / "metrics.jsonl").stat().st_ino == inode
+    log.close()
+    assert [r["iteration"] for r in metrics_rows((run / "metrics.jsonl").read_text())] == [1, 2, 3]
+
+    remote = f"s3://{bucket}/runs/x"
+    client = s3_server.client()
+    log = MetricsLog(remote, upload_every_s=3600.0)
+    log.add({"iteration": 1, "loss_total": 1.0})
+    assert client.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0  # not yet: throttled
+    log.add({"iteration": 2, "loss_total": 0.5}, sync=True)
+    body = client.get_object(Bucket=bucket, Key="runs/x/metrics.jsonl")["Body"].read().decode()
+    assert [r["iteration"] for r in metrics_rows(body)] == [1, 2]
+    log.add({"iteration": 3, "loss_total": 0.3})
+    log.close()
+    again = MetricsLog(remote)  # a restarted worker group goes on from what was uploaded
+    again.add({"iteration": 4, "loss_total": 0.2}, sync=True)
+    again.close()
+    body = client.get_object(Bucket=bucket, Key="runs/x/metrics.jsonl")["Body"].read().decode()
+    assert [r["iteration"] for r in metrics_rows(body)] == [1, 2, 3, 4]
+
+
 def test_learning_rate_follows_pytorch_adain() -> None:
     cfg = TrainConfig("c", "s", "/tmp/runs", "unit", lr=1e-4, lr_decay=5e-5)
     assert [cfg.learning_rate(i) for i in (0, 1, 10_000)] == [1e-4, 1e-4 / (1 + 5e-5), 1e-4 / 1.5]
@@ -231,7 +251,7 @@ def _cli_has_train() -> bool:
     return "train" in commands.choices
 
 
-@pytest.mark.skipif(not _cli_has_train(), reason="add_train_command is not hooked into pipeline/cli.py yet")
+@pytest.mark.skipif(not _cli_has_train(), reason="the train command is not in pipeline/cli yet")
 def test_adain_train_and_the_ray_job_entrypoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`adain train` reports bad options in one line; jobs/train.py is the same command."""
     argv = ["train", "--content", str(tmp_path), "--style", str(tmp_path), "--storage", str(tmp_path)]
@@ -416,7 +436,8 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
     content, style = write_image_sets(tmp_path / "data", bad=0)
     marker = tmp_path / "crashed"
     cfg = small_config(weights, str(content), str(style), str(tmp_path / "runs"), "crash", max_iter=8, max_failures=1)
-    summary = run_training(cfg, crash=CrashDrill(iteration=5, marker=str(marker), rank=1, delay_s=1.5))
+    with step_hook(CrashDrill(iteration=5, marker=str(marker), rank=1, delay_s=1.5)):
+        summary = run_training(cfg)
 
     assert marker.read_text() == "rank 1 crashed at iteration 5\n"
     assert summary["iteration"] == 8

@@ -18,7 +18,6 @@ import torch
 from PIL import Image
 
 from pipeline.cli import main
-from pipeline.config import ModelConfig
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import to_image, to_tensor
 from pipeline.model.functional import blend_stats
@@ -491,7 +490,7 @@ def test_style_weights_match_the_python_api(
     out = tmp_path / "mix.png"
     assert transfer(weights, content, *styles, "-o", out, "--style-weights", "1,3") == 0
 
-    model = load_model(ModelConfig(str(weights.vgg), str(weights.decoder), "cpu"))
+    model = load_model(str(weights.vgg), str(weights.decoder), "cpu")
     style_tensors = [to_tensor(prepare(p.read_bytes(), SIZE)) for p in styles]
     stats = [model.style_stats(s[None]) for s in style_tensors]
     mean, std = blend_stats(torch.cat([m for m, _ in stats]), torch.cat([s for _, s in stats]), torch.tensor([1.0, 3]))

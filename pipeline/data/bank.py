@@ -30,9 +30,8 @@ from pipeline.errors import AdainError, ConfigError, StorageError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
-from pipeline.model.functional import Stats, cat_stats
-from pipeline.model.nets import Decoder
-from pipeline.model.stylizer import StyleTransfer, pick_device
+from pipeline.model.functional import Stats
+from pipeline.model.loader import load_style_encoder
 from pipeline.storage.uri import FileStat, absolute, exists, is_dir, read_bytes, resolve, stat_files, write_bytes
 
 log = logging.getLogger(__name__)
@@ -119,9 +118,7 @@ class StyleEncoder:
 
     def __init__(self, model: ModelConfig, sizing: Sizing, threads: int | None = None) -> None:
         set_threads(threads)
-        # Only the encoder matters here; the decoder slot gets an untrained one.
-        encoder = load_encoder(model.encoder).module
-        self.model = StyleTransfer(encoder, Decoder(), pick_device(model.device), model.precision)
+        self.model = load_style_encoder(model.encoder, model.device, model.precision)
         self.sizing = sizing
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -230,14 +227,3 @@ def index_styles(
         "encoder_sha256": encoder_sha,
         "wall_s": round(time.time() - started, 3),
     }
-
-
-def style_tensor(uri: str, sizing: Sizing) -> torch.Tensor:
-    """A style image as the jobs encode it: read, decoded, resized to --style-size, (3, H, W)."""
-    return to_tensor(prepare(read_bytes(uri), sizing.style_size, sizing.crop, sizing.max_pixels))
-
-
-def bank_from_images(model: StyleTransfer, styles: list[tuple[str, str]], sizing: Sizing) -> StyleBank:
-    """An in-memory bank of (style_id, uri) style images, for jobs given images instead of a bank."""
-    mean, std = cat_stats([model.style_stats(style_tensor(uri, sizing)[None]) for _, uri in styles])
-    return StyleBank([sid for sid, _ in styles], mean, std, model.identity.get("encoder_sha256", ""), sizing.style_size)

@@ -77,8 +77,8 @@ def set_threads(threads: int | None) -> None:
 
 
 # Input blocks: at least a few batches each (so every stage has work in flight), at most this
-# many rows (each block costs the driver a `ray.put` and a metadata task, about 4 ms: 10M inputs
-# in blocks of 64 rows took 10 minutes before the first task ran), aiming at this many blocks.
+# many rows (each block costs the driver a `ray.put` and a metadata task, so millions of inputs in
+# small blocks take minutes to hand over), aiming at this many blocks.
 _MIN_BATCHES_PER_BLOCK = 4
 _MAX_BLOCK_ROWS = 1024
 _TARGET_BLOCKS = 200
@@ -97,7 +97,7 @@ def unreserved_on_cpu(ds: ray.data.Dataset, actor_args: dict[str, Any]) -> ray.d
     The reservation sets aside a share of the CPUs for each stage, upstream first. A CPU model
     actor holds all but two I/O tasks' share of the node, so the writing stage got less than one
     task's CPUs while decoding had inputs left, and outputs waited until every input was decoded
-    (100,000 inputs: first output at 76% of the run). Without it, outputs flow from the start.
+    (most of the run passed before the first output). Without it, outputs flow from the start.
     The setting is the dataset's own context, so other datasets in the process keep theirs.
     """
     if "num_gpus" not in actor_args:

@@ -21,42 +21,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.config import ModelConfig, OutputSpec, Sizing
+from pipeline.data.rows import OK, ROW_SCHEMA, RUN_SCHEMA, STATUSES
 from pipeline.storage.uri import join, write_bytes
 
-# Columns the pipeline's last stage produces, one row per (input, style).
-ROW_SCHEMA = pa.schema(
-    [
-        ("input_uri", pa.string()),
-        ("rel_path", pa.string()),
-        ("style", pa.string()),
-        ("output_uri", pa.string()),  # null unless status == "ok"
-        ("status", pa.string()),  # ok | error | skipped
-        ("error", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("encoder_sha256", pa.string()),
-        ("decoder_sha256", pa.string()),
-        ("decode_ms", pa.float32()),
-        ("model_ms", pa.float32()),
-        ("write_ms", pa.float32()),
-    ]
-)
-# Columns that are the same for a whole run, added by the driver.
-RUN_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("alpha", pa.float32()),
-        ("style_weights", pa.string()),
-        ("preserve_color", pa.string()),
-        ("precision", pa.string()),
-        ("content_size", pa.int32()),
-        ("max_side", pa.int32()),
-        ("crop", pa.bool_()),
-        ("format", pa.string()),
-        ("quality", pa.int32()),
-    ]
-)
-STATUSES = ("ok", "error", "skipped")
+
+def run_values(model: ModelConfig, sizing: Sizing, output: OutputSpec, **job: Any) -> dict[str, Any]:
+    """The manifest's per-run columns: the settings that shaped every output, and the job's own."""
+    return {
+        "precision": model.precision,
+        "content_size": sizing.content_size,
+        "max_side": sizing.max_side,
+        "crop": sizing.crop,
+        "format": output.format,
+        "quality": output.quality,
+        **job,
+    }
 
 
 def new_run_id() -> str:
@@ -105,7 +85,7 @@ class ManifestWriter:
         for status, count in zip(*_value_counts(rows.column("status")), strict=True):
             self.counts[status] += count
         if len(self.samples) < self._want_samples:
-            ok = rows.filter(pc.equal(rows.column("status"), "ok")).slice(0, self._want_samples)
+            ok = rows.filter(pc.equal(rows.column("status"), OK)).slice(0, self._want_samples)
             pairs = zip(ok.column("input_uri").to_pylist(), ok.column("output_uri").to_pylist(), strict=True)
             self.samples += list(pairs)
             del self.samples[self._want_samples :]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -107,11 +108,35 @@ def longer_at_most(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
+@dataclass(frozen=True)
+class SizePlan:
+    """How a width x height image is sized for the model: the shorter side scaled first, then a
+    centre crop (`crop`, a box in the scaled image) or the longer side capped (`capped`).
+    Pillow (`prepare`) and the device path (`device_codec.prepare_on_device`) both follow it."""
+
+    scaled: tuple[int, int]
+    crop: tuple[int, int, int, int] | None
+    capped: tuple[int, int]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The (W, H) the model gets."""
+        if self.crop is None:
+            return self.capped
+        left, top, right, bottom = self.crop
+        return right - left, bottom - top
+
+
+def size_plan(width: int, height: int, size: int, crop: bool = False, max_side: int = 0) -> SizePlan:
+    scaled = shorter_to(width, height, size)
+    if crop:
+        return SizePlan(scaled, crop_box(*scaled, size), scaled)
+    return SizePlan(scaled, None, longer_at_most(*scaled, max_side))
+
+
 def output_size(width: int, height: int, size: int, crop: bool = False, max_side: int = 0) -> tuple[int, int]:
     """The (W, H) that `prepare` makes of a width x height image."""
-    if crop:
-        return size, size
-    return longer_at_most(*shorter_to(width, height, size), max_side)
+    return size_plan(width, height, size, crop, max_side).size
 
 
 def _resized(img: Image.Image, size: tuple[int, int]) -> Image.Image:
@@ -138,7 +163,8 @@ def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
 def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS, max_side: int = 0) -> Image.Image:
     """Decode, scale the shorter side to `size`, then centre-crop to size x size or cap the longer side."""
     img = decode(data, max_pixels)
-    img = _resized(img, shorter_to(*img.size, size))
-    if crop:
-        return img.crop(crop_box(*img.size, size))
-    return _resized(img, longer_at_most(*img.size, max_side))
+    plan = size_plan(*img.size, size, crop, max_side)
+    img = _resized(img, plan.scaled)
+    if plan.crop is not None:
+        return img.crop(plan.crop)
+    return _resized(img, plan.capped)

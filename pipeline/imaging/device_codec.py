@@ -3,7 +3,7 @@
 On a GPU these run on nvJPEG, beside the model, so the CPUs of a GPU node only move bytes;
 on a CPU they run on libjpeg-turbo, the same code. Only JPEGs that `codec.plain_jpeg_size`
 accepts come here; everything else goes through Pillow (`codec.prepare`), which handles every
-case. Resizing follows `codec.prepare`'s sizes, with torch's antialiased bilinear filter, which
+case. Resizing follows the same `codec.SizePlan`, with torch's antialiased bilinear filter, which
 is built to match Pillow's.
 """
 
@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
-from pipeline.config import Sizing
-from pipeline.imaging.codec import crop_box, longer_at_most, shorter_to
+from pipeline.imaging.codec import SizePlan
 from pipeline.imaging.tensors import to_uint8
 
 
@@ -45,15 +44,14 @@ def _resize(image: Tensor, size: tuple[int, int]) -> Tensor:
     return F.interpolate(image[None], size=(size[1], size[0]), mode="bilinear", antialias=True)[0]
 
 
-def prepare_on_device(image: Tensor, sizing: Sizing) -> Tensor:
-    """A decoded (3, H, W) uint8 content image -> float in [0, 1] at the size `codec.prepare` gives."""
-    height, width = image.shape[-2:]
-    resized = shorter_to(width, height, sizing.content_size)
-    x = _resize(image.float().div_(255.0), resized)
-    if sizing.crop:
-        left, top, right, bottom = crop_box(*resized, sizing.content_size)
+def prepare_on_device(image: Tensor, plan: SizePlan) -> Tensor:
+    """A decoded (3, H, W) uint8 content image -> float in [0, 1], sized as `plan` says
+    (`codec.size_plan` of its width and height: what Pillow's `codec.prepare` does)."""
+    x = _resize(image.float().div_(255.0), plan.scaled)
+    if plan.crop is not None:
+        left, top, right, bottom = plan.crop
         return x[:, top:bottom, left:right]
-    return _resize(x, longer_at_most(*resized, sizing.max_side))
+    return _resize(x, plan.capped)
 
 
 def encode_jpegs(images: Tensor, quality: int) -> list[bytes]:

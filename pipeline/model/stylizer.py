@@ -7,15 +7,14 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from pipeline.errors import ConfigError
+from pipeline.errors import DeviceError
 from pipeline.model.functional import Stats, adain, keep_chroma, masked_adain, mean_std, mix
 from pipeline.model.host import reuse_freed_memory
 from pipeline.model.nets import Decoder, Encoder
+from pipeline.model.precision import dtype
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}  # by config.PRECISIONS
-# On CPU, a model call's activations should stay in the caches: about this many pixels a call.
-# (2 cores, bf16, 256x256 in the job, side by side: 2 a call 9.97 images/s, 8 a call 8.20, as the
-# other processes on the node take their share of the caches.) GPUs want the whole --batch-size.
+# On CPU, a model call's activations should stay in the caches: about this many pixels a call
+# (see the README's Performance section). GPUs want the whole batch.
 CPU_PIXELS_PER_CALL = 1 << 17
 
 
@@ -24,9 +23,7 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA GPU is visible here; use --device cpu or auto")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise ConfigError(f"--device {name}: expected auto, cpu or cuda")
+        raise DeviceError(f"device {name}: no CUDA GPU is visible on this machine; use device cpu or auto")
     return torch.device(name)
 
 
@@ -47,15 +44,13 @@ class StyleTransfer(nn.Module):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if precision not in DTYPES:
-            raise ConfigError(f"--precision {precision}: expected one of {', '.join(DTYPES)}")
         self.encoder, self.decoder = encoder.eval(), decoder.eval()
         self.requires_grad_(False)
         self.device = torch.device(device)
         self.precision = precision
         # Reduced precision casts the weights themselves: no per-call weight casts as under
-        # autocast (about 2x faster on CPU). Statistics stay float32 (see functional.py).
-        self.dtype = DTYPES[precision]
+        # autocast. Statistics stay float32 (see functional.py).
+        self.dtype = dtype(precision)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.to(self.device, self.dtype, memory_format=self.memory_format)
         if self.device.type == "cpu":
@@ -65,10 +60,8 @@ class StyleTransfer(nn.Module):
             # so each shape is tuned once and then reused for the whole run.
             torch.backends.cudnn.benchmark = True
         if compile:
-            # torch.compile fuses each ReLU and reflection padding into its neighbours, passes over
-            # memory (on 2 CPU cores 3-5% faster once freed memory is reused; GPUs not measured). It
-            # compiles once per input shape (then once for any shape), so it pays on long runs.
-            # In place: the modules, their names and their weights stay as they are.
+            # torch.compile fuses each ReLU and reflection padding into its neighbours; it compiles
+            # once per input shape, so it pays on long runs. In place: the state dict stays as it is.
             self.encoder.compile()
             self.decoder.compile()
         self.identity: dict[str, str] = {}  # sha256 of the weights, set by the loader
@@ -113,7 +106,7 @@ class StyleTransfer(nn.Module):
         if mask is None:
             target = adain(feat, *self._on_device(style))
         elif background is None:
-            raise ConfigError("a mask needs two styles: foreground and background")
+            raise ValueError("a mask needs two styles: foreground and background")
         else:
             target = masked_adain(feat, mask.to(self.device), self._on_device(style), self._on_device(background))
         return self._decode(target, feat, x, alpha, preserve_luminance)
@@ -125,19 +118,24 @@ class StyleTransfer(nn.Module):
         styles: Sequence[Stats],
         alpha: float | Tensor | Sequence[float | Tensor] = 1.0,
         preserve_luminance: bool = False,
+        members: Sequence[Sequence[int] | None] | None = None,
     ) -> list[Tensor]:
         """One output per style from a single encoding of the content batch.
 
         Each style's statistics have one row for the batch or one per image; `alpha` is one
         value for all, or one per style (each a float or a per-image (N, 1, 1, 1) tensor).
+        `members`, one per style, names the content images that style is for (None: all of
+        them); the style's statistics and alpha then have a row per member.
         """
         x = self._input(content)
         feat = self.encoder(x)
         alphas = alpha if isinstance(alpha, (list, tuple)) else [alpha] * len(styles)
-        return [
-            self._decode(adain(feat, *self._on_device(s)), feat, x, a, preserve_luminance)
-            for s, a in zip(styles, alphas, strict=True)
-        ]
+        outputs = []
+        for i, (stats, a) in enumerate(zip(styles, alphas, strict=True)):
+            rows = None if members is None else members[i]
+            f, xi = (feat, x) if rows is None else (feat[list(rows)], x[list(rows)])
+            outputs.append(self._decode(adain(f, *self._on_device(stats)), f, xi, a, preserve_luminance))
+        return outputs
 
     def _decode(self, target: Tensor, feat: Tensor, x: Tensor, alpha: float | Tensor, luminance: bool) -> Tensor:
         if isinstance(alpha, Tensor):

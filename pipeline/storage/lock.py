@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import socket
 import time
@@ -17,7 +18,9 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
-from pipeline.storage.uri import read_bytes, resolve, retrying, scheme, storage_error
+from pipeline.storage.uri import exists, read_bytes, resolve, retrying, scheme, storage_error
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -89,3 +92,25 @@ def release(lease: Lease) -> None:
         return
     if holder.get("owner") == lease.owner:
         _delete(lease.uri)
+
+
+def release_if_dead(uri: str) -> None:
+    """Release a run lock whose run died on this host (its process is gone: killed, crashed),
+    so that the same command run again goes on at once instead of waiting out --lock-ttl.
+    A lock of another host, or of a live process, is left to `acquire`."""
+    try:
+        holder = json.loads(read_bytes(uri)) if exists(uri) else None
+    except (StorageError, ValueError):
+        return
+    if not isinstance(holder, dict) or holder.get("host") != socket.gethostname():
+        return
+    pid = holder.get("pid")
+    if not isinstance(pid, int) or pid <= 0 or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        log.warning("%s: run %s (pid %d on this host) is gone; taking over its lock", uri, holder.get("owner"), pid)
+        release(Lease(uri, str(holder.get("owner"))))
+    except PermissionError:
+        pass  # alive, another user's

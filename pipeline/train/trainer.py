@@ -19,42 +19,30 @@ from __future__ import annotations
 import io
 import json
 import logging
-import math
 import posixpath
-import random
 import time
 from dataclasses import asdict
 from typing import Any
 
-import numpy as np
 import ray
 import torch
-from PIL import Image
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from pipeline.config import TrainConfig
 from pipeline.data.cluster import connect
-from pipeline.data.listing import list_inputs
 from pipeline.errors import AdainError, ConfigError
-from pipeline.imaging.codec import decode
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
 from pipeline.model.nets import Decoder
 from pipeline.storage.uri import exists, join, list_files, read_bytes, write_bytes
-from pipeline.train.loop import (
-    METRICS_FILE,
-    STATE_FILE,
-    CrashDrill,
-    TrainConfig,
-    load_training_state,
-    train_loop_per_worker,
-)
+from pipeline.train import loop
+from pipeline.train.checkpoints import STATE_FILE, load_training_state
+from pipeline.train.data import image_dataset, image_uris, loader_cpus, skipped_images_actor
+from pipeline.train.metrics import METRICS_FILE
 
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 DECODER_FILE = "decoder.pth"
 PYTORCH_ADAIN_FILE = "decoder-pytorch-adain.pth"
-_DECODE_BATCH = 16  # images per decoding task call
-_BLOCK_ROWS = 64  # URIs per input block: enough blocks to spread decoding and split across workers
 # Settings that change what a resumed run learns; a difference is reported, not refused.
 _TRAINING_SETTINGS = (
     "content", "style", "batch_size", "resize", "crop", "encoder", "content_weight", "style_weight",
@@ -64,107 +52,6 @@ _TRAINING_SETTINGS = (
 
 class TrainingError(AdainError):
     """Training stopped: the workers failed more often than --max-failures allows."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Ray Data inputs
-
-
-class SkippedImages:
-    """A small actor that the decoding tasks tell about images they could not read, so that the
-    metrics can count them. Each file counts once, however many epochs meet it."""
-
-    def __init__(self) -> None:
-        self.errors: dict[str, str] = {}
-
-    def add(self, errors: list[tuple[str, str]]) -> None:
-        for uri, reason in errors:
-            if uri not in self.errors:
-                log.warning("skipping %s: %s", uri, reason)
-                self.errors[uri] = reason
-
-    def count(self) -> int:
-        return len(self.errors)
-
-    def all(self) -> dict[str, str]:
-        return dict(self.errors)
-
-
-def skipped_images_actor() -> Any:
-    """The SkippedImages actor, on this (the driver's) node, as Ray Train places its controller.
-
-    Every worker asks it for the count at each metrics row, so it must outlive any worker node:
-    placed on a node that dies, it would fail every restarted worker group until --max-failures
-    is spent. The driver's node dying ends the run anyway.
-    """
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ray.remote(num_cpus=0, scheduling_strategy=here)(SkippedImages).remote()
-
-
-def decode_crops(
-    batch: dict[str, np.ndarray], *, resize: int, crop: int, max_pixels: int, skipped: Any
-) -> dict[str, np.ndarray]:
-    """pytorch-AdaIN's train_transform: Resize((resize, resize)) ignoring the aspect ratio, then a
-    random crop x crop. Unreadable images are dropped from the batch and reported to `skipped`."""
-    rng = np.random.default_rng()
-    images, errors = [], []
-    for uri in batch["uri"]:
-        try:
-            img = decode(read_bytes(str(uri)), max_pixels).resize((resize, resize), Image.BILINEAR)
-        except AdainError as exc:  # ImageError, or StorageError for a file gone since the listing
-            errors.append((str(uri), str(exc)))
-            continue
-        top, left = rng.integers(0, resize - crop + 1, size=2)
-        images.append(np.asarray(img.crop((left, top, left + crop, top + crop))))
-    if errors:
-        skipped.add.remote(errors)
-    return {"image": np.stack(images) if images else np.zeros((0, crop, crop, 3), np.uint8)}
-
-
-def image_uris(source: str, cfg: TrainConfig, flag: str) -> list[str]:
-    """Every image under a prefix (or a single image, or a .txt/.csv/.parquet list of URIs)."""
-    try:
-        uris = list_inputs(source, cfg.extensions).column("input_uri").to_pylist()
-    except ConfigError as exc:
-        raise ConfigError(f"{flag} {exc}") from None
-    if len(uris) < cfg.workers:
-        raise ConfigError(f"{flag} {source}: {len(uris)} images for {cfg.workers} workers; each needs one at least")
-    return uris
-
-
-def image_dataset(uris: list[str], cfg: TrainConfig, skipped: Any, loader_cpus: float) -> ray.data.Dataset:
-    """The decoded, cropped images of one set, decoded again (fresh crops) on every pass.
-
-    pytorch-AdaIN draws a new random permutation each epoch. Here the URIs are shuffled once
-    into blocks of 64, the block order is new every epoch, and each worker shuffles within a
-    buffer (see `endless_batches`): close to a permutation, without an all-to-all shuffle
-    per epoch.
-    """
-    uris = list(uris)
-    random.Random(cfg.seed).shuffle(uris)
-    blocks = min(len(uris), max(2 * cfg.workers, math.ceil(len(uris) / _BLOCK_ROWS)))
-    ds = ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=blocks).randomize_block_order()
-    # Zero-CPU decoding shares the workers' cores: cap how many such tasks run at once.
-    pool = ray.data.TaskPoolStrategy(size=None if loader_cpus > 0 else max(2, cfg.workers))
-    return ds.map_batches(
-        decode_crops,
-        fn_kwargs={"resize": cfg.resize, "crop": cfg.crop, "max_pixels": cfg.max_pixels, "skipped": skipped},
-        batch_size=_DECODE_BATCH,
-        batch_format="numpy",
-        compute=pool,
-        num_cpus=loader_cpus,
-    )
-
-
-def loader_cpus(cfg: TrainConfig) -> float:
-    """CPUs per decoding task: what was asked, else 1 when the workers leave a CPU free, else 0.
-
-    Ray never schedules a task that asks for CPUs the workers hold; with 0 it runs beside them.
-    """
-    if cfg.loader_cpus is not None:
-        return cfg.loader_cpus
-    spare = ray.cluster_resources().get("CPU", 0.0) - cfg.workers * cfg.cpus_per_worker
-    return 1.0 if spare >= 1.0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,7 +139,7 @@ def _failure_reason(exc: BaseException) -> str:
     return (errors or lines or [type(exc).__name__])[-1]
 
 
-def run_training(cfg: TrainConfig, crash: CrashDrill | None = None) -> dict[str, Any]:
+def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or continue training) the run STORAGE/NAME to max_iter, then export its decoder.
 
     Returns a summary: the iteration reached, final losses, where the decoder and metrics are.
@@ -280,8 +167,13 @@ def run_training(cfg: TrainConfig, crash: CrashDrill | None = None) -> dict[str,
     data_context.enable_progress_bars = False  # one bar per epoch per dataset is noise; metrics.jsonl says more
     try:
         trainer = TorchTrainer(
-            train_loop_per_worker,
-            train_loop_config={"cfg": cfg, "skipped": skipped, "encoder_sha256": encoder.sha256, "crash": crash},
+            loop.train_loop_per_worker,
+            train_loop_config={
+                "cfg": cfg,
+                "skipped": skipped,
+                "encoder_sha256": encoder.sha256,
+                "hooks": list(loop.STEP_HOOKS),
+            },
             scaling_config=ScalingConfig(
                 num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0, resources_per_worker=resources
             ),

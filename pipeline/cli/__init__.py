@@ -1,0 +1,54 @@
+"""The `adain` command: flags (and `--config` YAML files) parsed once into typed configs, then run.
+
+    flags.py     every command's flags
+    options.py   YAML option files, checked by the commands' own parsers
+    commands.py  each command: typed configs from the flags, the run, what it prints
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from pipeline.cli.flags import build_parser, build_parsers, command_words
+from pipeline.cli.options import option_values
+from pipeline.errors import AdainError, ConfigError
+
+__all__ = ["build_parser", "main", "parse"]
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse the flags; a --config file supplies defaults that the flags then override (a list
+    flag given on the command line replaces the file's list)."""
+    root, parsers = build_parsers()
+    args = root.parse_args(argv)
+    if not getattr(args, "config", None):
+        return args
+    words = command_words(args)
+    values = option_values(args.config, build_parsers(strict=True)[1][words])
+    parsers[words].set_defaults(**values)
+    merged = root.parse_args(argv)
+    for dest, value in vars(args).items():
+        if isinstance(value, list) and dest in values:
+            setattr(merged, dest, value)
+    return merged
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = parse(argv)
+    except ConfigError as exc:
+        print(f"adain: error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="adain: %(message)s")
+    run: Callable[[argparse.Namespace], int] = args.run
+    try:
+        return run(args)
+    except AdainError as exc:
+        print(f"adain: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("adain: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,74 @@
+"""YAML option files (`--config`): keys are the flag names, values what the flags take.
+
+Each key is turned into the flag it names and parsed by the command's own (strict) parser, so
+a YAML value means exactly what the flag means: the same types, choices and checks. A list is
+the flag repeated where the flag repeats (`style: [a, b]`), else its items joined by commas
+(`extensions: [jpg, png]`, as `--extensions jpg,png`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+def read_options(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as handle:
+            options = yaml.safe_load(handle) or {}
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(options, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of option: value")
+    return options
+
+
+def _parsed(parser: argparse.ArgumentParser, tokens: list[str], where: str) -> tuple[dict[str, Any], list[str]]:
+    """What `tokens` set, as {dest: value} of the values that differ from the parser's defaults,
+    and the tokens the parser did not take."""
+    try:
+        namespace, extras = parser.parse_known_args(tokens, argparse.Namespace())
+    except argparse.ArgumentError as exc:
+        raise ConfigError(f"{where}: {exc.message}") from None
+    defaults = vars(parser.parse_known_args([], argparse.Namespace())[0])
+    return {k: v for k, v in vars(namespace).items() if defaults.get(k) != v}, extras
+
+
+def option_values(path: str, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The options in the YAML file at `path`, as {dest: value}, checked by `parser` (a strict
+    parser of the command, from `flags.build_parsers(strict=True)`)."""
+    values: dict[str, Any] = {}
+    for key, value in read_options(path).items():
+        flag, where = "--" + str(key).replace("_", "-"), f"--config {path}: {key}"
+        if key == "config" or value is None:
+            continue
+        if isinstance(value, bool):
+            tokens = [flag]
+        elif isinstance(value, list):
+            tokens = [token for item in value for token in (flag, str(item))]
+        else:
+            tokens = [flag, str(value)]
+        if not str(key).replace("_", "").replace("-", "").isalnum():
+            raise ConfigError(f"--config {path}: unknown option '{key}'; options are the flag names, e.g. content_size")
+        try:
+            given, extras = _parsed(parser, tokens, where)
+        except ConfigError:
+            if isinstance(value, bool):
+                raise ConfigError(f"{where}: expected a value, not {value!r}") from None
+            raise
+        if flag in extras:
+            raise ConfigError(f"--config {path}: unknown option '{key}'; options are the flag names, e.g. content_size")
+        if extras:  # a flag that takes no value (true or false) was given one
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        if isinstance(value, list) and not any(isinstance(v, list) for v in given.values()):
+            given, _ = _parsed(parser, [flag, ",".join(str(item) for item in value)], where)
+        if isinstance(value, bool) and not value:
+            given = {dest: False for dest in given}
+        values.update(given)
+    return values

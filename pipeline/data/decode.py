@@ -1,0 +1,56 @@
+"""The decoding stage: plan each input's outputs, then read and decode the inputs with work left.
+
+Pixels leave as raw uint8 HxWx3 bytes with their width and height. With `jpeg_to_model`
+(`--jpeg-codec`), a plain JPEG is left encoded for the model actor to decode on its device,
+and its width and height are those it will have after sizing. A failure of one input becomes
+its `error` and never stops the job. No torch here: the many short-lived workers that run
+these tasks start in a fraction of a second without it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.config import Sizing
+from pipeline.data.plan import Plan, plan_inputs
+from pipeline.data.rows import DECODED_SCHEMA, elapsed_ms
+from pipeline.errors import AdainError
+from pipeline.imaging.codec import plain_jpeg_size, prepare
+from pipeline.storage.uri import read_bytes
+
+
+def prepare_content(data: bytes, sizing: Sizing) -> Image.Image:
+    """A content image's bytes -> the RGB image the model takes, sized per `sizing`."""
+    return prepare(data, sizing.content_size, sizing.crop, sizing.max_pixels, sizing.max_side)
+
+
+def decode_one(uri: str, sizing: Sizing, jpeg_to_model: bool = False) -> dict[str, Any]:
+    """Read, decode and size one content image: pixels, width and height, or the error."""
+    start = time.perf_counter()
+    row: dict[str, Any] = {}
+    try:
+        data = read_bytes(uri)
+        size = plain_jpeg_size(data, sizing.max_pixels) if jpeg_to_model else None
+        if size is not None:
+            width, height = sizing.content_plan(*size).size
+            row.update(pixels=data, jpeg=True, width=width, height=height)
+        else:
+            img = prepare_content(data, sizing)
+            row.update(pixels=img.tobytes(), jpeg=False, width=img.width, height=img.height)
+    except AdainError as exc:
+        row["error"] = str(exc)
+    row["decode_ms"] = elapsed_ms(start)
+    return row
+
+
+def decode_inputs(batch: pa.Table, *, plan: Plan, sizing: Sizing, jpeg_to_model: bool = False) -> pa.Table:
+    """The listing's rows -> DECODED rows: planned, and decoded where an output is still to make."""
+    rows = plan_inputs(batch, plan).to_pylist()
+    for row in rows:
+        if not all(row["done"]):
+            row.update(decode_one(row["input_uri"], sizing, jpeg_to_model))
+    return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)

@@ -1,0 +1,76 @@
+"""The one wiring of the batch jobs, as their data-flow diagram reads:
+
+    listing -> map_batches(decode_inputs) -> map_batches(StyleModel, actor pool) -> map_batches(write_outputs)
+            -> manifest rows, streamed back to the driver
+
+`adain stylize` and `adain augment` differ only in what they hand it: the plan (which styles
+and alphas per input, which writer, when an existing output counts as done) and the styles.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+import ray
+
+from pipeline.config import ModelConfig, Scale, Sizing
+from pipeline.data.cluster import input_blocks, jpeg_on_model, model_stage, unreserved_on_cpu
+from pipeline.data.decode import decode_inputs
+from pipeline.data.model_actor import StyleModel
+from pipeline.data.plan import Plan
+from pipeline.data.styles import StyleSet
+from pipeline.data.writers import write_outputs
+from pipeline.model.sources import weight_uri
+from pipeline.storage.cache import fetch
+
+
+@dataclass(frozen=True)
+class Stages:
+    """How the stages run: the model and its precision, image sizes, the cluster's share."""
+
+    model: ModelConfig
+    sizing: Sizing
+    scale: Scale
+    preserve_color: str | None = None
+
+
+def check_weights(model: ModelConfig) -> None:
+    """Fail before any cluster work if either network's weights cannot be had."""
+    fetch(*weight_uri(model.encoder), flag="--encoder")
+    fetch(*weight_uri(model.decoder), flag="--decoder")
+
+
+def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages) -> Iterator[pa.Table]:
+    """Run the pipeline over the listed `inputs`; yields manifest rows as outputs are written."""
+    batch = stages.scale.batch_size
+    actor_args, threads = model_stage(stages.model, stages.scale)
+    jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output)
+    io = {"batch_format": "pyarrow", "num_cpus": stages.scale.io_cpus}
+
+    ds = ray.data.from_arrow(input_blocks(inputs, batch))
+    decoding = {"plan": plan, "sizing": stages.sizing, "jpeg_to_model": jpeg_in}
+    ds = ds.map_batches(decode_inputs, fn_kwargs=decoding, batch_size=batch, **io)
+    ds = ds.map_batches(
+        StyleModel,
+        fn_constructor_kwargs={
+            "model": stages.model,
+            "styles": ray.put(styles),
+            "sizing": stages.sizing,
+            "batch_size": batch,
+            "preserve_color": stages.preserve_color,
+            "threads": threads,
+            "jpeg_quality": jpeg_quality,
+        },
+        batch_format="pyarrow",
+        batch_size=batch,
+        **actor_args,
+    )
+    ds = ds.map_batches(
+        write_outputs,
+        fn_kwargs={"writer": plan.writer, "encoded": jpeg_quality is not None},
+        batch_size=plan.writer.rows_per_call or batch,
+        **io,
+    )
+    yield from unreserved_on_cpu(ds, actor_args).iter_batches(batch_format="pyarrow", batch_size=None)

@@ -1,0 +1,133 @@
+"""The writing stage: one interface, files and WebDataset shards behind it.
+
+A writer names each output (`target`, once, when the plan is made), says whether it is done
+already (`done`), and writes a batch of stylized rows, marking each `ok` or `error`
+(`write`). A new output format plugs in here as another `Writer`. Torch-free: the writing
+tasks import this module, and start in a fraction of a second without torch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.config import OutputSpec
+from pipeline.data.rows import ERROR, OK, PENDING, WRITTEN_SCHEMA, elapsed_ms
+from pipeline.errors import AdainError
+from pipeline.imaging.codec import encode
+from pipeline.storage.keys import safe_relpath, slug
+from pipeline.storage.uri import join, write_bytes, written_since
+
+
+class Writer(Protocol):
+    output: OutputSpec
+
+    @property
+    def rows_per_call(self) -> int | None:
+        """Rows the writing stage hands each call (None: the job's batch size)."""
+
+    def target(self, style_id: str, key: str) -> str:
+        """Where the output of input `key` (its name without extension) in style `style_id` goes."""
+
+    def done(self, target: str, since_ns: int | None) -> bool:
+        """Whether that output exists already, written no earlier than `since_ns` (None: ever)."""
+
+    def write(self, rows: list[dict[str, Any]], encoded: bool) -> None:
+        """Write the pending rows' outputs; each row gets its status, output_uri or error, write_ms."""
+
+
+def output_file(row: dict[str, Any], encoded: bool, output: OutputSpec) -> bytes:
+    """The output file of a stylized row: as the model actor encoded it, or encoded here."""
+    if encoded:
+        return row["pixels"]
+    image = Image.frombytes("RGB", (row["width"], row["height"]), row["pixels"])
+    return encode(image, output.format, output.quality)
+
+
+@dataclass(frozen=True)
+class FileWriter:
+    """One object per output, at a deterministic key (`naming`: `keys.output_key` or `keys.augmented_key`)."""
+
+    output: OutputSpec
+    naming: Callable[[str, str, str, str], str]
+    rows_per_call: int | None = None
+
+    def target(self, style_id: str, key: str) -> str:
+        return self.naming(self.output.uri, style_id, key, self.output.format)
+
+    def done(self, target: str, since_ns: int | None) -> bool:
+        return written_since(target, since_ns)
+
+    def write(self, rows: list[dict[str, Any]], encoded: bool) -> None:
+        for row in rows:
+            start = time.perf_counter()
+            try:
+                write_bytes(row["target"], output_file(row, encoded, self.output))
+                row.update(status=OK, output_uri=row["target"])
+            except AdainError as exc:
+                row.update(status=ERROR, error=f"writing {row['target']}: {exc}")
+            row["write_ms"] = elapsed_ms(start)
+
+
+def sample_name(key: str, style_id: str) -> str:
+    """A WebDataset sample key: the dots of a file name would split the sample."""
+    return f"{safe_relpath(key)}__{slug(style_id)}".replace(".", "_")
+
+
+@dataclass(frozen=True)
+class ShardWriter:
+    """WebDataset-style tar shards, one per call: per sample an image and a JSON sidecar (style,
+    alpha, source), as WebDataset loaders read them. Shards are named per run, so a shard of a
+    run that died is never taken for done: its samples are made again."""
+
+    output: OutputSpec
+    run_id: str
+    rows_per_call: int | None = 1000
+
+    def target(self, style_id: str, key: str) -> str:
+        return sample_name(key, style_id)
+
+    def done(self, target: str, since_ns: int | None) -> bool:
+        return False
+
+    def write(self, rows: list[dict[str, Any]], encoded: bool) -> None:
+        if not rows:
+            return
+        uri = join(self.output.uri, "shards", f"{self.run_id}-{uuid.uuid4().hex[:12]}.tar")
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            for row in rows:
+                start = time.perf_counter()
+                sidecar = {k: row[k] for k in ("style", "alpha", "input_uri", "rel_path")}
+                members = (
+                    (f"{row['target']}.{self.output.format}", output_file(row, encoded, self.output)),
+                    (f"{row['target']}.json", json.dumps(sidecar).encode()),
+                )
+                for member, data in members:
+                    info = tarfile.TarInfo(member)
+                    info.size, info.mtime = len(data), int(time.time())
+                    tar.addfile(info, io.BytesIO(data))
+                row.update(shard_member=row["target"], write_ms=elapsed_ms(start))
+        try:
+            write_bytes(uri, buffer.getvalue())
+            for row in rows:
+                row.update(status=OK, output_uri=uri)
+        except AdainError as exc:
+            for row in rows:
+                row.update(status=ERROR, error=f"writing {uri}: {exc}")
+
+
+def write_outputs(batch: pa.Table, *, writer: Writer, encoded: bool) -> pa.Table:
+    """The writing stage: write the batch's pending outputs; the rows become manifest rows."""
+    rows = batch.to_pylist()
+    writer.write([row for row in rows if row["status"] == PENDING], encoded)
+    return pa.Table.from_pylist(rows, schema=WRITTEN_SCHEMA)
