@@ -1,0 +1,58 @@
+"""The `adain` command's flags and YAML option files, parsed without running anything."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.cli import parse
+from pipeline.errors import ConfigError
+
+STYLE_COMMANDS = [["stylize"], ["styles", "index"], ["augment"], ["train"]]
+
+
+@pytest.mark.parametrize("words", STYLE_COMMANDS, ids=lambda w: " ".join(w))
+@pytest.mark.parametrize("flag", ["--style", "--styles"])
+def test_every_command_spells_it_style(words: list[str], flag: str) -> None:
+    args = parse([*words, flag, "s3://bucket/styles/"])
+    assert args.style in ("s3://bucket/styles/", ["s3://bucket/styles/"])
+
+
+def _config(tmp_path: Path, options: dict) -> str:
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(options))
+    return str(path)
+
+
+def test_yaml_values_mean_what_the_flags_mean(tmp_path: Path) -> None:
+    path = _config(
+        tmp_path,
+        {"style": ["a.jpg", "b.jpg"], "extensions": ["jpg", "png"], "crop": True, "overwrite": False, "alpha": 0.5},
+    )
+    args = parse(["stylize", "--config", path])
+    assert args.style == ["a.jpg", "b.jpg"]  # a repeated flag: the list as it is
+    assert args.extensions == "jpg,png"  # any other flag: the items joined, as --extensions jpg,png
+    assert (args.crop, args.overwrite, args.alpha) == (True, False, 0.5)
+    again = parse(["stylize", "--config", path, "--style", "c.jpg", "--alpha", "0.25"])
+    assert again.style == ["c.jpg"] and again.alpha == 0.25  # the command line wins, lists included
+    assert again.extensions == "jpg,png"
+
+
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        ({"colour": "red"}, "unknown option 'colour'"),
+        ({"alpah": 0.5}, "unknown option 'alpah'"),
+        ({"crop": "yes please"}, "expected true or false"),
+        ({"alpha": True}, "alpha: expected a value"),
+        ({"precision": "fp8"}, "precision: invalid choice: .fp8."),
+        ({"content_size": [256, 512]}, "content_size"),
+        ({"content_siz": 256}, "unknown option 'content_siz'"),  # no abbreviations in files
+    ],
+)
+def test_yaml_mistakes_are_one_line_config_errors(tmp_path: Path, options: dict, words: str) -> None:
+    with pytest.raises(ConfigError, match=words) as caught:
+        parse(["stylize", "--config", _config(tmp_path, options)])
+    assert "\n" not in str(caught.value)
