@@ -12,6 +12,8 @@ from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER
 from pipeline.storage.uri import absolute, join
 
 PRESERVE_COLOR = ("coral", "luminance")
+# Run ids and run names become file names: one safe path segment, or refused.
+_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 JPEG_CODECS = ("auto", "tasks", "model")  # where JPEGs are decoded and encoded: Scale.jpeg_codec
 
 
@@ -123,6 +125,17 @@ class OutputSpec:
             raise ConfigError(f"--quality {self.quality}: must be between 1 and 100")
 
 
+def check_run_id(run_id: str | None) -> None:
+    if run_id is not None and not _RUN_NAME.fullmatch(run_id):
+        raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-', from a letter or digit on")
+
+
+def check_apart(input: str, output: str) -> None:
+    """An output equal to its input would be read back as input by the next run."""
+    if input.rstrip("/") == output.rstrip("/"):
+        raise ConfigError(f"--output {output} is the --input: give the outputs a prefix of their own")
+
+
 @dataclass(frozen=True)
 class StylizeConfig:
     """One run of the distributed stylization job."""
@@ -147,6 +160,8 @@ class StylizeConfig:
             raise ConfigError("--style is required: one or more style images or prefixes")
         object.__setattr__(self, "input", absolute(self.input))
         object.__setattr__(self, "styles", tuple(absolute(style) for style in self.styles))
+        check_run_id(self.run_id)
+        check_apart(self.input, self.output.uri)
 
 
 @dataclass(frozen=True)
@@ -176,6 +191,8 @@ class AugmentConfig:
             raise ConfigError("--input and --style are required")
         object.__setattr__(self, "input", absolute(self.input))
         object.__setattr__(self, "styles", absolute(self.styles))
+        check_run_id(self.run_id)
+        check_apart(self.input, self.output.uri)
         if self.per_image < 1:
             raise ConfigError(f"--per-image {self.per_image}: must be at least 1")
         low, high = self.alpha_range
@@ -188,8 +205,6 @@ class AugmentConfig:
         if self.lock_ttl_s <= 0:
             raise ConfigError("--lock-ttl must be positive")
 
-
-_RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)

@@ -23,3 +23,12 @@ class WeightsError(AdainError):
 
 class DeviceError(AdainError):
     """A device that is asked for but not there (no CUDA GPU on this machine)."""
+
+
+def describe(exc: BaseException) -> str:
+    """One line about a failure: an expected one's own message; anything else (a library's
+    TypeError on odd tags, a MemoryError) by its type and the first line of its message."""
+    if isinstance(exc, AdainError):
+        return str(exc)
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

@@ -18,13 +18,13 @@ import torch
 from torch import Tensor
 
 from pipeline.config import Controls, ModelConfig, Sizing
-from pipeline.errors import AdainError, ConfigError, ImageError
+from pipeline.errors import AdainError, ConfigError, ImageError, describe
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, decode, encode, format_of, prepare
 from pipeline.imaging.tensors import mask_tensor, to_image, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
-from pipeline.storage.keys import output_stems, safe_relpath
+from pipeline.storage.keys import output_stems, safe_relpath, unique_names
 from pipeline.storage.uri import is_dir, join, list_files, read_bytes, write_bytes
 
 
@@ -73,6 +73,15 @@ def _stems(files: list[tuple[str, str]]) -> list[str]:
     return output_stems([safe_relpath(rel) for _, rel in files]).to_pylist()
 
 
+def pair_names(contents: list[tuple[str, str]], suffixes: list[str]) -> dict[tuple[int, int], str]:
+    """{(content, style): output name without extension}: `{content}_{suffix}`, told apart where
+    two pairs would share one (content `a_stylized_b` in style `c`, content `a` in style `b_stylized_c`)."""
+    pairs = [(c, s) for c in range(len(contents)) for s in range(len(suffixes))]
+    stems = _stems(contents)
+    names = unique_names([f"{stems[c]}_{suffixes[s]}" for c, s in pairs], [f"{contents[c][0]}\0{s}" for c, s in pairs])
+    return dict(zip(pairs, names, strict=True))
+
+
 def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Controls, sizing: Sizing) -> int:
     """Stylize and write every output; returns the number of content images that failed."""
     contents = _expand(req.content)
@@ -89,8 +98,11 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
         raise ConfigError(f"{n_outputs} outputs to write: OUTPUT must be a directory, not {req.output}")
     fmt = req.out_format if to_dir else format_of(req.output)
 
-    def output_uri(stem: str, suffix: str) -> str:
-        return join(req.output, f"{stem}_{suffix}.{fmt}") if to_dir else req.output
+    suffixes = [combined] if combined else [f"stylized_{name.replace('/', '_')}" for name in _stems(styles)]
+    named = pair_names(contents, suffixes)
+
+    def output_uri(content: int, style: int) -> str:
+        return join(req.output, f"{named[content, style]}.{fmt}") if to_dir else req.output
 
     model = load_model(model_cfg.encoder, model_cfg.decoder, model_cfg.device, model_cfg.precision, model_cfg.compile)
     style_images = [_load(uri, sizing.style_size, sizing) for uri, _ in styles]
@@ -100,25 +112,22 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
             mask_image = decode(read_bytes(req.mask), sizing.max_pixels)
     cached = None if controls.preserve_color == "coral" else [model.style_stats(s[None]) for s in style_images]
     failures = 0
-    style_names = [stem.replace("/", "_") for stem in _stems(styles)]
-    for (uri, _), stem in zip(contents, _stems(contents), strict=True):
+    for c, (uri, _) in enumerate(contents):
         try:
             content = _load(uri, sizing.content_size, sizing)
             stats = cached or [model.style_stats(coral(s, content)[None]) for s in style_images]
             mask = None if mask_image is None else mask_tensor(mask_image, (content.shape[2], content.shape[1]))
             if combined:
-                stylized = [(combined, _stylize(model, content, stats, controls, mask))]
+                stylized = [_stylize(model, content, stats, controls, mask)]
             else:
-                stylized = [
-                    (f"stylized_{name}", _stylize(model, content, [st], controls, None))
-                    for name, st in zip(style_names, stats, strict=True)
-                ]
-            for suffix, image in stylized:
-                target = output_uri(stem, suffix)
+                stylized = [_stylize(model, content, [st], controls, None) for st in stats]
+            for s, image in enumerate(stylized):
+                target = output_uri(c, s)
                 write_bytes(target, encode(to_image(image[0]), fmt, req.quality))
                 print(f"wrote {target}")
-        except AdainError as exc:
-            print(f"adain: error: {exc}", file=sys.stderr)
+        except Exception as exc:  # one content image's failure, whatever it is, costs only that image
+            reason = str(exc) if isinstance(exc, AdainError) else f"{uri}: {describe(exc)}"
+            print(f"adain: error: {reason}", file=sys.stderr)
             failures += 1
     return failures
 

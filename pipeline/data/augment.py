@@ -14,6 +14,7 @@ from this host, and keeps the outputs it finished (`skipped` rows), making only 
 from __future__ import annotations
 
 import io
+import logging
 import time
 from typing import Any
 
@@ -27,13 +28,15 @@ from pipeline.data.job import Stages, check_weights, stylized_rows
 from pipeline.data.listing import list_inputs
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values, table_bytes
 from pipeline.data.plan import RESUME_NEVER, RESUME_NEW_INPUTS, DrawnStyles, Plan
-from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR
+from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR, OK
 from pipeline.data.styles import augment_styles
-from pipeline.data.writers import FileWriter, ShardWriter
-from pipeline.errors import ConfigError
+from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove_orphan_shards
+from pipeline.errors import ConfigError, StorageError
 from pipeline.storage.keys import augmented_key
-from pipeline.storage.lock import acquire, release, release_if_dead
-from pipeline.storage.uri import exists, join, read_bytes, write_bytes
+from pipeline.storage.lock import LeaseKeeper, acquire, release, release_if_dead
+from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
 
 STATE_SCHEMA = pa.schema(
     [("rel_path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("run_id", pa.string())]
@@ -81,10 +84,15 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     started = time.time()
     run_id = cfg.run_id or new_run_id()
     lock = join(cfg.output.uri, "_lock.json")
+    check_writable(cfg.output.uri)
     release_if_dead(lock)
     lease = acquire(lock, run_id, cfg.lock_ttl_s)
     try:
-        return _run(cfg, run_id, started)
+        with LeaseKeeper(lease):
+            summary = _run(cfg, run_id, started)
+        if lease.lost is not None:
+            raise StorageError(f"{lease.lost} while this run worked; check both runs' outputs")
+        return summary
     finally:
         release(lease)
 
@@ -95,7 +103,8 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
         raise ConfigError(f"--per-image {cfg.per_image}: there are only {len(styles.ids)} styles")
     check_weights(cfg.model)
     state_uri = join(cfg.output.uri, "_state", "inputs.parquet")
-    todo, kinds = changed_inputs(list_inputs(cfg.input, cfg.extensions, cfg.input_root), state_uri)
+    listed = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
+    todo, kinds = changed_inputs(listed, state_uri)
     low, high = cfg.alpha_range
     job_values = {"per_image": cfg.per_image, "seed": cfg.seed, "alpha_range": f"{low:g},{high:g}"}
     manifest = ManifestWriter(
@@ -106,6 +115,7 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
         run_schema=AUGMENT_RUN_SCHEMA,
     )
     failed: set[str] = set()
+    shards: set[str] = set()
     if todo.num_rows:
         connect(cfg.address)
         drawn = DrawnStyles(styles.ids, cfg.per_image, cfg.alpha_range, cfg.seed)
@@ -114,10 +124,15 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
         else:  # a run that died left outputs of new inputs: those are kept
             plan = Plan(drawn, FileWriter(cfg.output, augmented_key), RESUME_NEW_INPUTS)
         stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.preserve_color)
+        if cfg.shards and (orphans := remove_orphan_shards(cfg.output.uri)):
+            log.warning("removed %d shards of a run that died before it finished", orphans)
         for rows in stylized_rows(todo, plan, styles, stages):
             manifest.add(rows)
             failed.update(rows.filter(pc.equal(rows.column("status"), ERROR)).column("rel_path").to_pylist())
-    manifest.flush()
+            shards.update(rows.filter(pc.equal(rows.column("status"), OK)).column("output_uri").to_pylist())
+    manifest.close()
+    if cfg.shards:
+        record_shards(cfg.output.uri, sorted(shards))
     # Inputs with any failed output stay unrecorded, so the next run tries them again.
     done = pc.invert(pc.is_in(todo.column("rel_path"), pa.array(sorted(failed), pa.string())))
     record_state(state_uri, todo.filter(done), run_id)

@@ -12,12 +12,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import posixpath
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
@@ -26,13 +28,23 @@ from pipeline.config import ModelConfig, Scale, Sizing
 from pipeline.data.cluster import connect, model_stage, set_threads
 from pipeline.data.listing import style_ids
 from pipeline.data.manifest import table_bytes
-from pipeline.errors import AdainError, ConfigError, StorageError
+from pipeline.errors import ConfigError, ImageError, StorageError, describe
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
 from pipeline.model.loader import load_style_encoder
-from pipeline.storage.uri import FileStat, absolute, exists, is_dir, read_bytes, resolve, stat_files, write_bytes
+from pipeline.storage.uri import (
+    FileStat,
+    absolute,
+    check_writable,
+    exists,
+    is_dir,
+    read_bytes,
+    resolve,
+    stat_files,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +93,48 @@ def _metadata(table: pa.Table, uri: str) -> dict[bytes, bytes]:
     return meta
 
 
+def _unusable(uri: str, what: str) -> ConfigError:
+    return ConfigError(f"{uri}: not a usable style bank: {what}; rebuild it with `adain styles index`")
+
+
 def read_bank_table(uri: str) -> pa.Table:
-    table = pq.read_table(io.BytesIO(read_bytes(uri)))
-    _metadata(table, uri)
+    """A bank's table, checked: its metadata, its columns, unique ids, 512 finite means and
+    512 finite positive stds a row."""
+    try:
+        table = pq.read_table(io.BytesIO(read_bytes(uri)))
+    except (pa.ArrowException, OSError) as exc:
+        raise ConfigError(f"{uri}: not a readable Parquet file ({describe(exc)})") from None
+    meta = _metadata(table, uri)
+    if not meta.get(b"adain.encoder_sha256"):
+        raise _unusable(uri, "its metadata names no encoder")
+    try:
+        int(meta.get(b"adain.style_size", b""))
+    except ValueError:
+        raise _unusable(uri, "its metadata gives no style size") from None
+    missing = [c for c in ("style_id", "mean", "std") if c not in table.column_names]
+    if missing:
+        raise _unusable(uri, f"no {', '.join(missing)} column")
+    ids = table.column("style_id")
+    if ids.null_count or pc.count_distinct(ids).as_py() != table.num_rows:
+        raise _unusable(uri, "its style ids are not unique")
+    for name in ("mean", "std"):
+        column = table.column(name).combine_chunks()
+        if not pa.types.is_list(column.type) and not pa.types.is_fixed_size_list(column.type):
+            raise _unusable(uri, f"{name} is not a list of floats")
+        if column.null_count or pc.any(pc.not_equal(pc.list_value_length(column), FEATURES)).as_py():
+            raise _unusable(uri, f"every {name} must have {FEATURES} values")
+        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        if not np.isfinite(values).all():
+            raise _unusable(uri, f"{name} holds NaN or inf")
+        if name == "std" and (values <= 0).any():
+            raise _unusable(uri, "std holds values that are not positive")
     return table
 
 
 def load_bank(uri: str, encoder_sha256: str | None = None) -> StyleBank:
     """Read a bank; with `encoder_sha256`, refuse one built with another encoder."""
     table = read_bank_table(uri)
-    meta = _metadata(table, uri)
+    meta = table.schema.metadata
     bank_encoder = meta[b"adain.encoder_sha256"].decode()
     if encoder_sha256 is not None and bank_encoder != encoder_sha256:
         raise ConfigError(
@@ -101,7 +145,7 @@ def load_bank(uri: str, encoder_sha256: str | None = None) -> StyleBank:
         raise ConfigError(f"{uri}: the style bank is empty")
 
     def stacked(column: str) -> torch.Tensor:
-        flat = table.column(column).combine_chunks().flatten().to_numpy()
+        flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         return torch.from_numpy(np.ascontiguousarray(flat)).view(-1, FEATURES, 1, 1)
 
     return StyleBank(
@@ -127,10 +171,12 @@ class StyleEncoder:
             try:
                 data = read_bytes(row["source_uri"])
                 image = prepare(data, self.sizing.style_size, self.sizing.crop, self.sizing.max_pixels)
-            except AdainError as exc:
-                rows.append({**row, "error": str(exc)})
+                mean, std = self.model.style_stats(to_tensor(image)[None])
+                if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+                    raise ImageError("its statistics are not finite (NaN or inf)")
+            except Exception as exc:  # whatever one style image does, it is that image's error
+                rows.append({**row, "error": describe(exc)})
                 continue
-            mean, std = self.model.style_stats(to_tensor(image)[None])
             rows.append(
                 {
                     **row,
@@ -164,9 +210,10 @@ def index_styles(
     if not is_bank(output):
         raise ConfigError(f"--output {output}: a style bank is one Parquet file; end the name in .parquet")
     started = time.time()
+    check_writable(posixpath.dirname(absolute(output)))
     encoder_sha = load_encoder(model.encoder).sha256
     listed = _listing(styles)
-    ids = style_ids([stat.rel for stat in listed])
+    ids = style_ids([stat.rel for stat in listed], [stat.uri for stat in listed])
     old = {}
     if exists(output):
         table = read_bank_table(output)

@@ -18,8 +18,8 @@ from PIL import Image
 from pipeline.config import Sizing
 from pipeline.data.plan import Plan, plan_inputs
 from pipeline.data.rows import DECODED_SCHEMA, elapsed_ms
-from pipeline.errors import AdainError
-from pipeline.imaging.codec import plain_jpeg_size, prepare
+from pipeline.errors import describe
+from pipeline.imaging.codec import check_pixels, plain_jpeg_size, prepare
 from pipeline.storage.uri import read_bytes
 
 
@@ -36,13 +36,14 @@ def decode_one(uri: str, sizing: Sizing, jpeg_to_model: bool = False) -> dict[st
         data = read_bytes(uri)
         size = plain_jpeg_size(data, sizing.max_pixels) if jpeg_to_model else None
         if size is not None:
-            width, height = sizing.content_plan(*size).size
-            row.update(pixels=data, jpeg=True, width=width, height=height)
+            plan = sizing.content_plan(*size)
+            check_pixels(*plan.scaled, sizing.max_pixels, after="resizing")
+            row.update(pixels=data, jpeg=True, width=plan.size[0], height=plan.size[1])
         else:
             img = prepare_content(data, sizing)
             row.update(pixels=img.tobytes(), jpeg=False, width=img.width, height=img.height)
-    except AdainError as exc:
-        row["error"] = str(exc)
+    except Exception as exc:  # whatever one input does, it is that input's error
+        row["error"] = describe(exc)
     row["decode_ms"] = elapsed_ms(start)
     return row
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
+import logging
 import posixpath
 from collections.abc import Callable
 
@@ -14,8 +14,10 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS
-from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug
+from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug, unique_names
 from pipeline.storage.uri import exists, is_dir, list_files, read_bytes, stat_table, storage_error
+
+log = logging.getLogger(__name__)
 
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".txt")
 
@@ -41,14 +43,18 @@ def _absolute(uri: str, list_file: str) -> str:
     return f"{base}/{uri}"
 
 
-def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None) -> pa.Table:
+def list_inputs(
+    source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None, exclude: str | None = None
+) -> pa.Table:
     """A table of (input_uri, rel_path, key, size, mtime_ns): every image to process, its path
-    below the input prefix, its output name without extension (see `output_stems`), and what
-    incremental runs compare (null for entries of list files, which are not listed).
+    below the input prefix, its output name without extension (see `output_stems`: distinct
+    for distinct inputs), and what incremental runs compare (null for entries of list files,
+    which are not listed).
 
     `source` is a directory/prefix (listed recursively, extensions matched case-insensitively),
-    a single image, or a list file (.parquet, .csv, .txt) of URIs. rel_path is relative to
-    `root` when given, else to the listed prefix, else the path inside its bucket.
+    a single image, or a list file (.parquet, .csv, .txt) of URIs (each URI once). rel_path is
+    relative to `root` when given, else to the listed prefix, else the path inside its bucket.
+    Anything under the prefix `exclude` (a job's output, inside its input) is left out.
     """
     extensions = tuple(e.lower() for e in extensions)
     if is_dir(source):
@@ -63,6 +69,12 @@ def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, roo
         stats = _unlisted(pa.chunked_array([[source]], pa.string()), pa.chunked_array([[rel]], pa.string()))
     else:
         raise storage_error(FileNotFoundError(source), source)  # says so if the bucket is missing
+    stats = _first_of_each(stats)
+    if exclude is not None:
+        inside = pc.starts_with(stats.column("uri"), exclude.rstrip("/") + "/")
+        if pc.any(inside).as_py():
+            log.warning("%s: left out %d files under the output %s", source, pc.sum(inside).as_py(), exclude)
+            stats = stats.filter(pc.invert(inside))
     if not stats.num_rows:
         raise ConfigError(f"{source}: no input images (extensions {', '.join(extensions)})")
     rels = _per_row(safe_relpath, stats.column("rel"))
@@ -70,7 +82,7 @@ def list_inputs(source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, roo
         {
             "input_uri": stats.column("uri"),
             "rel_path": rels,
-            "key": output_stems(rels),
+            "key": output_stems(rels, stats.column("uri")),
             "size": stats.column("size"),
             "mtime_ns": stats.column("mtime_ns"),
         }
@@ -86,20 +98,25 @@ def _per_row(fn: Callable[[str], str], column: pa.ChunkedArray) -> pa.ChunkedArr
     return pa.chunked_array([pa.array([fn(v) for v in chunk], pa.string()) for chunk in chunks], pa.string())
 
 
+def _first_of_each(stats: pa.Table) -> pa.Table:
+    """Each URI once (a list file may name one twice), in listing order."""
+    if pc.count_distinct(stats.column("uri")).as_py() == stats.num_rows:
+        return stats
+    order = stats.append_column("row", pa.array(range(stats.num_rows), pa.int64()))
+    first = order.group_by("uri").aggregate([("row", "min")]).column("row_min")
+    return stats.take(pc.sort_indices(first))
+
+
 def _unlisted(uris: pa.ChunkedArray, rels: pa.ChunkedArray) -> pa.Table:
     """Inputs named rather than listed: no size or modification time to compare."""
     nulls = pa.nulls(len(uris), pa.int64())
     return pa.table({"uri": uris, "rel": rels, "size": nulls, "mtime_ns": nulls})
 
 
-def style_ids(rels: list[str]) -> list[str]:
+def style_ids(rels: list[str], uris: list[str]) -> list[str]:
     """Stable, unique ids for style images: the path below their prefix without extension,
-    made one safe path segment; clashes get a short hash of the path."""
-    ids = [slug(posixpath.splitext(rel)[0]) for rel in rels]
-    return [
-        sid if ids.count(sid) == 1 else f"{sid}-{hashlib.sha256(rel.encode()).hexdigest()[:6]}"
-        for sid, rel in zip(ids, rels, strict=True)
-    ]
+    made one safe path segment; ids that meet are told apart by a hash of the image's URI."""
+    return unique_names([slug(posixpath.splitext(rel)[0]) for rel in rels], uris)
 
 
 def list_styles(refs: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -107,5 +124,7 @@ def list_styles(refs: tuple[str, ...]) -> list[tuple[str, str]]:
     pairs = [pair for ref in refs for pair in (list_files(ref, IMAGE_EXTENSIONS) if is_dir(ref) else [(ref, ref)])]
     if not pairs:
         raise ConfigError(f"no style images in {', '.join(refs)}")
+    pairs = list(dict(pairs).items())  # an image named twice is one style
     rels = [posixpath.basename(uri) if uri == rel else rel for uri, rel in pairs]
-    return list(zip(style_ids(rels), [uri for uri, _ in pairs], strict=True))
+    uris = [uri for uri, _ in pairs]
+    return list(zip(style_ids(rels, uris), uris, strict=True))

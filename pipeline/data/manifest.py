@@ -5,13 +5,16 @@ Layout under the output prefix:
     _runs/RUN_ID.json                      counts and timings of one run
 
 Parts are written from the driver as rows stream in, every `flush_rows` rows or
-`flush_seconds`, each part atomically, so a run that dies keeps the record of what it did.
+`flush_seconds`, each part atomically, so a driver that dies loses a few seconds of rows at
+most; a run id used again adds parts after the ones it has.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
+import threading
 import time
 from collections import Counter
 from datetime import datetime, timezone
@@ -23,7 +26,7 @@ import pyarrow.parquet as pq
 
 from pipeline.config import ModelConfig, OutputSpec, Sizing
 from pipeline.data.rows import OK, ROW_SCHEMA, RUN_SCHEMA, STATUSES
-from pipeline.storage.uri import join, write_bytes
+from pipeline.storage.uri import is_dir, join, list_files, write_bytes
 
 
 def run_values(model: ModelConfig, sizing: Sizing, output: OutputSpec, **job: Any) -> dict[str, Any]:
@@ -58,7 +61,7 @@ class ManifestWriter:
         run_id: str,
         run_values: dict[str, Any],
         flush_rows: int = 50_000,
-        flush_seconds: float = 30.0,
+        flush_seconds: float = 5.0,
         samples: int = 8,
         row_schema: pa.Schema = ROW_SCHEMA,
         run_schema: pa.Schema = RUN_SCHEMA,
@@ -74,8 +77,11 @@ class ManifestWriter:
         self._want_samples = samples
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        self._parts = 0
+        self._parts = _next_part(self.dir, run_id)  # a re-used run id adds parts, never overwrites them
         self._last_flush = time.monotonic()
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._timer: threading.Thread | None = None
         self.first_rows_at: float | None = None  # time.time() when the first rows came back
 
     def add(self, rows: pa.Table) -> None:
@@ -89,12 +95,34 @@ class ManifestWriter:
             pairs = zip(ok.column("input_uri").to_pylist(), ok.column("output_uri").to_pylist(), strict=True)
             self.samples += list(pairs)
             del self.samples[self._want_samples :]
-        self._pending.append(rows)
-        self._pending_rows += rows.num_rows
-        if self._pending_rows >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+        with self._lock:
+            self._pending.append(rows)
+            self._pending_rows += rows.num_rows
+            full = self._pending_rows >= self.flush_rows
+        if self._timer is None:  # rows wait at most flush_seconds, even while no more arrive
+            self._timer = threading.Thread(target=self._flush_when_due, name="adain-manifest", daemon=True)
+            self._timer.start()
+        if full:
             self.flush()
 
+    def _flush_when_due(self) -> None:
+        while not self._closed.wait(min(1.0, self.flush_seconds / 2)):
+            if time.monotonic() - self._last_flush >= self.flush_seconds:
+                self.flush()
+
+    def close(self) -> None:
+        """Write what is pending and stop the background flushes."""
+        self._closed.set()
+        if self._timer is not None:
+            self._timer.join()
+        self.flush()
+
     def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._last_flush = time.monotonic()
         if not self._pending_rows:
             return
         rows = pa.concat_tables(self._pending)
@@ -106,7 +134,15 @@ class ManifestWriter:
         write_bytes(join(self.dir, f"{self.run_id}-{self._parts:05d}.parquet"), table_bytes(table))
         self._parts += 1
         self._pending, self._pending_rows = [], 0
-        self._last_flush = time.monotonic()
+
+
+def _next_part(directory: str, run_id: str) -> int:
+    """The number after the highest manifest part of `run_id` already written (0 for none)."""
+    if not is_dir(directory):
+        return 0
+    pattern = re.compile(re.escape(run_id) + r"-(\d{5,})\.parquet")
+    numbers = [int(m.group(1)) for _, rel in list_files(directory, (".parquet",)) if (m := pattern.fullmatch(rel))]
+    return max(numbers, default=-1) + 1
 
 
 def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:

@@ -26,12 +26,13 @@ from pipeline.data.cluster import set_threads
 from pipeline.data.decode import prepare_content
 from pipeline.data.rows import ERROR, PENDING, SKIPPED, STYLIZED_SCHEMA, elapsed_ms
 from pipeline.data.styles import StyleSet
-from pipeline.errors import ImageError
+from pipeline.errors import ImageError, describe
 from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 
+NOT_FINITE = "the model's output is not finite (NaN or inf): check the decoder, or use --precision bf16 or fp32"
 _local = threading.local()
 
 
@@ -93,8 +94,8 @@ class ModelIO:
                     images[i] = prepare_on_device(image, plan)
                 else:
                     images[i] = to_tensor(prepare_content(rows[i]["pixels"], self.sizing)).to(self.device)
-            except ImageError as exc:
-                errors[i] = str(exc)
+            except Exception as exc:
+                errors[i] = describe(exc)
         kept = [images[i] for i in range(len(rows)) if i in images]
         batch = torch.stack(kept).contiguous(memory_format=torch.channels_last) if kept else torch.empty(0)
         return batch, errors
@@ -165,17 +166,22 @@ class StyleModel:
         identity = self.model.identity
         rows = []
         for i, row in enumerate(decoded):
-            base = {k: row[k] for k in ("input_uri", "rel_path", "width", "height", "decode_ms")} | identity
+            base = {k: row[k] for k in ("input_uri", "rel_path", "width", "height", "decode_ms")}
             items = zip(row["styles"], row["alphas"], row["targets"], row["done"], strict=True)
             for k, (style, alpha, target, done) in enumerate(items):
                 item = base | {"style": style, "alpha": alpha, "target": target}
-                if done:
+                if done:  # made by an earlier run, with weights this run cannot vouch for
                     rows.append(item | {"status": SKIPPED})
-                elif row["error"] is not None:
+                    continue
+                item |= identity
+                if row["error"] is not None:
                     rows.append(item | {"status": ERROR, "error": row["error"]})
                 else:
                     pixels, model_ms = outputs[(i, k)]
-                    rows.append(item | {"status": PENDING, "pixels": pixels, "model_ms": model_ms})
+                    if pixels is None:
+                        rows.append(item | {"status": ERROR, "error": NOT_FINITE, "model_ms": model_ms})
+                    else:
+                        rows.append(item | {"status": PENDING, "pixels": pixels, "model_ms": model_ms})
         return pa.Table.from_pylist(rows, schema=STYLIZED_SCHEMA)
 
     def _run(self, decoded: list[dict], chunk: list[int], height: int, width: int) -> dict[tuple[int, int], Any]:
@@ -189,9 +195,14 @@ class StyleModel:
             images, keys = self._coral(decoded, chunk, todo, content)
         else:
             images, keys = self._passes(decoded, chunk, todo, content)
+        # A NaN or inf output (fp16 overflow, damaged weights) would be written as a black image.
+        finite = torch.cat([torch.isfinite(batch).flatten(1).all(1) for batch in images]).tolist()
         files = [f for batch in images for f in self.io.outputs(batch)]
         model_ms = elapsed_ms(start) / max(1, len(files))
-        return {key: (data, model_ms) for key, data in zip(keys, files, strict=True)}
+        return {
+            key: (data, model_ms) if ok else (None, model_ms)
+            for key, data, ok in zip(keys, files, finite, strict=True)
+        }
 
     def _passes(
         self, decoded: list[dict], chunk: list[int], todo: list[list[int]], content: torch.Tensor

@@ -19,7 +19,7 @@ import torch
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank import StyleBank, is_bank, load_bank
 from pipeline.data.listing import list_styles
-from pipeline.errors import ConfigError, ImageError
+from pipeline.errors import ConfigError, ImageError, describe
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
@@ -68,8 +68,8 @@ def style_tensor(uri: str, sizing: Sizing) -> torch.Tensor:
     """A style image as the jobs encode it: read, decoded, resized to --style-size, (3, H, W)."""
     try:
         return to_tensor(prepare(read_bytes(uri), sizing.style_size, sizing.crop, sizing.max_pixels))
-    except ImageError as exc:
-        raise ImageError(f"style {uri}: {exc}") from None
+    except Exception as exc:
+        raise ImageError(f"style {uri}: {describe(exc)}") from None
 
 
 def from_bank(bank: StyleBank) -> StyleSet:

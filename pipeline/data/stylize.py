@@ -21,12 +21,14 @@ from pipeline.data.preview import write_preview
 from pipeline.data.styles import stylize_styles
 from pipeline.data.writers import FileWriter
 from pipeline.storage.keys import output_key
+from pipeline.storage.uri import check_writable
 
 
 def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
     started = time.time()
-    inputs = list_inputs(cfg.input, cfg.extensions, cfg.input_root)
+    check_writable(cfg.output.uri)
+    inputs = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
     styles = stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
     check_weights(cfg.model)
     connect(cfg.address)
@@ -46,7 +48,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.controls.preserve_color)
     for rows in stylized_rows(inputs, plan, styles, stages):
         manifest.add(rows)
-    manifest.flush()
+    manifest.close()
 
     summary = finish_run(
         manifest,

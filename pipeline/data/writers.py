@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 import tarfile
 import time
 import uuid
@@ -22,10 +23,10 @@ from PIL import Image
 
 from pipeline.config import OutputSpec
 from pipeline.data.rows import ERROR, OK, PENDING, WRITTEN_SCHEMA, elapsed_ms
-from pipeline.errors import AdainError
+from pipeline.errors import describe
 from pipeline.imaging.codec import encode
 from pipeline.storage.keys import safe_relpath, slug
-from pipeline.storage.uri import join, write_bytes, written_since
+from pipeline.storage.uri import delete, exists, is_dir, join, list_files, read_bytes, write_bytes, written_since
 
 
 class Writer(Protocol):
@@ -73,8 +74,8 @@ class FileWriter:
             try:
                 write_bytes(row["target"], output_file(row, encoded, self.output))
                 row.update(status=OK, output_uri=row["target"])
-            except AdainError as exc:
-                row.update(status=ERROR, error=f"writing {row['target']}: {exc}")
+            except Exception as exc:
+                row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}")
             row["write_ms"] = elapsed_ms(start)
 
 
@@ -121,9 +122,37 @@ class ShardWriter:
             write_bytes(uri, buffer.getvalue())
             for row in rows:
                 row.update(status=OK, output_uri=uri)
-        except AdainError as exc:
+        except Exception as exc:
             for row in rows:
-                row.update(status=ERROR, error=f"writing {uri}: {exc}")
+                row.update(status=ERROR, error=f"writing {uri}: {describe(exc)}")
+
+
+SHARD_INDEX = "index.json"  # in OUTPUT/shards/: the shards of the runs that finished
+
+
+def shard_index(output: str) -> list[str]:
+    """The shards (file names in OUTPUT/shards/) that finished runs wrote: the ones to read."""
+    uri = join(output, "shards", SHARD_INDEX)
+    return list(json.loads(read_bytes(uri))["shards"]) if exists(uri) else []
+
+
+def record_shards(output: str, written: list[str]) -> None:
+    """Add a finished run's shards to the index (under the run lock: one writer at a time)."""
+    names = sorted(set(shard_index(output)) | {posixpath.basename(uri) for uri in written})
+    write_bytes(join(output, "shards", SHARD_INDEX), json.dumps({"shards": names}, indent=1).encode())
+
+
+def remove_orphan_shards(output: str) -> int:
+    """Delete the shards of runs that died before recording them (their samples are made again);
+    returns how many. Readers that go by the index never see them either way."""
+    folder = join(output, "shards")
+    if not is_dir(folder):
+        return 0
+    indexed = set(shard_index(output))
+    orphans = [uri for uri, rel in list_files(folder, (".tar",)) if "/" not in rel and rel not in indexed]
+    for uri in orphans:
+        delete(uri)
+    return len(orphans)
 
 
 def write_outputs(batch: pa.Table, *, writer: Writer, encoded: bool) -> pa.Table:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from pipeline.errors import ConfigError, ImageError
+from pipeline.errors import ConfigError, ImageError, describe
 
 # Pillow's own default limit (about 89 MP). We check it ourselves, before decoding, so
 # the limit is a flag (--max-pixels) and the message says what to do.
@@ -29,29 +29,44 @@ FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Encoded bytes -> an upright 8-bit RGB image, or ImageError saying why not."""
+    """Encoded bytes -> an upright 8-bit RGB image, or ImageError saying why not.
+
+    Whatever a crafted or damaged file makes Pillow raise (odd TIFF tag types, a MemoryError)
+    ends here as an ImageError: one bad file is one error, never a crash."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only
     except UnidentifiedImageError:
         raise ImageError("not an image, or a format Pillow cannot read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageError(f"unreadable image header ({exc})") from None
+    except Exception as exc:
+        raise ImageError(f"unreadable image header ({describe(exc)})") from None
     width, height = img.size
-    if width * height > max_pixels:
-        raise ImageError(
-            f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
-            "(a decompression bomb?); raise --max-pixels if the file is trusted"
-        )
+    check_pixels(width, height, max_pixels)
     try:
         with warnings.catch_warnings():  # Pillow warns about some truncated files; we raise instead
             warnings.simplefilter("ignore")
             img.load()
-        img = ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"corrupt or truncated {img.format or 'image'} ({exc})") from None
-    return to_rgb(img)
+            return to_rgb(ImageOps.exif_transpose(img))
+    except Exception as exc:
+        raise ImageError(f"corrupt or truncated {img.format or 'image'} ({describe(exc)})") from None
+
+
+def check_pixels(width: int, height: int, max_pixels: int, after: str = "") -> None:
+    """Refuse an image of more than `max_pixels` pixels, before any memory is spent on it."""
+    if width <= 0 or height <= 0:
+        raise ImageError(f"{width}x{height}: an image needs at least one pixel")
+    if width * height <= max_pixels:
+        return
+    if after:
+        raise ImageError(
+            f"{after} would make it {width}x{height}, {width * height:,} pixels, over the limit of {max_pixels:,}; "
+            "lower --content-size/--style-size, or set --max-side"
+        )
+    raise ImageError(
+        f"{width}x{height} is {width * height:,} pixels, over the limit of {max_pixels:,} "
+        "(a decompression bomb?); raise --max-pixels if the file is trusted"
+    )
 
 
 def plain_jpeg_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
@@ -64,7 +79,7 @@ def plain_jpeg_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int
     try:
         img = Image.open(io.BytesIO(data))
         upright = img.getexif().get(0x0112, 1) == 1
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+    except Exception:  # anything odd takes the Pillow path, which says what is wrong with it
         return None
     if img.format != "JPEG" or img.mode != "RGB" or not upright or img.width * img.height > max_pixels:
         return None
@@ -161,9 +176,13 @@ def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
 
 
 def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS, max_side: int = 0) -> Image.Image:
-    """Decode, scale the shorter side to `size`, then centre-crop to size x size or cap the longer side."""
+    """Decode, scale the shorter side to `size`, then centre-crop to size x size or cap the longer side.
+
+    `max_pixels` bounds the image after resizing too: a 1 x 40000 strip scaled to a shorter side
+    of 512 would be 10 G pixels."""
     img = decode(data, max_pixels)
     plan = size_plan(*img.size, size, crop, max_side)
+    check_pixels(*plan.scaled, max_pixels, after="resizing")
     img = _resized(img, plan.scaled)
     if plan.crop is not None:
         return img.crop(plan.crop)

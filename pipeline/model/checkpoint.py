@@ -82,7 +82,10 @@ def _ours(obj: Any, kind: str, ref: str) -> tuple[dict[str, Tensor], dict[str, A
         raise WeightsError(f"{ref}: an adain-ray {obj.get('kind')} checkpoint, not a {kind}")
     if obj.get("arch") != ARCH_VERSION:
         raise WeightsError(f"{ref}: architecture {obj.get('arch')!r} is not {ARCH_VERSION!r}; upgrade adain-ray")
-    state, meta = obj["state_dict"], dict(obj.get("meta", {}))
+    state, meta = obj.get("state_dict"), obj.get("meta", {})
+    if not _is_state_dict(state) or not isinstance(meta, dict):
+        raise WeightsError(f"{ref}: a damaged adain-ray checkpoint (its state_dict or meta is not what it should be)")
+    meta = dict(meta)
     if meta.get("weights_sha256") not in (None, state_sha256(state)):
         raise WeightsError(
             f"{ref}: the weights do not match the checksum recorded in the checkpoint; the file is corrupt"
@@ -91,7 +94,14 @@ def _ours(obj: Any, kind: str, ref: str) -> tuple[dict[str, Tensor], dict[str, A
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and all(isinstance(v, Tensor) for v in obj.values())
+    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+
+
+def _module_index(key: str) -> int:
+    """The nn.Sequential index a state-dict key starts with ('12.weight' -> 12); -1 for others,
+    which `load_state_dict` then refuses by name."""
+    head = key.split(".", 1)[0]
+    return int(head) if head.isdigit() else -1
 
 
 def _encoder_state(obj: Any, ref: str) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -116,7 +126,7 @@ def _encoder_state(obj: Any, ref: str) -> tuple[dict[str, Tensor], dict[str, Any
         return state, {"source_format": "torchvision-vgg19"}
     if _is_state_dict(obj) and tuple(obj.get("0.weight", torch.empty(0)).shape) == (3, 3, 1, 1):
         # pytorch-AdaIN's vgg_normalised.pth runs to relu5_4; the encoder uses modules 0..30.
-        state = {k: v for k, v in obj.items() if int(k.split(".", 1)[0]) < 31}
+        state = {k: v for k, v in obj.items() if _module_index(k) < 31}
         return state, {"source_format": "pytorch-adain-vgg"}
     raise WeightsError(
         f"{ref}: not an encoder weight file; expected pytorch-AdaIN's vgg_normalised.pth, "
@@ -138,10 +148,12 @@ def _decoder_state(obj: Any, ref: str) -> tuple[dict[str, Tensor], dict[str, Any
 def _build(module: nn.Module, state: dict[str, Tensor], meta: dict[str, Any], ref: str) -> Weights:
     try:
         module.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise WeightsError(
-            f"{ref}: the weights do not fit the AdaIN architecture ({str(exc).splitlines()[0]})"
+            f"{ref}: the weights do not fit the AdaIN architecture ({str(exc).strip().splitlines()[0]})"
         ) from exc
+    if not all(torch.isfinite(t).all() for t in module.state_dict().values()):
+        raise WeightsError(f"{ref}: the weights hold NaN or inf values; the file is damaged, or training diverged")
     module.eval()
     return Weights(module, state_sha256(module.state_dict()), meta)
 

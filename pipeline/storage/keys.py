@@ -7,6 +7,7 @@ stays inside the output prefix.
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import re
 from collections.abc import Sequence
@@ -18,11 +19,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 
 
 def safe_relpath(path: str) -> str:
-    """A relative path with no way out: '.', '..' and empty segments are dropped."""
+    """A relative path with no way out: '.', '..' and empty segments are dropped ('_' if none is left).
+    Paths that meet this way are told apart by `unique_names`."""
     parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".", "..")]
-    if not parts:
-        raise ValueError(f"{path!r} has no usable path segments")
-    return "/".join(parts)
+    return "/".join(parts) or "_"
 
 
 def slug(name: str) -> str:
@@ -40,30 +40,79 @@ def relative_to(uri: str, root: str) -> str:
     return path.split("/", 1)[1] if "://" in uri and "/" in path else path
 
 
-def output_stems(rels: pa.ChunkedArray | Sequence[str]) -> pa.ChunkedArray:
-    """Each input's output name without extension, from its safe relative path (`safe_relpath`,
-    which the caller has made already): the path minus the extension, keeping the extension in
-    the name (`a_png`) where two inputs would otherwise share one (`a.jpg`, `a.png`).
+def _short_hash(key: str, digits: int) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
 
-    Works a chunk at a time and finds clashes with Arrow, so ten million inputs never
-    become ten million Python strings at once."""
-    chunks = rels.chunks if isinstance(rels, pa.ChunkedArray) else [pa.array(rels, pa.string())]
+
+def unique_names(names: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """`names` made distinct, compared case-insensitively (outputs may land on a filesystem that
+    ignores case): each name that several keys share gets '-' and a short hash of its own key,
+    longer until all are distinct. A pure function of (names, keys): the same on every run and
+    machine. The keys must be distinct: they are what tells the items apart."""
+    out = list(names)
+    for digits in (8, 16, 64, 0):
+        groups: dict[str, list[int]] = {}
+        for i, name in enumerate(out):
+            groups.setdefault(name.lower(), []).append(i)
+        shared = [i for group in groups.values() if len(group) > 1 for i in group]
+        if not shared:
+            return out
+        if not digits:
+            raise ValueError(f"unique_names: {len(shared)} items share their names and their keys")
+        for i in shared:
+            out[i] = f"{names[i]}-{_short_hash(keys[i], digits)}"
+    raise AssertionError("unreachable")
+
+
+def output_stems(
+    rels: pa.ChunkedArray | Sequence[str], keys: pa.ChunkedArray | Sequence[str] | None = None
+) -> pa.ChunkedArray:
+    """Each input's output name without extension, from its safe relative path (`safe_relpath`,
+    which the caller has made already), distinct for distinct inputs: the path minus the
+    extension; where two inputs would share one, the extension kept in the name (`a.jpg`,
+    `a.png` -> `a_jpg`, `a_png`); where names still meet (`a_png.jpg`, the same path in two
+    buckets, `d/../y.jpg` beside `d/y.jpg`, case), `unique_names` with the inputs' `keys` (their
+    URIs; by default the paths themselves).
+
+    Clashes are found with Arrow, so ten million inputs become Python strings only when some
+    of them clash."""
+    rels = _chunked(rels)
     stems = pa.chunked_array(
-        [pa.array([posixpath.splitext(r)[0] for r in c.to_pylist()], pa.string()) for c in chunks],
+        [pa.array([posixpath.splitext(r)[0] for r in c.to_pylist()], pa.string()) for c in rels.chunks],
         pa.string(),
     )
-    counts = pc.value_counts(stems)
-    shared = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-    if len(shared) == 0:
+    if len(_clashing(stems)) == 0:
         return stems
-    fixed = []
-    for chunk, stem_chunk in zip(chunks, stems.chunks, strict=True):
-        clash = pc.is_in(stem_chunk, value_set=shared).to_pylist()
-        names = zip(stem_chunk.to_pylist(), chunk.to_pylist(), clash, strict=True)
-        fixed.append(
-            pa.array([f"{s}_{posixpath.splitext(r)[1].lstrip('.')}" if c else s for s, r, c in names], pa.string())
-        )
-    return pa.chunked_array(fixed, pa.string())
+    names = stems.to_pylist()
+    for i in _rows_of(stems, _clashing(stems)):
+        extension = posixpath.splitext(rels[i].as_py())[1].lstrip(".")
+        names[i] = f"{names[i]}_{extension}" if extension else names[i]
+    named, keys = _chunked(names), rels if keys is None else _chunked(keys)
+    for _ in range(4):  # a name made unique may meet one that was not: then that one too
+        clashing = _clashing(named)
+        if len(clashing) == 0:
+            return named
+        rows = _rows_of(named, clashing)
+        for i, name in zip(rows, unique_names([names[i] for i in rows], keys.take(rows).to_pylist()), strict=True):
+            names[i] = name
+        named = _chunked(names)
+    raise ValueError("output names: inputs with the same key")
+
+
+def _chunked(values: pa.ChunkedArray | Sequence[str]) -> pa.ChunkedArray:
+    if isinstance(values, pa.ChunkedArray):
+        return values
+    return pa.chunked_array([pa.array(list(values), pa.string())], pa.string())
+
+
+def _rows_of(names: pa.ChunkedArray, clashing: pa.Array) -> list[int]:
+    return pc.indices_nonzero(pc.is_in(pc.utf8_lower(names), value_set=clashing)).to_pylist()
+
+
+def _clashing(names: pa.ChunkedArray) -> pa.Array:
+    """The (lower-cased) names that more than one row has."""
+    counts = pc.value_counts(pc.utf8_lower(names))
+    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
 
 
 def output_key(output: str, style_id: str, stem: str, fmt: str) -> str:

@@ -7,12 +7,14 @@ Writes are atomic: a reader sees the whole object or nothing.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
 import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -167,7 +169,7 @@ def retrying(action: Callable[[], T], uri: str, attempts: int = ATTEMPTS, delay:
         try:
             return action()
         except OSError as exc:
-            if _is_permanent(exc):
+            if _is_permanent(exc) or scheme(uri) == "file":  # a local disk's errors do not go away
                 raise storage_error(exc, uri) from exc
             if attempt == attempts - 1:
                 raise storage_error(exc, uri, attempts) from exc
@@ -187,12 +189,43 @@ def _bucket_exists(uri: str) -> bool:
 
 def read_bytes(uri: str) -> bytes:
     filesystem, path = resolve(uri)
+    if scheme(uri) == "s3" and _odd_key(path):
+        return _read_raw_s3_key(uri, path)
 
     def read() -> bytes:
         with filesystem.open_input_stream(path) as stream:
             return stream.read()
 
     return retrying(read, uri)
+
+
+def _odd_key(path: str) -> bool:
+    """An object key with empty, '.' or '..' segments: legal in S3, but pyarrow's filesystem
+    refuses (`in//x.jpg`) or normalises them (`d/../y.jpg` would read `y.jpg`)."""
+    return any(part in ("", ".", "..") for part in path.split("/")[1:])
+
+
+@lru_cache(maxsize=8)
+def _s3_client(endpoint: str | None):
+    import boto3
+    from botocore.config import Config
+
+    retries = {"max_attempts": SDK_ATTEMPTS * ATTEMPTS, "mode": "standard"}
+    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries=retries))
+
+
+def _read_raw_s3_key(uri: str, path: str) -> bytes:
+    """Read an odd key as the object it is, with boto3, which sends keys as they are."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, key = uri.split("://", 1)[1].split("/", 1)
+    try:
+        return _s3_client(s3_endpoint()).get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        raise storage_error(FileNotFoundError(uri) if code in ("NoSuchKey", "404") else exc, uri) from None
+    except BotoCoreError as exc:
+        raise storage_error(exc, uri, attempts=SDK_ATTEMPTS * ATTEMPTS) from None
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -213,16 +246,58 @@ def write_bytes(uri: str, data: bytes) -> None:
     retrying(write, uri)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (Linux), else by setting and restoring it once."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give a new file: files are shared as any tool's are
+
+
 def _write_local_atomic(path: str, data: bytes) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
     try:
+        os.fchmod(fd, FILE_MODE)  # mkstemp makes it 0600, private to this user
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def delete(uri: str) -> None:
+    """Remove an object or file; one already gone is fine."""
+    filesystem, path = resolve(uri)
+
+    def remove() -> None:
+        with contextlib.suppress(FileNotFoundError):
+            filesystem.delete_file(path)
+
+    retrying(remove, uri)
+
+
+def check_writable(prefix: str) -> None:
+    """Prove that objects can be written under `prefix` (a probe written and deleted), before any
+    work is spent on outputs that could not be written."""
+    probe = join(prefix, f".adain-probe-{uuid.uuid4().hex[:12]}")
+    try:
+        write_bytes(probe, b"")
+        delete(probe)
+    except StorageError as exc:
+        raise StorageError(f"cannot write to the output {prefix}: {exc}") from None
+    except OSError as exc:
+        raise StorageError(f"cannot write to the output {prefix}: {exc.strerror or exc}") from None
 
 
 def exists(uri: str) -> bool:
@@ -263,15 +338,19 @@ def stat_table(uri: str, extensions: tuple[str, ...]) -> pa.Table:
     Columns are built straight from the listing and sorted by Arrow: no Python object per file
     is held past the listing."""
     filesystem, path = resolve(uri)
-    selector = pafs.FileSelector(path, recursive=True)
-    infos = retrying(lambda: filesystem.get_file_info(selector), uri)
-    files = [info for info in infos if info.type == pafs.FileType.File and info.path.lower().endswith(extensions)]
-    del infos
-    paths = pa.array([info.path for info in files], pa.string())
-    sizes = pa.array([info.size for info in files], pa.int64())
-    mtimes = pa.array([info.mtime_ns for info in files], pa.int64())
-    del files
-    table = pa.table({"path": paths, "size": sizes, "mtime_ns": mtimes}).sort_by("path")
+    if isinstance(filesystem, pafs.LocalFileSystem):
+        table = _local_files(path, extensions)
+    else:
+        selector = pafs.FileSelector(path, recursive=True)
+        infos = retrying(lambda: filesystem.get_file_info(selector), uri)
+        files = [i for i in infos if i.type == pafs.FileType.File and i.path.lower().endswith(extensions)]
+        del infos
+        paths = pa.array([info.path for info in files], pa.string())
+        sizes = pa.array([info.size for info in files], pa.int64())
+        mtimes = pa.array([info.mtime_ns for info in files], pa.int64())
+        del files
+        table = pa.table({"path": paths, "size": sizes, "mtime_ns": mtimes})
+    table = table.sort_by("path")
     prefix = f"{scheme(uri)}://" if is_remote(uri) else ""
     base = len(path.rstrip("/")) + 1
     paths = table.column("path")
@@ -283,6 +362,50 @@ def stat_table(uri: str, extensions: tuple[str, ...]) -> pa.Table:
             "mtime_ns": table.column("mtime_ns"),
         }
     )
+
+
+def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
+    """Files under a local directory, following symbolic links only where they stay inside it,
+    and each directory once (a link loop is listed once, not forty levels deep)."""
+    top = os.path.realpath(root)
+    seen: set[tuple[int, int]] = set()
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int] = []
+    skipped = {"links leaving the input": 0, "directories already listed (link loops)": 0}
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        info = os.stat(directory)
+        if (info.st_dev, info.st_ino) in seen:
+            skipped["directories already listed (link loops)"] += 1
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        try:
+            entries = list(os.scandir(directory))
+        except OSError as exc:
+            raise storage_error(exc, directory) from exc
+        for entry in entries:
+            if entry.is_symlink():
+                target = os.path.realpath(entry.path)
+                if os.path.commonpath([top, target]) != top:
+                    skipped["links leaving the input"] += 1
+                    continue
+            try:
+                if entry.is_dir():
+                    stack.append(entry.path)
+                elif entry.is_file() and entry.name.lower().endswith(extensions):
+                    stat = entry.stat()
+                    paths.append(entry.path)
+                    sizes.append(stat.st_size)
+                    mtimes.append(stat.st_mtime_ns)
+            except OSError:  # a dangling link, a file gone meanwhile
+                continue
+    for what, count in skipped.items():
+        if count:
+            log.warning("%s: left out %d %s", root, count, what)
+    columns = {"path": (paths, pa.string()), "size": (sizes, pa.int64()), "mtime_ns": (mtimes, pa.int64())}
+    return pa.table({name: pa.array(values, kind) for name, (values, kind) in columns.items()})
 
 
 def stat_files(uri: str, extensions: tuple[str, ...]) -> list[FileStat]:

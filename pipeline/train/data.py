@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import TrainConfig
 from pipeline.data.listing import list_inputs
-from pipeline.errors import AdainError, ConfigError, ImageError
+from pipeline.errors import ConfigError, ImageError, describe
 from pipeline.imaging.codec import decode
 from pipeline.storage.uri import read_bytes
 
@@ -70,8 +70,8 @@ def decode_crops(
     for uri in batch["uri"]:
         try:
             img = decode(read_bytes(str(uri)), max_pixels).resize((resize, resize), Image.BILINEAR)
-        except AdainError as exc:  # ImageError, or StorageError for a file gone since the listing
-            errors.append((str(uri), str(exc)))
+        except Exception as exc:  # an unreadable image, a file gone since the listing, anything
+            errors.append((str(uri), describe(exc)))
             continue
         top, left = rng.integers(0, resize - crop + 1, size=2)
         images.append(np.asarray(img.crop((left, top, left + crop, top + crop))))

@@ -32,7 +32,7 @@ from pipeline.data.cluster import connect
 from pipeline.errors import AdainError, ConfigError
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
 from pipeline.model.nets import Decoder
-from pipeline.storage.uri import exists, join, list_files, read_bytes, write_bytes
+from pipeline.storage.uri import check_writable, exists, join, list_files, read_bytes, write_bytes
 from pipeline.train import loop
 from pipeline.train.checkpoints import STATE_FILE, load_training_state
 from pipeline.train.data import image_dataset, image_uris, loader_cpus, skipped_images_actor
@@ -145,6 +145,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     Returns a summary: the iteration reached, final losses, where the decoder and metrics are.
     """
     started = time.time()
+    check_writable(cfg.run_uri)
     encoder = load_encoder(cfg.encoder)  # fail here, not on every worker, if the weights are unusable
     if cfg.decoder is not None:
         load_decoder(cfg.decoder)

@@ -1,0 +1,177 @@
+"""Bad input never stops a job: fuzzed files through stylize, styles index and the training
+loaders; bounded memory before decoding and after resizing; names that never meet."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import posixpath
+import string
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import ray
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageOps
+
+from pipeline.config import ModelConfig, Scale, Sizing
+from pipeline.data.bank import index_styles
+from pipeline.data.decode import decode_one
+from pipeline.data.listing import style_ids
+from pipeline.data.stylize import run_stylize
+from pipeline.errors import ImageError
+from pipeline.imaging.codec import MAX_PIXELS, decode, prepare
+from pipeline.storage.keys import output_stems, safe_relpath, unique_names
+from pipeline.train.data import decode_crops, skipped_images_actor
+from pipeline.transfer import pair_names
+from tests import fuzz, images
+from tests.conftest import WeightFiles
+from tests.test_stylize_job import local_manifest, make_config
+
+CORPUS = 300
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
+    folder = tmp_path_factory.mktemp("fuzz")
+    return folder, fuzz.write_corpus(folder, CORPUS, good=24, seed=13)
+
+
+def test_the_corpus_exercises_what_pillow_raises(corpus: tuple[Path, list[str]]) -> None:
+    """The mutations reach Pillow's odd corners (exceptions beyond OSError and ValueError),
+    and every one of them becomes an ImageError."""
+    folder, names = corpus
+    raw: Counter[str] = Counter()
+    for name in names:
+        data = (folder / name).read_bytes()
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                if img.width * img.height <= MAX_PIXELS:
+                    img.load()
+                    ImageOps.exif_transpose(img).convert("RGB")
+        except Exception as exc:
+            raw[type(exc).__name__] += 1
+        with contextlib.suppress(ImageError):
+            decode(data)
+    assert sum(raw.values()) >= CORPUS // 3, raw
+    assert set(raw) - {"OSError", "UnidentifiedImageError", "ValueError", "SyntaxError", "EOFError"}, raw
+
+
+def test_fuzzed_files_never_stop_a_job(ray_cluster: str, weights: WeightFiles, corpus, tmp_path: Path) -> None:
+    """Every input x style has exactly one manifest row, ok or error with a reason; the job ends."""
+    folder, names = corpus
+    style = images.write(tmp_path / "styles" / "wave.png", images.encoded(32, 32, "PNG", seed=3))
+    out = tmp_path / "out"
+    # A stated 1 x 60000 image within the default --max-pixels would become 32 x 1.9 M pixels: a
+    # user stylizing at 32 px bounds the work with --max-pixels, as this does.
+    sizing = Sizing(content_size=32, style_size=32, max_pixels=1 << 18)
+    cfg = make_config(weights, str(folder), (str(style),), str(out), scale=Scale(batch_size=16))
+    summary = run_stylize(dataclasses.replace(cfg, sizing=sizing))
+    rows = local_manifest(out)
+    assert Counter(r["rel_path"] for r in rows) == Counter(names)
+    assert {r["status"] for r in rows} <= {"ok", "error"}
+    assert all(r["error"] and "\n" not in r["error"] for r in rows if r["status"] == "error")
+    assert summary["ok"] >= 24 and summary["ok"] + summary["error"] == len(names)
+
+
+def test_fuzzed_files_never_stop_indexing_or_training(ray_cluster: str, weights: WeightFiles, corpus, tmp_path):
+    folder, names = corpus
+    model = ModelConfig(str(weights.vgg), str(weights.decoder), "cpu")
+    sizing = Sizing(content_size=32, style_size=32, max_pixels=1 << 18)
+    result = index_styles(str(folder), str(tmp_path / "bank.parquet"), model, sizing, Scale(batch_size=16))
+    assert result["styles"] + len(result["errors"]) == len(names)
+    assert result["styles"] >= 24 and all("\n" not in e["error"] for e in result["errors"])
+
+    skipped = skipped_images_actor()
+    batch = {"uri": np.array([str(folder / n) for n in names], dtype=object)}
+    crops = decode_crops(batch, resize=40, crop=32, max_pixels=1 << 20, skipped=skipped)["image"]
+    reported = ray.get(skipped.all.remote())
+    assert len(crops) + len(reported) == len(names) and crops.shape[1:] == (32, 32, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# memory: bounded before decoding, and after resizing
+
+
+@pytest.mark.parametrize("jpeg_to_model", [False, True], ids=["pillow", "device-jpeg"])
+@pytest.mark.parametrize(("width", "height", "fmt"), [(1, 3000, "PNG"), (3000, 1, "JPEG"), (2, 4000, "JPEG")])
+def test_resizing_never_makes_an_image_over_the_limit(tmp_path: Path, width, height, fmt, jpeg_to_model) -> None:
+    """A thin strip scaled to a shorter side of 512 would be far over --max-pixels: refused
+    before the resize, as the file's own size is before decoding."""
+    path = images.write(tmp_path / f"strip.{fmt.lower()}", images.encoded(width, height, fmt))
+    row = decode_one(str(path), Sizing(content_size=512, max_pixels=10_000_000), jpeg_to_model)
+    assert row.get("pixels") is None and "resizing would make it" in row["error"], row
+    with pytest.raises(ImageError, match="over the limit"):
+        prepare(path.read_bytes(), 512, max_pixels=10_000_000)
+    assert prepare(path.read_bytes(), 0, max_pixels=10_000_000).size == (width, height)  # kept as it is: fine
+
+
+# ---------------------------------------------------------------------------------------------
+# names: distinct inputs never share an output
+
+
+segment = st.one_of(
+    st.sampled_from(["", ".", "..", "a", "A", "a.b", "_", "x y", "日本", "ä", "a_png", "IMG"]),
+    st.text(alphabet=string.ascii_letters + string.digits + "._- ", min_size=1, max_size=6),
+)
+extension = st.sampled_from(["jpg", "JPG", "png", "jpeg", "webp", "", "tar.gz"])
+key = st.builds(
+    lambda parts, ext: "/".join(parts) + (f".{ext}" if ext else ""),
+    st.lists(segment, min_size=1, max_size=4),
+    extension,
+)
+uri = st.builds(lambda bucket, k: f"s3://{bucket}/{k}", st.sampled_from(["aaa", "bbb", "ccc"]), key)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(uri, min_size=1, max_size=40, unique=True))
+def test_distinct_inputs_get_distinct_outputs(uris: list[str]) -> None:
+    """Keys with case, dots, '..', empty segments, unicode, in several buckets: as many outputs
+    as inputs, each inside the prefix, even on a filesystem that ignores case."""
+    rels = [safe_relpath(u.split("/", 3)[3]) for u in uris]
+    stems = output_stems(rels, uris).to_pylist()
+    assert len({s.lower() for s in stems}) == len(uris)
+    assert all(not posixpath.isabs(s) and ".." not in s.split("/") and "" not in s.split("/") for s in stems)
+    assert output_stems(rels, uris).to_pylist() == stems  # the same on every run
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(key, min_size=1, max_size=30))
+def test_distinct_style_images_get_distinct_ids(keys: list[str]) -> None:
+    uris = [f"s3://bucket/styles/{i}/{k}" for i, k in enumerate(keys)]  # distinct images, names that may meet
+    ids = style_ids([posixpath.basename(k) or k for k in keys], uris)
+    assert len({i.lower() for i in ids}) == len(ids) and all("/" not in i for i in ids)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=0, max_size=8), min_size=1, max_size=30))
+def test_unique_names_tells_any_names_apart(names: list[str]) -> None:
+    keys = [f"key-{i}" for i in range(len(names))]
+    out = unique_names(names, keys)
+    assert len({n.lower() for n in out}) == len(out)
+    assert [n for n, o in zip(names, out, strict=True) if n == o] == [
+        n for n in names if sum(m.lower() == n.lower() for m in names) == 1
+    ]  # a name no other shares is kept as it is
+
+
+def test_listed_names_that_meet(tmp_path: Path) -> None:
+    """The named cases: a.jpg, a.png and a_png.jpg; the same key in two buckets; d/../y.jpg."""
+    stems = output_stems(["a.jpg", "a.png", "a_png.jpg"]).to_pylist()
+    assert len(set(stems)) == 3
+    rels = ["x.jpg", "x.jpg", "d/y.jpg", "d/y.jpg"]
+    uris = ["s3://one/x.jpg", "s3://two/x.jpg", "s3://b/d/y.jpg", "s3://b/d/../y.jpg"]
+    assert len(set(output_stems(pa.chunked_array([rels]), pa.chunked_array([uris])).to_pylist())) == 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(key, min_size=1, max_size=12, unique=True), st.lists(key, min_size=1, max_size=4))
+def test_transfer_names_every_pair_apart(contents: list[str], styles: list[str]) -> None:
+    files = [(f"/data/{k}", k) for k in contents]
+    suffixes = [f"stylized_{posixpath.splitext(s)[0].replace('/', '_')}" for s in styles]
+    names = pair_names(files, suffixes)
+    assert len(names) == len(contents) * len(styles) == len({n.lower() for n in names.values()})

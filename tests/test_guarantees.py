@@ -1,0 +1,294 @@
+"""What the README's Guarantees section promises, one test a promise: run ids, outputs inside
+inputs, symlinks, the run lock as a lease, shards after a kill, banks and weights checked on
+load, file modes, odd object keys, failing fast, and the manifest of skipped outputs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+import tarfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing
+from pipeline.data.augment import run_augment
+from pipeline.data.bank import BANK_SCHEMA, index_styles, load_bank
+from pipeline.data.decode import decode_inputs
+from pipeline.data.listing import list_inputs
+from pipeline.data.manifest import ManifestWriter, run_values
+from pipeline.data.model_actor import NOT_FINITE, StyleModel
+from pipeline.data.plan import EveryStyle, Plan
+from pipeline.data.rows import DECODED_SCHEMA, ERROR, ROW_SCHEMA
+from pipeline.data.styles import StyleSet
+from pipeline.data.stylize import run_stylize
+from pipeline.data.writers import FileWriter, shard_index
+from pipeline.errors import ConfigError, StorageError, WeightsError
+from pipeline.model.checkpoint import load_decoder, save_checkpoint
+from pipeline.model.nets import ARCH_VERSION, Decoder
+from pipeline.storage.keys import output_key
+from pipeline.storage.lock import LeaseKeeper, acquire, release, renew
+from tests import images
+from tests.conftest import S3Server, WeightFiles
+from tests.test_augment import config as augment_config
+from tests.test_augment import write_dataset, write_styles
+from tests.test_stylize_job import local_manifest, make_config, output_files, s3_manifest
+
+
+def style_file(tmp_path: Path) -> str:
+    return str(images.write(tmp_path / "styles" / "wave.png", images.encoded(32, 32, "PNG", seed=3)))
+
+
+def inputs(folder: Path, names: list[str]) -> Path:
+    for i, name in enumerate(names):
+        images.write(folder / name, images.encoded(40, 32, "PNG", seed=20 + i))
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# run ids, and outputs inside their inputs
+
+
+@pytest.mark.parametrize("run_id", ["../../x", "a/b", ".hidden", "", "x" * 200, "a\nb"])
+def test_run_ids_are_safe_names_or_refused(weights: WeightFiles, tmp_path: Path, run_id: str) -> None:
+    with pytest.raises(ConfigError, match="--run-id"):
+        make_config(weights, str(tmp_path / "in"), (style_file(tmp_path),), str(tmp_path / "out"), run_id=run_id)
+
+
+def test_a_reused_run_id_adds_manifest_parts(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    src, out = inputs(tmp_path / "in", ["a.png", "b.png"]), tmp_path / "out"
+    cfg = make_config(weights, str(src), (style_file(tmp_path),), str(out), run_id="nightly")
+    run_stylize(cfg)
+    run_stylize(cfg)  # everything there: two skipped rows, kept beside the first run's two ok rows
+    rows = local_manifest(out)
+    assert sorted(r["status"] for r in rows) == ["ok", "ok", "skipped", "skipped"]
+    assert sorted(p.name for p in (out / "_manifest").iterdir()) == ["nightly-00000.parquet", "nightly-00001.parquet"]
+
+
+def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    src = inputs(tmp_path / "in", ["a.png", "sub/b.png"])
+    out = src / "stylized"
+    for _ in range(2):
+        run_stylize(make_config(weights, str(src), (style_file(tmp_path),), str(out)))
+    assert set(output_files(out)) == {"wave/a.png", "wave/sub/b.png"}
+    assert {r["rel_path"] for r in local_manifest(out)} == {"a.png", "sub/b.png"}
+    with pytest.raises(ConfigError, match="is the --input"):
+        make_config(weights, str(src), (style_file(tmp_path),), str(src) + "/")
+
+
+def test_symlinks_inside_the_input_only_and_loops_once(tmp_path: Path) -> None:
+    src = inputs(tmp_path / "in", ["a.png", "sub/b.png"])
+    outside = inputs(tmp_path / "elsewhere", ["secret.png"])
+    (src / "sub" / "loop").symlink_to(src, target_is_directory=True)  # in/sub/loop -> in
+    (src / "away").symlink_to(outside, target_is_directory=True)
+    (src / "away.png").symlink_to(outside / "secret.png")
+    (src / "again.png").symlink_to(src / "a.png")  # inside: a file of its own name
+    listed = list_inputs(str(src)).column("rel_path").to_pylist()
+    assert sorted(listed) == ["a.png", "again.png", "sub/b.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# the run lock as a lease
+
+
+def test_unreadable_locks_are_judged_by_their_age(tmp_path: Path) -> None:
+    lock = tmp_path / "_lock.json"
+    for content in (b"", b"{garbage", b'{"owner": 3, "expires_at": "soon"}', b"[1, 2]"):
+        lock.write_bytes(content)
+        with pytest.raises(StorageError, match="cannot be read") as caught:
+            acquire(str(lock), "next", ttl_s=600)
+        assert "\n" not in str(caught.value)
+        old = time.time() - 601
+        os.utime(lock, (old, old))  # older than the time to live: a dead run's
+        lease = acquire(str(lock), "next", ttl_s=600)
+        assert json.loads(lock.read_text())["owner"] == "next"
+        release(lease)
+        assert not lock.exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_live_run_renews_its_lease_and_one_taker_wins(
+    tmp_path: Path, s3_server: S3Server, bucket: str, where: str
+) -> None:
+    lock = str(tmp_path / "_lock.json") if where == "local" else f"s3://{bucket}/out/_lock.json"
+    lease = acquire(lock, "long-run", ttl_s=1.0)
+    with LeaseKeeper(lease):
+        time.sleep(2.5)  # well past the first expiry: renewed meanwhile
+        with pytest.raises(StorageError, match="long-run"):
+            acquire(lock, "intruder", ttl_s=1.0)
+    time.sleep(1.2)  # no longer renewed: expired
+    winners, errors = [], []
+
+    def take(name: str) -> None:
+        try:
+            winners.append(acquire(lock, name, ttl_s=600))
+        except StorageError as exc:
+            errors.append(str(exc))
+
+    takers = [threading.Thread(target=take, args=(f"taker{i}",)) for i in range(4)]
+    for thread in takers:
+        thread.start()
+    for thread in takers:
+        thread.join()
+    assert len(winners) == 1 and len(errors) == 3, errors
+    assert lease.lost is None and not renew(lease)
+    assert lease.lost and winners[0].owner in lease.lost
+    release(winners[0])
+
+
+def test_shards_of_a_dead_run_are_never_read(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    """A dead run's shard (not in the index) is removed by the next run, which indexes its own."""
+    src, styles, out = tmp_path / "in", tmp_path / "styles", tmp_path / "out"
+    write_dataset(src, ["cats/tabby.jpg", "dogs/beagle.jpg"])
+    write_styles(styles, 3)
+    orphan = out / "shards" / "dead-run-0123456789ab.tar"
+    orphan.parent.mkdir(parents=True)
+    with tarfile.open(orphan, "w") as tar:
+        data = b"half a run"
+        info = tarfile.TarInfo("cats/tabby__s0.png")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    run_augment(augment_config(weights, src, styles, out, per_image=2, shards=True, run_id="r1"))
+    assert not orphan.exists()
+    indexed = shard_index(str(out))
+    assert sorted(p.name for p in (out / "shards").glob("*.tar")) == indexed and indexed
+    assert all(name.startswith("r1-") for name in indexed)
+
+
+# ---------------------------------------------------------------------------------------------
+# banks and weights, checked on load
+
+
+def write_bank(path: Path, rows: list[dict], schema: pa.Schema = BANK_SCHEMA, meta: dict | None = None) -> str:
+    meta = meta if meta is not None else {b"adain.format": b"adain-ray.style-bank/1", b"adain.encoder_sha256": b"ab"}
+    meta = {b"adain.style_size": b"32", **meta}
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata(meta), path)
+    return str(path)
+
+
+def bank_row(style_id: str, mean: list[float] | None = None, std: list[float] | None = None) -> dict:
+    row = {"style_id": style_id, "source_uri": f"/s/{style_id}.png", "size": 1, "mtime_ns": 1, "content_sha256": "x"}
+    return row | {"mean": mean if mean is not None else [0.1] * 512, "std": std if std is not None else [0.5] * 512}
+
+
+RAGGED = pa.schema(
+    [f if f.name not in ("mean", "std") else pa.field(f.name, pa.list_(pa.float32())) for f in BANK_SCHEMA]
+)
+
+
+@pytest.mark.parametrize(
+    ("rows", "schema", "meta", "words"),
+    [
+        ([bank_row("a", mean=[0.1] * 511)], RAGGED, None, "512 values"),
+        ([bank_row("a", mean=[float("nan")] * 512)], BANK_SCHEMA, None, "NaN or inf"),
+        ([bank_row("a", std=[-1.0] * 512)], BANK_SCHEMA, None, "not positive"),
+        ([bank_row("a"), bank_row("a")], BANK_SCHEMA, None, "not unique"),
+        ([{"style_id": "a"}], pa.schema([("style_id", pa.string())]), None, "no mean, std column"),
+        ([bank_row("a")], BANK_SCHEMA, {b"adain.format": b"adain-ray.style-bank/1"}, "names no encoder"),
+    ],
+    ids=["ragged", "nan", "negative-std", "duplicate-ids", "no-columns", "no-encoder"],
+)
+def test_damaged_banks_are_refused_in_one_line(tmp_path: Path, rows, schema, meta, words) -> None:
+    path = write_bank(tmp_path / "bank.parquet", rows, schema, meta)
+    with pytest.raises(ConfigError, match=words) as caught:
+        load_bank(path)
+    assert "\n" not in str(caught.value)
+
+
+def test_damaged_weights_are_refused_in_one_line(weights: WeightFiles, tmp_path: Path) -> None:
+    nan = {k: torch.full_like(v, float("nan")) for k, v in weights.decoder_state.items()}
+    cases = {
+        "nan.pth": (nan, "NaN or inf"),
+        "no-state.pth": ({"format": "adain-ray.checkpoint", "kind": "decoder", "arch": ARCH_VERSION}, "damaged"),
+        "not-tensors.pth": ({**weights.decoder_state, "1.weight": 3}, "not a decoder weight file"),
+        "unknown-keys.pth": ({**weights.decoder_state, "extra.weight": torch.zeros(1)}, "do not fit"),
+    }
+    for name, (obj, words) in cases.items():
+        torch.save(obj, tmp_path / name)
+        with pytest.raises(WeightsError, match=words) as caught:
+            load_decoder(str(tmp_path / name))
+        assert "\n" not in str(caught.value), name
+
+
+def test_non_finite_outputs_are_error_rows(weights: WeightFiles, tmp_path: Path) -> None:
+    """Statistics that overflow (finite, but far out of range) make NaN/inf outputs: error rows,
+    never black images recorded ok."""
+    src = inputs(tmp_path / "in", ["a.png"])
+    styles = StyleSet(("huge",), np.full((1, 512), 3e38, np.float32), np.full((1, 512), 3e38, np.float32))
+    plan = Plan(EveryStyle(styles.ids), FileWriter(OutputSpec(str(tmp_path / "out"), "png"), output_key))
+    decoded = decode_inputs(list_inputs(str(src)), plan=plan, sizing=Sizing(32, 32))
+    actor = StyleModel(ModelConfig(str(weights.vgg), str(weights.decoder), "cpu"), styles, Sizing(32, 32), 4)
+    (row,) = actor(pa.Table.from_pylist(decoded.to_pylist(), schema=DECODED_SCHEMA)).to_pylist()
+    assert (row["status"], row["error"], row["pixels"]) == (ERROR, NOT_FINITE, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# files, keys, failing fast, the manifest
+
+
+def test_files_are_created_with_the_umask(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        src, out = inputs(tmp_path / "in", ["a.png"]), tmp_path / "out"
+        run_stylize(make_config(weights, str(src), (style_file(tmp_path),), str(out)))
+        model = ModelConfig(str(weights.vgg), str(weights.decoder), "cpu")
+        index_styles(str(tmp_path / "styles"), str(tmp_path / "bank.parquet"), model, Sizing(32, 32), Scale())
+        save_checkpoint(str(tmp_path / "decoder.pth"), "decoder", Decoder(), {})
+    finally:
+        os.umask(old)
+    made = [p for p in (out.rglob("*")) if p.is_file()] + [tmp_path / "bank.parquet", tmp_path / "decoder.pth"]
+    assert len(made) >= 5
+    assert {stat.S_IMODE(p.stat().st_mode) for p in made} == {0o644}, {p: oct(p.stat().st_mode) for p in made}
+
+
+def test_odd_object_keys_are_read_as_the_objects_they_are(
+    ray_cluster: str, weights: WeightFiles, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    s3 = s3_server.client()
+    keys = ["in/a.png", "in//x.png", "in/d/../y.png", "in/./z.png", "in/d/y.png"]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket=bucket, Key=key, Body=images.encoded(40, 32, "PNG", seed=i))
+    style = style_file(tmp_path)
+    summary = run_stylize(make_config(weights, f"s3://{bucket}/in", (style,), f"s3://{bucket}/out"))
+    rows = s3_manifest(s3, bucket, "out")
+    assert summary["ok"] == len(keys) and len({r["output_uri"] for r in rows}) == len(keys), rows
+
+
+def test_an_unwritable_output_fails_before_any_work(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    src = inputs(tmp_path / "in", ["a.png"])
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder would be")
+    started = time.time()
+    with pytest.raises(StorageError, match="cannot write to the output") as caught:
+        run_stylize(make_config(weights, str(src), (style_file(tmp_path),), str(blocker / "out")))
+    assert time.time() - started < 5 and "\n" not in str(caught.value)
+
+
+def test_skipped_rows_never_claim_this_runs_weights(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    src, out = inputs(tmp_path / "in", ["a.png"]), tmp_path / "out"
+    for _ in range(2):
+        run_stylize(make_config(weights, str(src), (style_file(tmp_path),), str(out)))
+    rows = {r["status"]: r for r in local_manifest(out)}
+    assert rows["ok"]["decoder_sha256"] and rows["skipped"]["decoder_sha256"] is None
+    assert rows["skipped"]["encoder_sha256"] is None
+
+
+def test_the_manifest_reaches_storage_within_seconds(tmp_path: Path) -> None:
+    """A driver killed mid-run loses at most flush_seconds of rows: rows are written as parts
+    once that long has passed since the last part, without waiting for more rows."""
+    values = run_values(ModelConfig(), Sizing(), OutputSpec(str(tmp_path)), alpha=1.0, style_weights=None)
+    writer = ManifestWriter(str(tmp_path), "r", values | {"preserve_color": None}, flush_seconds=0.5)
+    assert ManifestWriter(str(tmp_path), "s", values).flush_seconds <= 5
+    row = {"input_uri": "/a.png", "rel_path": "a.png", "style": "s", "status": "ok", "output_uri": "/o/s/a.png"}
+    writer.add(pa.Table.from_pylist([row], schema=ROW_SCHEMA))
+    time.sleep(1.5)  # no more rows come: the part is written all the same
+    assert len(list((tmp_path / "_manifest").glob("r-*.parquet"))) == 1
+    writer.close()
