@@ -455,9 +455,11 @@ def test_shards(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
     assert (summary["ok"], summary["error"], summary["total"]) == (8, 0, 8)
 
     files = output_files(out)
+    assert files.pop("shards/index.json", None) is not None, files  # the shards to read, listed
     assert all(name.startswith("shards/") and name.endswith(".tar") for name in files), files
     shards = sorted(out / name for name in files)
     assert len(shards) == 3, [p.name for p in shards]
+    assert json.loads((out / "shards" / "index.json").read_text())["shards"] == [p.name for p in shards]
     assert all(p.name.startswith(f"{summary['run_id']}-") for p in shards)
 
     rows = local_manifest(out)
@@ -500,8 +502,10 @@ def test_shards(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
     more = run_augment(cfg)
     assert (more["inputs_new"], more["inputs_unchanged"], more["ok"]) == (1, 4, 2)
     added = set(output_files(out)) - set(stamps)
+    stamps.pop("shards/index.json")  # the index is rewritten to list the new shard; no shard is
     assert len(added) == 1 and {k: output_files(out)[k] for k in stamps} == stamps
     (new_shard,) = added
+    assert posixpath.basename(new_shard) in json.loads((out / "shards" / "index.json").read_text())["shards"]
     with tarfile.open(out / new_shard) as tar:
         names = sorted(tar.getnames())
     styles_drawn = expected_draws(2, ["dogs/collie.png"], style_ids, 2, (0.3, 0.8))["dogs/collie.png"]

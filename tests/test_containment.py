@@ -22,7 +22,7 @@ from PIL import Image, ImageOps
 from pipeline.config import ModelConfig, Scale, Sizing
 from pipeline.data.bank import index_styles
 from pipeline.data.decode import decode_one
-from pipeline.data.listing import style_ids
+from pipeline.data.listing import list_styles, style_ids
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ImageError
 from pipeline.imaging.codec import MAX_PIXELS, decode, prepare
@@ -175,3 +175,15 @@ def test_transfer_names_every_pair_apart(contents: list[str], styles: list[str])
     suffixes = [f"stylized_{posixpath.splitext(s)[0].replace('/', '_')}" for s in styles]
     names = pair_names(files, suffixes)
     assert len(names) == len(contents) * len(styles) == len({n.lower() for n in names.values()})
+
+
+def test_style_images_of_one_name_in_two_folders_are_two_styles(tmp_path: Path) -> None:
+    first = images.write(tmp_path / "a" / "wave.png", images.encoded(32, 32, "PNG", seed=1))
+    second = images.write(tmp_path / "b" / "wave.png", images.encoded(32, 32, "PNG", seed=2))
+    nested = images.write(tmp_path / "bank" / "a" / "b.png", images.encoded(32, 32, "PNG", seed=3))
+    flat = images.write(tmp_path / "bank" / "a_b.png", images.encoded(32, 32, "PNG", seed=4))
+    styles = list_styles((str(first), str(second), str(first)))  # the same image twice is one style
+    assert len(styles) == 2 and len({sid for sid, _ in styles}) == 2
+    assert {uri for _, uri in styles} == {str(first), str(second)}
+    bank = dict(list_styles((str(tmp_path / "bank"),)))
+    assert len(bank) == 2 and set(bank.values()) == {str(nested), str(flat)}

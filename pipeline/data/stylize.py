@@ -27,10 +27,10 @@ from pipeline.storage.uri import check_writable
 def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
     started = time.time()
-    check_writable(cfg.output.uri)
     inputs = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
     styles = stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
     check_weights(cfg.model)
+    check_writable(cfg.output.uri)
     connect(cfg.address)
     run_id = cfg.run_id or new_run_id()
     plan = Plan(

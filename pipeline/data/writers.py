@@ -138,7 +138,10 @@ def shard_index(output: str) -> list[str]:
 
 def record_shards(output: str, written: list[str]) -> None:
     """Add a finished run's shards to the index (under the run lock: one writer at a time)."""
-    names = sorted(set(shard_index(output)) | {posixpath.basename(uri) for uri in written})
+    indexed = shard_index(output)
+    names = sorted(set(indexed) | {posixpath.basename(uri) for uri in written})
+    if names == sorted(indexed):
+        return  # nothing new: the index is left as it is
     write_bytes(join(output, "shards", SHARD_INDEX), json.dumps({"shards": names}, indent=1).encode())
 
 

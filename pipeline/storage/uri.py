@@ -279,6 +279,15 @@ def _write_local_atomic(path: str, data: bytes) -> None:
 def delete(uri: str) -> None:
     """Remove an object or file; one already gone is fine."""
     filesystem, path = resolve(uri)
+    if scheme(uri) == "s3":  # boto3: pyarrow would leave a folder marker where the last object was
+        bucket, key = uri.split("://", 1)[1].split("/", 1)
+        from botocore.exceptions import ClientError
+
+        try:
+            _s3_client(s3_endpoint()).delete_object(Bucket=bucket, Key=key)
+        except ClientError as exc:
+            raise storage_error(exc, uri) from None
+        return
 
     def remove() -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -289,8 +298,10 @@ def delete(uri: str) -> None:
 
 def check_writable(prefix: str) -> None:
     """Prove that objects can be written under `prefix` (a probe written and deleted), before any
-    work is spent on outputs that could not be written."""
+    work is spent on outputs that could not be written. Leaves nothing behind: local folders
+    it had to make are removed again."""
     probe = join(prefix, f".adain-probe-{uuid.uuid4().hex[:12]}")
+    made = _missing_folders(probe) if scheme(prefix) == "file" else []
     try:
         write_bytes(probe, b"")
         delete(probe)
@@ -298,6 +309,20 @@ def check_writable(prefix: str) -> None:
         raise StorageError(f"cannot write to the output {prefix}: {exc}") from None
     except OSError as exc:
         raise StorageError(f"cannot write to the output {prefix}: {exc.strerror or exc}") from None
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+
+
+def _missing_folders(uri: str) -> list[str]:
+    """The local folders above `uri` that do not exist yet, deepest first."""
+    folders = []
+    folder = os.path.dirname(resolve(uri)[1])
+    while folder and not os.path.exists(folder):
+        folders.append(folder)
+        folder = os.path.dirname(folder)
+    return folders
 
 
 def exists(uri: str) -> bool:
