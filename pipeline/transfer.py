@@ -25,7 +25,8 @@ from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
 from pipeline.storage.keys import output_stems, safe_relpath, unique_names
-from pipeline.storage.uri import is_dir, join, list_files, read_bytes, write_bytes
+from pipeline.storage.listing import list_files
+from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
 
 
 @dataclass(frozen=True)

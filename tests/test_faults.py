@@ -21,7 +21,8 @@ import pytest
 
 from pipeline.errors import StorageError
 from pipeline.storage import uri as storage
-from pipeline.storage.uri import ATTEMPTS, SDK_ATTEMPTS, exists, list_files, read_bytes, stat_files, write_bytes
+from pipeline.storage.listing import list_files, stat_files
+from pipeline.storage.uri import ATTEMPTS, SDK_ATTEMPTS, exists, read_bytes, write_bytes
 from tests import images
 from tests.conftest import S3Server, WeightFiles
 from tests.faults import FaultProxy

@@ -34,17 +34,8 @@ from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
 from pipeline.model.loader import load_style_encoder
-from pipeline.storage.uri import (
-    FileStat,
-    absolute,
-    check_writable,
-    exists,
-    is_dir,
-    read_bytes,
-    resolve,
-    stat_files,
-    write_bytes,
-)
+from pipeline.storage.listing import FileStat, stat_files
+from pipeline.storage.uri import absolute, check_writable, exists, is_dir, read_bytes, resolve, write_bytes
 
 log = logging.getLogger(__name__)
 

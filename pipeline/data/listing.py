@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS
 from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug, unique_names
-from pipeline.storage.uri import exists, is_dir, list_files, read_bytes, stat_table, storage_error
+from pipeline.storage.listing import list_files, stat_table
+from pipeline.storage.uri import exists, is_dir, read_bytes, storage_error
 
 log = logging.getLogger(__name__)
 

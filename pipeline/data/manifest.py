@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from pipeline.config import ModelConfig, OutputSpec, Sizing
 from pipeline.data.rows import OK, ROW_SCHEMA, RUN_SCHEMA, STATUSES
-from pipeline.storage.uri import is_dir, join, list_files, write_bytes
+from pipeline.storage.listing import list_files
+from pipeline.storage.uri import is_dir, join, write_bytes
 
 
 def run_values(model: ModelConfig, sizing: Sizing, output: OutputSpec, **job: Any) -> dict[str, Any]:

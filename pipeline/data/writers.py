@@ -26,7 +26,8 @@ from pipeline.data.rows import ERROR, OK, PENDING, WRITTEN_SCHEMA, elapsed_ms
 from pipeline.errors import describe
 from pipeline.imaging.codec import encode
 from pipeline.storage.keys import safe_relpath, slug
-from pipeline.storage.uri import delete, exists, is_dir, join, list_files, read_bytes, write_bytes, written_since
+from pipeline.storage.listing import list_files
+from pipeline.storage.uri import delete, exists, is_dir, join, read_bytes, write_bytes, written_since
 
 
 class Writer(Protocol):

@@ -16,12 +16,9 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import TypeVar
 
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
@@ -343,101 +340,3 @@ def is_dir(uri: str) -> bool:
     """True for a local directory or an object-store prefix with objects under it."""
     filesystem, path = resolve(uri)
     return retrying(lambda: filesystem.get_file_info(path).type == pafs.FileType.Directory, uri)
-
-
-@dataclass(frozen=True)
-class FileStat:
-    """A listed file: what incremental runs compare to tell new and changed files apart."""
-
-    uri: str
-    rel: str  # path relative to the listed prefix
-    size: int
-    mtime_ns: int | None  # None where the store reports no modification time
-
-
-def stat_table(uri: str, extensions: tuple[str, ...]) -> pa.Table:
-    """Every file under a directory or prefix, recursively, whose name ends in one of
-    `extensions` (case-insensitive), sorted: columns uri (in the same scheme as `uri`), rel
-    (relative to `uri`), size, mtime_ns (null where the store reports none).
-
-    Columns are built straight from the listing and sorted by Arrow: no Python object per file
-    is held past the listing."""
-    filesystem, path = resolve(uri)
-    if isinstance(filesystem, pafs.LocalFileSystem):
-        table = _local_files(path, extensions)
-    else:
-        selector = pafs.FileSelector(path, recursive=True)
-        infos = retrying(lambda: filesystem.get_file_info(selector), uri)
-        files = [i for i in infos if i.type == pafs.FileType.File and i.path.lower().endswith(extensions)]
-        del infos
-        paths = pa.array([info.path for info in files], pa.string())
-        sizes = pa.array([info.size for info in files], pa.int64())
-        mtimes = pa.array([info.mtime_ns for info in files], pa.int64())
-        del files
-        table = pa.table({"path": paths, "size": sizes, "mtime_ns": mtimes})
-    table = table.sort_by("path")
-    prefix = f"{scheme(uri)}://" if is_remote(uri) else ""
-    base = len(path.rstrip("/")) + 1
-    paths = table.column("path")
-    return pa.table(
-        {
-            "uri": pc.binary_join_element_wise(prefix, paths, "") if prefix else paths,
-            "rel": pc.utf8_slice_codeunits(paths, base),
-            "size": table.column("size"),
-            "mtime_ns": table.column("mtime_ns"),
-        }
-    )
-
-
-def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
-    """Files under a local directory, following symbolic links only where they stay inside it,
-    and each directory once (a link loop is listed once, not forty levels deep)."""
-    top = os.path.realpath(root)
-    seen: set[tuple[int, int]] = set()
-    paths: list[str] = []
-    sizes: list[int] = []
-    mtimes: list[int] = []
-    skipped = {"links leaving the input": 0, "directories already listed (link loops)": 0}
-    stack = [root]
-    while stack:
-        directory = stack.pop()
-        info = os.stat(directory)
-        if (info.st_dev, info.st_ino) in seen:
-            skipped["directories already listed (link loops)"] += 1
-            continue
-        seen.add((info.st_dev, info.st_ino))
-        try:
-            entries = list(os.scandir(directory))
-        except OSError as exc:
-            raise storage_error(exc, directory) from exc
-        for entry in entries:
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if os.path.commonpath([top, target]) != top:
-                    skipped["links leaving the input"] += 1
-                    continue
-            try:
-                if entry.is_dir():
-                    stack.append(entry.path)
-                elif entry.is_file() and entry.name.lower().endswith(extensions):
-                    stat = entry.stat()
-                    paths.append(entry.path)
-                    sizes.append(stat.st_size)
-                    mtimes.append(stat.st_mtime_ns)
-            except OSError:  # a dangling link, a file gone meanwhile
-                continue
-    for what, count in skipped.items():
-        if count:
-            log.warning("%s: left out %d %s", root, count, what)
-    columns = {"path": (paths, pa.string()), "size": (sizes, pa.int64()), "mtime_ns": (mtimes, pa.int64())}
-    return pa.table({name: pa.array(values, kind) for name, (values, kind) in columns.items()})
-
-
-def stat_files(uri: str, extensions: tuple[str, ...]) -> list[FileStat]:
-    """`stat_table` as a list, for listings of a size to hold as Python objects (styles, runs)."""
-    return [FileStat(**row) for row in stat_table(uri, extensions).to_pylist()]
-
-
-def list_files(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
-    """(uri, path relative to `uri`) of every file `stat_files` lists."""
-    return [(stat.uri, stat.rel) for stat in stat_files(uri, extensions)]

@@ -32,7 +32,8 @@ from pipeline.data.cluster import connect
 from pipeline.errors import AdainError, ConfigError
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
 from pipeline.model.nets import Decoder
-from pipeline.storage.uri import check_writable, exists, join, list_files, read_bytes, write_bytes
+from pipeline.storage.listing import list_files
+from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
 from pipeline.train import loop
 from pipeline.train.checkpoints import STATE_FILE, load_training_state
 from pipeline.train.data import image_dataset, image_uris, loader_cpus, skipped_images_actor
