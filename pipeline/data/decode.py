@@ -50,7 +50,7 @@ def decode_one(uri: str, sizing: Sizing, jpeg_to_model: bool = False) -> dict[st
 
 def decode_inputs(batch: pa.Table, *, plan: Plan, sizing: Sizing, jpeg_to_model: bool = False) -> pa.Table:
     """The listing's rows -> DECODED rows: planned, and decoded where an output is still to make."""
-    rows = plan_inputs(batch, plan).to_pylist()
+    rows = plan_inputs(batch, plan)  # no Arrow round trip between planning and decoding
     for row in rows:
         if not all(row["done"]):
             row.update(decode_one(row["input_uri"], sizing, jpeg_to_model))

@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.data.rows import PLANNED_SCHEMA
 from pipeline.data.writers import Writer
 
 # When outputs already there count as done: never (`--overwrite`, shards), for every input, or
@@ -82,6 +81,6 @@ class Plan:
         return row | {"styles": styles, "alphas": alphas, "targets": targets, "done": done}
 
 
-def plan_inputs(batch: pa.Table, plan: Plan) -> pa.Table:
-    """A batch of the listing -> its PLANNED rows."""
-    return pa.Table.from_pylist([plan.row(listed) for listed in batch.to_pylist()], schema=PLANNED_SCHEMA)
+def plan_inputs(batch: pa.Table, plan: Plan) -> list[dict[str, Any]]:
+    """A batch of the listing -> its PLANNED rows (`rows.PLANNED_SCHEMA`), as the decoding stage goes on with them."""
+    return [plan.row(listed) for listed in batch.to_pylist()]

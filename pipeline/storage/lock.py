@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
-from pipeline.storage.uri import FILE_MODE, resolve, retrying, s3_endpoint, scheme, storage_error
+from pipeline.storage.uri import FILE_MODE, resolve, retrying, s3_client, s3_endpoint, scheme, storage_error
 
 log = logging.getLogger(__name__)
 _CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict")
@@ -120,9 +120,7 @@ class _S3Lock:
     def __init__(self, uri: str, path: str) -> None:
         self.uri = uri
         self.bucket, self.key = path.split("/", 1)
-        import boto3
-
-        self.client = boto3.client("s3", endpoint_url=s3_endpoint())
+        self.client = s3_client(s3_endpoint())  # one client per endpoint, shared with uri.py's raw reads
 
     def _put(self, data: bytes, **condition: str) -> Any:
         from botocore.exceptions import ClientError

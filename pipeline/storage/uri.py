@@ -203,7 +203,7 @@ def _odd_key(path: str) -> bool:
 
 
 @lru_cache(maxsize=8)
-def _s3_client(endpoint: str | None):
+def s3_client(endpoint: str | None):
     import boto3
     from botocore.config import Config
 
@@ -217,7 +217,7 @@ def _read_raw_s3_key(uri: str, path: str) -> bytes:
 
     bucket, key = uri.split("://", 1)[1].split("/", 1)
     try:
-        return _s3_client(s3_endpoint()).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return s3_client(s3_endpoint()).get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
         raise storage_error(FileNotFoundError(uri) if code in ("NoSuchKey", "404") else exc, uri) from None
@@ -281,7 +281,7 @@ def delete(uri: str) -> None:
         from botocore.exceptions import ClientError
 
         try:
-            _s3_client(s3_endpoint()).delete_object(Bucket=bucket, Key=key)
+            s3_client(s3_endpoint()).delete_object(Bucket=bucket, Key=key)
         except ClientError as exc:
             raise storage_error(exc, uri) from None
         return
