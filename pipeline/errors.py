@@ -25,6 +25,10 @@ class DeviceError(AdainError):
     """A device that is asked for but not there (no CUDA GPU on this machine)."""
 
 
+class ClusterError(AdainError):
+    """A Ray cluster that cannot be reached or joined."""
+
+
 def describe(exc: BaseException) -> str:
     """One line about a failure: an expected one's own message; anything else (a library's
     TypeError on odd tags, a MemoryError) by its type and the first line of its message."""

@@ -35,11 +35,11 @@ class TransferRequest:
     styles: tuple[str, ...]
     output: str
     mask: str | None = None
-    out_format: str = "jpg"  # for outputs into a directory
+    out_format: str | None = None  # None: jpg into a directory, else the output file's extension
     quality: int = 90
 
     def __post_init__(self) -> None:
-        if self.out_format not in FORMATS:
+        if self.out_format is not None and self.out_format not in FORMATS:
             raise ConfigError(f"--format {self.out_format}: expected jpg, png or webp")
         if not 1 <= self.quality <= 100:
             raise ConfigError(f"--quality {self.quality}: must be between 1 and 100")
@@ -97,7 +97,9 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
     to_dir = req.output.endswith("/") or is_dir(req.output) or "." not in posixpath.basename(req.output)
     if not to_dir and n_outputs > 1:
         raise ConfigError(f"{n_outputs} outputs to write: OUTPUT must be a directory, not {req.output}")
-    fmt = req.out_format if to_dir else format_of(req.output)
+    fmt = (req.out_format or "jpg") if to_dir else format_of(req.output)
+    if not to_dir and req.out_format is not None and format_of(f"x.{req.out_format}") != fmt:
+        raise ConfigError(f"--format {req.out_format} but {req.output} names a .{fmt} file; rename it or drop --format")
 
     suffixes = [combined] if combined else [f"stylized_{name.replace('/', '_')}" for name in _stems(styles)]
     named = pair_names(contents, suffixes)

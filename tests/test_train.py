@@ -340,8 +340,12 @@ def test_short_run_learns_and_exports_a_decoder_that_transfer_loads(
     ]  # fmt: skip
     args = parse(argv)
     assert args.run(args) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "iteration 24" in printed and "2 unreadable images skipped" in printed
+    # Each logged iteration is printed as training goes: losses and throughput.
+    logged = re.findall(r"^adain: train iteration (\d+)/24: content [\d.e+-]+, .*samples/s$", captured.err, re.M)
+    assert logged == ["4", "8", "12", "16", "20", "24"], captured.err
 
     run = storage / "short"
     rows = metrics_rows((run / "metrics.jsonl").read_text())

@@ -11,7 +11,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 
+from pipeline.cli.commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from pipeline.cli.console import native_logs_filtered
 from pipeline.cli.flags import build_parser, build_parsers, command_words
 from pipeline.cli.options import option_values
 from pipeline.errors import AdainError, ConfigError
@@ -41,14 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parse(argv)
     except ConfigError as exc:
         print(f"adain: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="adain: %(message)s")
     run: Callable[[argparse.Namespace], int] = args.run
-    try:
-        return run(args)
-    except AdainError as exc:
-        print(f"adain: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("adain: interrupted", file=sys.stderr)
-        return 130
+    with nullcontext() if args.verbose else native_logs_filtered():
+        try:
+            return run(args)
+        except AdainError as exc:
+            print(f"adain: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        except KeyboardInterrupt:
+            print("adain: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED

@@ -18,6 +18,10 @@ from pipeline.config import (
 )
 from pipeline.errors import ConfigError
 
+# Exit statuses (README "Exit statuses"): every output ok or already there; the run failed (one
+# line says why); bad flags; the run finished, with error rows; interrupted.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
 
 def extensions(text: str) -> tuple[str, ...]:
     return tuple(e if e.startswith(".") else f".{e}" for e in str(text).split(",") if e)
@@ -60,7 +64,7 @@ def transfer(args: argparse.Namespace) -> int:
 
     request = TransferRequest(args.content, tuple(args.style), args.output, args.mask, args.format, args.quality)
     failures = run_transfer(request, model_config(args), controls(args), sizing(args))
-    return 1 if failures else 0
+    return EXIT_ERROR_ROWS if failures else EXIT_OK
 
 
 def stylize(args: argparse.Namespace) -> int:
@@ -81,7 +85,22 @@ def stylize(args: argparse.Namespace) -> int:
         f"manifest: {summary['manifest']}\nsummary:  {summary['summary']}"
         + (f"\npreview:  {summary['preview']}" if "preview" in summary else "")
     )
-    return 0
+    return outcome(summary, cfg.output.uri)
+
+
+def outcome(summary: dict[str, Any], output: str) -> int:
+    """Name the first failed inputs, say how to list them all; the exit status of a finished run."""
+    if not summary["error"]:
+        return EXIT_OK
+    for failure in summary["failures"]:
+        print(f"adain: failed: {failure['input_uri']} ({failure['style']}): {failure['error']}", file=sys.stderr)
+    more = summary["error"] - len(summary["failures"])
+    print(
+        f"adain: {summary['error']} outputs failed{f' ({more} more not shown)' if more > 0 else ''}; "
+        f"list them all with: adain report {output} --errors",
+        file=sys.stderr,
+    )
+    return EXIT_ERROR_ROWS
 
 
 def index_styles(args: argparse.Namespace) -> int:
@@ -121,7 +140,7 @@ def augment(args: argparse.Namespace) -> int:
         f"{summary['inputs_unchanged']} unchanged; outputs {summary['ok']} ok, {summary['error']} error "
         f"in {summary['wall_s']:.1f} s\nmanifest: {summary['manifest']}\nrun log:  {summary['summary']}"
     )
-    return 0
+    return outcome(summary, cfg.output.uri)
 
 
 def train_config(args: argparse.Namespace) -> TrainConfig:
@@ -175,3 +194,17 @@ def run_train(args: argparse.Namespace) -> int:
     )
     return 0
 
+
+
+def report(args: argparse.Namespace) -> int:
+    from pipeline.data.report import failed, read_report, text, write_html
+
+    result = read_report(args.output)
+    print(text(result))
+    if args.errors:
+        for row in failed(result):
+            print(f"{row['input_uri']}\t{row['style']}\t{row['error']}")
+    if args.html:
+        write_html(result, args.html, args.samples)
+        print(f"html: {args.html}")
+    return EXIT_OK

@@ -10,7 +10,7 @@ from pipeline.cli import commands as run
 from pipeline.config import JPEG_CODECS, PRESERVE_COLOR
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
-from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_WEIGHTS
+from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_DECODERS, KNOWN_ENCODERS
 
 Parsers = dict[tuple[str, ...], argparse.ArgumentParser]  # command words -> that command's parser
 Commands = Any  # what ArgumentParser.add_subparsers returns (argparse gives it no public type)
@@ -31,22 +31,35 @@ def _alpha_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+class _Help(argparse.HelpFormatter):
+    """Every flag's help ends with its default, where it has one and the help does not say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default %(default)s)" if text else "(default %(default)s)"
+
+
 def _config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of these options (keys are the flag names)")
 
 
-def _model(parser: argparse.ArgumentParser) -> None:
-    names = ", ".join(KNOWN_WEIGHTS)
-    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder weights: path, URI or one of {names}")
-    parser.add_argument("--decoder", default=DEFAULT_DECODER, help="decoder weights: path, URI or a known name")
+def _model(parser: argparse.ArgumentParser, decoder: bool = True) -> None:
+    encoders = ", ".join(KNOWN_ENCODERS)
+    parser.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"encoder weights: path, URI or one of {encoders}")
+    if decoder:
+        names = ", ".join(KNOWN_DECODERS)
+        parser.add_argument("--decoder", default=DEFAULT_DECODER, help=f"decoder weights: path, URI or one of {names}")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS))
-    parser.add_argument(
-        "--compile",
-        action="store_true",
-        help="torch.compile the networks (fuses paddings and ReLUs); compiles once per process and image size, "
-        "so it pays on long runs of same-size images (--crop)",
-    )
+    parser.add_argument("--precision", default="fp32", choices=list(PRECISIONS), help="the networks' number format")
+    if decoder:
+        parser.add_argument(
+            "--compile",
+            action="store_true",
+            help="torch.compile the networks (fuses paddings and ReLUs); compiles once per process and image size, "
+            "so it pays on long runs of same-size images (--crop)",
+        )
 
 
 def _controls(parser: argparse.ArgumentParser) -> None:
@@ -55,11 +68,13 @@ def _controls(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preserve-color", choices=PRESERVE_COLOR, help="keep the content's colours")
 
 
-def _sizes(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--content-size", type=int, default=512, help="shorter side in px, 0 keeps (default 512)")
+def _sizes(parser: argparse.ArgumentParser, content: bool = True) -> None:
+    if content:
+        parser.add_argument("--content-size", type=int, default=512, help="shorter side in px, 0 keeps (default 512)")
     parser.add_argument("--style-size", type=int, default=512, help="shorter side in px, 0 keeps (default 512)")
     parser.add_argument("--crop", action="store_true", help="centre-crop to NxN after resizing")
-    parser.add_argument("--max-side", type=int, default=0, help="cap the longer side after resizing, 0: none")
+    if content:
+        parser.add_argument("--max-side", type=int, default=0, help="cap the longer side after resizing, 0: none")
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (decompression bombs)")
 
 
@@ -108,7 +123,9 @@ def _transfer(commands: Commands, parsers: Parsers, **options: bool) -> None:
     transfer.add_argument("style", nargs="+", help="style image(s) or directories")
     transfer.add_argument("-o", "--output", required=True, help="output file, or directory for several outputs")
     transfer.add_argument("--mask", help="binary mask: foreground takes the first style, background the second")
-    transfer.add_argument("--format", default="jpg", choices=list(FORMATS), help="format of outputs in a directory")
+    transfer.add_argument(
+        "--format", choices=list(FORMATS), help="output format (default: the output file's extension; jpg in a folder)"
+    )
     transfer.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
     _model(transfer)
     _controls(transfer)
@@ -121,7 +138,7 @@ def _stylize(commands: Commands, parsers: Parsers, **options: bool) -> None:
     _config(stylize)
     stylize.add_argument("--style", "--styles", action="append", help="style image, prefix or bank; repeat for several")
     stylize.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
-    stylize.add_argument("--preview", help="write a contact sheet of content | output samples here")
+    stylize.add_argument("--preview", help="write a labelled contact sheet (content | style | output) here")
     _job(stylize)
     _controls(stylize)
     _register(parsers, ("stylize",), stylize, run.stylize)
@@ -134,9 +151,10 @@ def _styles(commands: Commands, parsers: Parsers, **options: bool) -> None:
     _config(index)
     index.add_argument("--style", "--styles", help="style images: a prefix, a directory or one image")
     index.add_argument("--output", help="the bank: a .parquet file (local or object store)")
-    _model(index)
-    _sizes(index)
+    _model(index, decoder=False)
+    _sizes(index, content=False)
     _scale(index)
+    index.set_defaults(decoder=DEFAULT_DECODER, compile=False, content_size=0, max_side=0)  # a bank uses no decoder
     _register(parsers, ("styles", "index"), index, run.index_styles)
 
 
@@ -156,6 +174,15 @@ def _augment(commands: Commands, parsers: Parsers, **options: bool) -> None:
     augment.add_argument("--lock-ttl", type=float, default=24 * 3600.0, help="seconds a run's lock lasts")
     _job(augment)
     _register(parsers, ("augment",), augment, run.augment)
+
+
+def _report(commands: Commands, parsers: Parsers, **options: bool) -> None:
+    report = commands.add_parser("report", help="what the runs under an output prefix did", **options)
+    report.add_argument("output", help="the --output of a stylize or augment job")
+    report.add_argument("--errors", action="store_true", help="list every failed output (input, style, reason)")
+    report.add_argument("--html", help="also write the report as a page with a labelled contact sheet here")
+    report.add_argument("--samples", type=int, default=24, help="rows of the contact sheet (default 24)")
+    _register(parsers, ("report",), report, run.report)
 
 
 def _train(commands: Commands, parsers: Parsers, **options: bool) -> None:
@@ -188,7 +215,7 @@ def _train(commands: Commands, parsers: Parsers, **options: bool) -> None:
     scale.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the latest checkpoint")
 
     schedule = train.add_argument_group("objective and schedule")
-    names = ", ".join(KNOWN_WEIGHTS)
+    names = ", ".join(KNOWN_ENCODERS)
     schedule.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"frozen VGG encoder: path, URI or one of {names}")
     schedule.add_argument("--decoder", help="start from these decoder weights (fine-tuning); default: a fresh decoder")
     schedule.add_argument("--batch-size", type=int, default=8, help="images per worker per step (default 8)")
@@ -219,14 +246,14 @@ def build_parsers(strict: bool = False) -> tuple[argparse.ArgumentParser, Parser
 
     `strict` parsers raise `argparse.ArgumentError` instead of exiting and take flag names only
     whole: the YAML options are checked with them (see `options.py`)."""
-    options = {"allow_abbrev": not strict, "exit_on_error": not strict}
+    options: dict[str, Any] = {"allow_abbrev": not strict, "exit_on_error": not strict, "formatter_class": _Help}
     root = argparse.ArgumentParser(
         prog="adain", description="AdaIN arbitrary style transfer, from one image to millions.", **options
     )
     root.add_argument("-v", "--verbose", action="store_true", help="log more")
     commands = root.add_subparsers(dest="command", required=True, metavar="COMMAND")
     parsers: Parsers = {}
-    for add in (_transfer, _stylize, _styles, _augment, _train):
+    for add in (_transfer, _stylize, _styles, _augment, _train, _report):
         add(commands, parsers, **options)
     return root, parsers
 

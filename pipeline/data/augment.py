@@ -23,13 +23,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import AugmentConfig
-from pipeline.data.cluster import connect
-from pipeline.data.job import Stages, check_weights, stylized_rows
 from pipeline.data.listing import list_inputs
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values, table_bytes
 from pipeline.data.plan import RESUME_NEVER, RESUME_NEW_INPUTS, DrawnStyles, Plan
+from pipeline.data.preflight import check_address, check_weights
+from pipeline.data.progress import Progress
 from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR, OK
-from pipeline.data.styles import augment_styles
 from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove_orphan_shards
 from pipeline.errors import ConfigError, StorageError
 from pipeline.storage.keys import augmented_key
@@ -84,12 +83,16 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     started = time.time()
     run_id = cfg.run_id or new_run_id()
     lock = join(cfg.output.uri, "_lock.json")
+    # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster.
+    listed = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
     check_writable(cfg.output.uri)
+    check_weights(cfg.model)
+    check_address(cfg.address)
     release_if_dead(lock)
     lease = acquire(lock, run_id, cfg.lock_ttl_s)
     try:
         with LeaseKeeper(lease):
-            summary = _run(cfg, run_id, started)
+            summary = _run(cfg, listed, run_id, started)
         if lease.lost is not None:
             raise StorageError(f"{lease.lost} while this run worked; check both runs' outputs")
         return summary
@@ -97,13 +100,16 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
         release(lease)
 
 
-def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
+def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> dict[str, Any]:
+    # torch and Ray load only now: a mistake found above is reported before they take seconds to import.
+    from pipeline.data.cluster import connect
+    from pipeline.data.job import Stages, stylized_rows
+    from pipeline.data.styles import augment_styles
+
     styles = augment_styles(cfg.styles, cfg.model, cfg.sizing)
     if cfg.per_image > len(styles.ids):
         raise ConfigError(f"--per-image {cfg.per_image}: there are only {len(styles.ids)} styles")
-    check_weights(cfg.model)
     state_uri = join(cfg.output.uri, "_state", "inputs.parquet")
-    listed = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
     todo, kinds = changed_inputs(listed, state_uri)
     low, high = cfg.alpha_range
     job_values = {"per_image": cfg.per_image, "seed": cfg.seed, "alpha_range": f"{low:g},{high:g}"}
@@ -126,10 +132,13 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
         stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.preserve_color)
         if cfg.shards and (orphans := remove_orphan_shards(cfg.output.uri)):
             log.warning("removed %d shards of a run that died before it finished", orphans)
+        progress = Progress(todo.num_rows * cfg.per_image, "augment")
         for rows in stylized_rows(todo, plan, styles, stages):
             manifest.add(rows)
+            progress.update(rows)
             failed.update(rows.filter(pc.equal(rows.column("status"), ERROR)).column("rel_path").to_pylist())
             shards.update(rows.filter(pc.equal(rows.column("status"), OK)).column("output_uri").to_pylist())
+        progress.close()
     manifest.close()
     if cfg.shards:
         record_shards(cfg.output.uri, sorted(shards))
@@ -149,4 +158,5 @@ def _run(cfg: AugmentConfig, run_id: str, started: float) -> dict[str, Any]:
         inputs_unchanged=kinds["unchanged"],
         per_image=cfg.per_image,
         seed=cfg.seed,
+        style_sources=styles.source_map(),
     )

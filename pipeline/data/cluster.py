@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, OutputSpec, Scale
+from pipeline.data.preflight import WAIT_S, check_address
 
 
 def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
@@ -49,10 +51,25 @@ def worker_node_cpus() -> float:
     return min((n["Resources"]["CPU"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")), default=1.0)
 
 
-def connect(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS); with neither, start a local Ray."""
-    if not ray.is_initialized():
-        ray.init(address=address, log_to_driver=False)
+def connect(address: str | None, wait_s: float = WAIT_S) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS); with neither, start a local Ray.
+
+    Ray logs as much as the process's logging does (the CLI's --verbose); by default it keeps
+    its progress tables and start-up lines to its log files, as the job reports progress itself."""
+    if ray.is_initialized():
+        return
+    address = check_address(address, wait_s)
+    level = logging.getLogger().getEffectiveLevel()
+    verbose = level <= logging.INFO
+    if not verbose:  # a local Ray turns token authentication on, as it should, and warns that it did
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    ray.init(address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO))
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = verbose
+    for name in ("ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:  # that its progress bars are off, as asked
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
 
 
 def model_stage(model: ModelConfig, scale: Scale) -> tuple[dict[str, Any], int | None]:
@@ -76,18 +93,17 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
-# Input blocks: at least a few batches each (so every stage has work in flight), at most this
-# many rows (each block costs the driver a `ray.put` and a metadata task, so millions of inputs in
-# small blocks take minutes to hand over), aiming at this many blocks.
-_MIN_BATCHES_PER_BLOCK = 4
+# Input blocks: a batch each at least (a block's outputs reach the driver when its last one is
+# written, so small jobs stream from their first batch on), at most this many rows (each block
+# costs the driver a `ray.put` and a metadata task, so millions of inputs in small blocks take
+# minutes to hand over), aiming at this many blocks.
 _MAX_BLOCK_ROWS = 1024
 _TARGET_BLOCKS = 200
 
 
 def input_blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
     """The listing cut into the blocks handed to Ray Data."""
-    smallest = batch_size * _MIN_BATCHES_PER_BLOCK
-    rows = max(smallest, min(_MAX_BLOCK_ROWS, math.ceil(table.num_rows / _TARGET_BLOCKS)))
+    rows = max(batch_size, min(_MAX_BLOCK_ROWS, math.ceil(table.num_rows / _TARGET_BLOCKS)))
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
 

@@ -22,8 +22,6 @@ from pipeline.data.model_actor import StyleModel
 from pipeline.data.plan import Plan
 from pipeline.data.styles import StyleSet
 from pipeline.data.writers import write_outputs
-from pipeline.model.sources import weight_uri
-from pipeline.storage.cache import fetch
 
 
 @dataclass(frozen=True)
@@ -34,12 +32,6 @@ class Stages:
     sizing: Sizing
     scale: Scale
     preserve_color: str | None = None
-
-
-def check_weights(model: ModelConfig) -> None:
-    """Fail before any cluster work if either network's weights cannot be had."""
-    fetch(*weight_uri(model.encoder), flag="--encoder")
-    fetch(*weight_uri(model.decoder), flag="--decoder")
 
 
 def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages) -> Iterator[pa.Table]:

@@ -25,9 +25,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import ModelConfig, OutputSpec, Sizing
-from pipeline.data.rows import OK, ROW_SCHEMA, RUN_SCHEMA, STATUSES
+from pipeline.data.rows import ERROR, ROW_SCHEMA, RUN_SCHEMA, STATUSES
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import is_dir, join, write_bytes
+
+FAILURES_NAMED = 5  # error rows a run summary names; the manifest has them all
 
 
 def run_values(model: ModelConfig, sizing: Sizing, output: OutputSpec, **job: Any) -> dict[str, Any]:
@@ -74,7 +76,8 @@ class ManifestWriter:
         self.run_values = {**run_values, "run_id": run_id}
         self.flush_rows, self.flush_seconds = flush_rows, flush_seconds
         self.counts: Counter[str] = Counter()
-        self.samples: list[tuple[str, str]] = []  # (input_uri, output_uri) of a few ok rows
+        self.samples: list[tuple[str, str, str]] = []  # (input_uri, style, output_uri) of a few outputs
+        self.failures: list[dict[str, str]] = []  # the first few error rows: input_uri, style, error
         self._want_samples = samples
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -91,11 +94,15 @@ class ManifestWriter:
         rows = rows.select(self.row_schema.names).cast(self.row_schema)
         for status, count in zip(*_value_counts(rows.column("status")), strict=True):
             self.counts[status] += count
-        if len(self.samples) < self._want_samples:
-            ok = rows.filter(pc.equal(rows.column("status"), OK)).slice(0, self._want_samples)
-            pairs = zip(ok.column("input_uri").to_pylist(), ok.column("output_uri").to_pylist(), strict=True)
-            self.samples += list(pairs)
+        if len(self.samples) < self._want_samples:  # outputs of this run or kept from an earlier one
+            made = rows.filter(pc.is_valid(rows.column("output_uri"))).slice(0, self._want_samples)
+            columns = (made.column(name).to_pylist() for name in ("input_uri", "style", "output_uri"))
+            self.samples += list(zip(*columns, strict=True))
             del self.samples[self._want_samples :]
+        if len(self.failures) < FAILURES_NAMED:
+            failed = rows.filter(pc.equal(rows.column("status"), ERROR)).slice(0, FAILURES_NAMED)
+            self.failures += failed.select(["input_uri", "style", "error"]).to_pylist()
+            del self.failures[FAILURES_NAMED:]
         with self._lock:
             self._pending.append(rows)
             self._pending_rows += rows.num_rows
@@ -166,6 +173,7 @@ def finish_run(manifest: ManifestWriter, prefix: str, started: float, **fields: 
         "first_rows_s": None if manifest.first_rows_at is None else round(manifest.first_rows_at - started, 3),
         "images_per_s": round(counts["ok"] / wall, 3) if wall > 0 else None,
         "manifest": join(prefix, "_manifest"),
+        "failures": manifest.failures,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }
     uri = join(prefix, "_runs", f"{manifest.run_id}.json")

@@ -153,9 +153,10 @@ class StyleModel:
             self.style_images = [[to_tensor(image) for image in images] for images in self.styles.images]
         else:
             assert self.styles.mean is not None and self.styles.std is not None
-            device = self.model.device
-            self.mean = torch.from_numpy(self.styles.mean).view(-1, self.styles.mean.shape[1], 1, 1).to(device)
-            self.std = torch.from_numpy(self.styles.std).view(-1, self.styles.std.shape[1], 1, 1).to(device)
+            device, features = self.model.device, self.styles.mean.shape[1]
+            # Copied: arrays from the object store are read-only, which torch.from_numpy warns of.
+            self.mean = torch.tensor(self.styles.mean, device=device).view(-1, features, 1, 1)
+            self.std = torch.tensor(self.styles.std, device=device).view(-1, features, 1, 1)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         decoded = batch.to_pylist()
@@ -171,7 +172,7 @@ class StyleModel:
             for k, (style, alpha, target, done) in enumerate(items):
                 item = base | {"style": style, "alpha": alpha, "target": target}
                 if done:  # made by an earlier run, with weights this run cannot vouch for
-                    rows.append(item | {"status": SKIPPED})
+                    rows.append(item | {"status": SKIPPED, "output_uri": target})
                     continue
                 item |= identity
                 if row["error"] is not None:

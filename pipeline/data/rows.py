@@ -46,7 +46,7 @@ ROW_SCHEMA = pa.schema(
     [
         *_INPUT,
         ("style", pa.string()),
-        ("output_uri", pa.string()),  # null unless status == "ok"
+        ("output_uri", pa.string()),  # where the output is: null for errors
         ("status", pa.string()),  # ok | error | skipped
         ("error", pa.string()),
         ("width", pa.int32()),

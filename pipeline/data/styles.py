@@ -49,10 +49,15 @@ class StyleSet:
     std: np.ndarray | None
     images: tuple[tuple[np.ndarray, ...], ...] | None = None
     weights: tuple[tuple[float, ...] | None, ...] | None = None
+    sources: tuple[tuple[str, ...], ...] = ()  # each style's images, where known (not for banks)
 
     @property
     def coral(self) -> bool:
         return self.images is not None
+
+    def source_map(self) -> dict[str, list[str]]:
+        """Style id -> the style images it was made from (for previews and reports)."""
+        return {style_id: list(uris) for style_id, uris in zip(self.ids, self.sources, strict=False)}
 
 
 def variants(styles: list[tuple[str, str]], weights: tuple[float, ...] | None) -> list[Variant]:
@@ -80,12 +85,11 @@ def from_bank(bank: StyleBank) -> StyleSet:
 def encode_styles(found: list[Variant], model: ModelConfig, sizing: Sizing, coral: bool = False) -> StyleSet:
     """The variants' statistics, each style image read and encoded once (here, on the CPU)."""
     images = {uri: style_tensor(uri, sizing) for uri in sorted({u for v in found for u in v.uris})}
-    ids = tuple(v.style_id for v in found)
+    ids, sources = tuple(v.style_id for v in found), tuple(v.uris for v in found)
     if coral:
         pixels = {uri: (t.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy() for uri, t in images.items()}
-        return StyleSet(
-            ids, None, None, tuple(tuple(pixels[u] for u in v.uris) for v in found), tuple(v.weights for v in found)
-        )
+        blends = tuple(tuple(pixels[u] for u in v.uris) for v in found), tuple(v.weights for v in found)
+        return StyleSet(ids, None, None, *blends, sources=sources)
     # fp16 convolutions are not native on CPUs; their statistics are float32 either way.
     encoder = load_style_encoder(model.encoder, "cpu", "fp32" if model.precision == "fp16" else model.precision)
     stats = {uri: encoder.style_stats(t[None]) for uri, t in images.items()}
@@ -94,7 +98,7 @@ def encode_styles(found: list[Variant], model: ModelConfig, sizing: Sizing, cora
         mean, std = cat_stats([stats[u] for u in v.uris])
         blended.append((mean, std) if v.weights is None else blend_stats(mean, std, torch.tensor(v.weights)))
     mean, std = cat_stats(blended)
-    return StyleSet(ids, mean.flatten(1).cpu().numpy(), std.flatten(1).cpu().numpy())
+    return StyleSet(ids, mean.flatten(1).cpu().numpy(), std.flatten(1).cpu().numpy(), sources=sources)
 
 
 def stylize_styles(refs: tuple[str, ...], controls: Controls, model: ModelConfig, sizing: Sizing) -> StyleSet:
@@ -124,4 +128,5 @@ def augment_styles(ref: str, model: ModelConfig, sizing: Sizing) -> StyleSet:
         styles = encode_styles(variants(list_styles((ref,)), None), model, sizing)
     order = np.argsort(np.array(styles.ids, dtype=object), kind="stable")
     assert styles.mean is not None and styles.std is not None
-    return StyleSet(tuple(styles.ids[i] for i in order), styles.mean[order], styles.std[order])
+    sources = tuple(styles.sources[i] for i in order) if styles.sources else ()
+    return StyleSet(tuple(styles.ids[i] for i in order), styles.mean[order], styles.std[order], sources=sources)

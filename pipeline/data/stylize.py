@@ -12,13 +12,12 @@ import time
 from typing import Any
 
 from pipeline.config import StylizeConfig
-from pipeline.data.cluster import connect
-from pipeline.data.job import Stages, check_weights, stylized_rows
 from pipeline.data.listing import list_inputs
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values
 from pipeline.data.plan import RESUME_EXISTING, RESUME_NEVER, EveryStyle, Plan
+from pipeline.data.preflight import check_address, check_weights
 from pipeline.data.preview import write_preview
-from pipeline.data.styles import stylize_styles
+from pipeline.data.progress import Progress
 from pipeline.data.writers import FileWriter
 from pipeline.storage.keys import output_key
 from pipeline.storage.uri import check_writable
@@ -27,10 +26,17 @@ from pipeline.storage.uri import check_writable
 def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
     started = time.time()
+    # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster, styles.
     inputs = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
-    styles = stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
-    check_weights(cfg.model)
     check_writable(cfg.output.uri)
+    check_weights(cfg.model)
+    check_address(cfg.address)
+    # torch and Ray load only now: a mistake above is reported before they take seconds to import.
+    from pipeline.data.cluster import connect
+    from pipeline.data.job import Stages, stylized_rows
+    from pipeline.data.styles import stylize_styles
+
+    styles = stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
     connect(cfg.address)
     run_id = cfg.run_id or new_run_id()
     plan = Plan(
@@ -46,9 +52,12 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     }
     manifest = ManifestWriter(cfg.output.uri, run_id, run_values(cfg.model, cfg.sizing, cfg.output, **job_values))
     stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.controls.preserve_color)
+    progress = Progress(inputs.num_rows * len(styles.ids), "stylize")
     for rows in stylized_rows(inputs, plan, styles, stages):
         manifest.add(rows)
+        progress.update(rows)
     manifest.close()
+    progress.close()
 
     summary = finish_run(
         manifest,
@@ -58,8 +67,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         output=cfg.output.uri,
         inputs=inputs.num_rows,
         styles=list(styles.ids),
+        style_sources=styles.source_map(),
     )
     if cfg.preview and manifest.samples:
-        write_preview(manifest.samples, cfg.preview, cfg.sizing.max_pixels)
+        write_preview(manifest.samples, styles.source_map(), cfg.preview, cfg.sizing.max_pixels)
         summary["preview"] = cfg.preview
     return summary

@@ -16,6 +16,8 @@ KNOWN_WEIGHTS: dict[str, tuple[str, str | None]] = {
     "adain-decoder": (f"{_ADAIN_RELEASE}/decoder.pth", None),
     "vgg19-imagenet": ("https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", "dcbb9e9d"),
 }
+KNOWN_ENCODERS = ("adain-vgg", "vgg19-imagenet")
+KNOWN_DECODERS = ("adain-decoder",)
 DEFAULT_ENCODER = "adain-vgg"
 DEFAULT_DECODER = "adain-decoder"
 

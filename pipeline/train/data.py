@@ -56,8 +56,18 @@ def skipped_images_actor() -> Any:
     placed on a node that dies, it would fail every restarted worker group until --max-failures
     is spent. The driver's node dying ends the run anyway.
     """
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ray.remote(num_cpus=0, scheduling_strategy=here)(SkippedImages).remote()
+    return ray.remote(num_cpus=0, scheduling_strategy=_driver_node())(SkippedImages).remote()
+
+
+def driver_queue() -> Any:
+    """A queue on the driver's node (see `skipped_images_actor`) for rank 0's metrics rows."""
+    from ray.util.queue import Queue
+
+    return Queue(actor_options={"num_cpus": 0, "scheduling_strategy": _driver_node()})
+
+
+def _driver_node() -> NodeAffinitySchedulingStrategy:
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def decode_crops(

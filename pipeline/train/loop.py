@@ -138,6 +138,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         window = Window()
         if metrics is not None:
             metrics.add(row, sync=save)
+            if config.get("progress") is not None:  # the driver prints it as it comes
+                config["progress"].put(row)
         if save:
             with tempfile.TemporaryDirectory(prefix="adain-checkpoint-") as directory:
                 saved = None

@@ -115,3 +115,9 @@ class Window:
             torch.distributed.all_reduce(sums)
         content, style, tv, total = (sums / (self.steps * world_size)).tolist()
         return {"loss_content": content, "loss_style": style, "loss_tv": tv, "loss_total": total}
+
+
+def iteration_line(row: dict[str, Any], max_iter: int) -> str:
+    """One logged iteration as the driver prints it: losses and throughput."""
+    losses = ", ".join(f"{k.removeprefix('loss_')} {v:.4g}" for k, v in row.items() if k.startswith("loss_"))
+    return f"adain: train iteration {row['iteration']}/{max_iter}: {losses}, {row['samples_per_s']:.1f} samples/s"

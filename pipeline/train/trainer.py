@@ -20,12 +20,15 @@ import io
 import json
 import logging
 import posixpath
+import sys
+import threading
 import time
 from dataclasses import asdict
 from typing import Any
 
 import ray
 import torch
+from ray.util.queue import Empty
 
 from pipeline.config import TrainConfig
 from pipeline.data.cluster import connect
@@ -36,8 +39,8 @@ from pipeline.storage.listing import list_files
 from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
 from pipeline.train import loop
 from pipeline.train.checkpoints import STATE_FILE, load_training_state
-from pipeline.train.data import image_dataset, image_uris, loader_cpus, skipped_images_actor
-from pipeline.train.metrics import METRICS_FILE
+from pipeline.train.data import driver_queue, image_dataset, image_uris, loader_cpus, skipped_images_actor
+from pipeline.train.metrics import METRICS_FILE, iteration_line
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,20 @@ def _failure_reason(exc: BaseException) -> str:
     return (errors or lines or [type(exc).__name__])[-1]
 
 
+def print_iterations(rows: Any, max_iter: int, stop: threading.Event) -> None:
+    """Print each metrics row rank 0 puts on `rows` as it comes, until `stop` and the queue is empty."""
+    while True:
+        try:
+            row = rows.get(timeout=0.5)
+        except Empty:
+            if stop.is_set():
+                return
+            continue
+        except ray.exceptions.RayError:  # the queue is gone with the cluster: nothing more to print
+            return
+        print(iteration_line(row, max_iter), file=sys.stderr, flush=True)
+
+
 def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """Train (or continue training) the run STORAGE/NAME to max_iter, then export its decoder.
 
@@ -162,6 +179,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     from ray.train.torch import TorchTrainer
 
     skipped = skipped_images_actor()
+    progress = driver_queue()
     cpus = loader_cpus(cfg)
     resources = {"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.gpus_per_worker else {})}
     data_context = DataContext.get_current()
@@ -175,6 +193,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 "skipped": skipped,
                 "encoder_sha256": encoder.sha256,
                 "hooks": list(loop.STEP_HOOKS),
+                "progress": progress,
             },
             scaling_config=ScalingConfig(
                 num_workers=cfg.workers, use_gpu=cfg.gpus_per_worker > 0, resources_per_worker=resources
@@ -192,6 +211,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
         )
     finally:
         data_context.enable_progress_bars = progress_bars
+    stop = threading.Event()
+    printer = threading.Thread(target=print_iterations, args=(progress, cfg.max_iter, stop), daemon=True)
+    printer.start()
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -199,6 +221,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
             f"run {cfg.name} failed ({_failure_reason(exc)}); its checkpoints are kept in {cfg.run_uri}: "
             "fix the cause and continue with --resume"
         ) from exc
+    finally:
+        stop.set()
+        printer.join(timeout=5)
 
     checkpoint = (
         join(cfg.run_uri, posixpath.basename(result.checkpoint.path.rstrip("/")))

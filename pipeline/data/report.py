@@ -1,0 +1,153 @@
+"""`adain report OUTPUT`: what the runs under an output prefix did, from their summaries and manifest.
+
+    runs      OUTPUT/_runs/RUN_ID.json      counts, wall time and rate of each run
+    outputs   OUTPUT/_manifest/*.parquet    the latest row of each (input, style): the state now
+    errors    the most common reasons, and every failed output on request
+    html      a page with the same tables and a labelled contact sheet (content | style | output)
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import posixpath
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from pipeline.data.preview import sample_columns, thumbnail
+from pipeline.data.rows import ERROR, OK, STATUSES
+from pipeline.errors import ConfigError, describe
+from pipeline.imaging.codec import MAX_PIXELS, encode
+from pipeline.storage.listing import list_files
+from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
+
+COLUMNS = ("run_id", "input_uri", "style", "output_uri", "status", "error")
+
+
+@dataclass
+class Report:
+    output: str
+    runs: list[dict[str, Any]]
+    latest: pa.Table  # one row per (input_uri, style): its latest status
+    counts: dict[str, int] = field(default_factory=dict)
+    reasons: list[tuple[str, int]] = field(default_factory=list)
+    sources: dict[str, list[str]] = field(default_factory=dict)  # style id -> its style images
+
+
+def read_report(output: str, top: int = 10) -> Report:
+    """Everything `adain report` shows of the runs under `output`."""
+    runs_dir, manifest_dir = join(output, "_runs"), join(output, "_manifest")
+    if not is_dir(manifest_dir) and not is_dir(runs_dir):
+        raise ConfigError(f"{output}: no runs here (no _runs/ or _manifest/); give the --output of a job")
+    runs = [_summary(uri) for uri, _ in list_files(runs_dir, (".json",))] if is_dir(runs_dir) else []
+    runs.sort(key=lambda run: (run.get("started_at") or "", run.get("run_id") or ""))
+    latest = latest_rows(_manifest(manifest_dir))
+    counts = dict(zip(*_value_counts(latest.column("status")), strict=True)) if latest.num_rows else {}
+    errors = latest.filter(pc.equal(latest.column("status"), ERROR))
+    reasons = Counter(reason(row["error"] or "", row["input_uri"]) for row in errors.to_pylist())
+    sources = {k: v for run in runs for k, v in (run.get("style_sources") or {}).items()}
+    return Report(output, runs, latest, {s: counts.get(s, 0) for s in STATUSES}, reasons.most_common(top), sources)
+
+
+def _summary(uri: str) -> dict[str, Any]:
+    try:
+        return dict(json.loads(read_bytes(uri)))
+    except (ValueError, TypeError) as exc:
+        return {"run_id": posixpath.basename(uri).removesuffix(".json"), "unreadable": describe(exc)}
+
+
+def _manifest(directory: str) -> pa.Table:
+    parts = [uri for uri, _ in list_files(directory, (".parquet",))] if is_dir(directory) else []
+    tables = [pq.read_table(io.BytesIO(read_bytes(uri)), columns=list(COLUMNS)) for uri in sorted(parts)]
+    schema = pa.schema([(name, pa.string()) for name in COLUMNS])
+    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+
+
+def latest_rows(rows: pa.Table) -> pa.Table:
+    """The last row written of each (input_uri, style): parts are read in order, run ids sort by time."""
+    if not rows.num_rows:
+        return rows
+    rows = rows.append_column("order", pa.array(range(rows.num_rows), pa.int64()))
+    last = rows.group_by(["input_uri", "style"]).aggregate([("order", "max")])
+    keep = pc.is_in(rows.column("order"), value_set=last.column("order_max"))
+    return rows.filter(keep).drop_columns(["order"])
+
+
+def reason(error: str, input_uri: str) -> str:
+    """An error with its file's name taken out, so that the same failure of many files counts once."""
+    for name in (input_uri, posixpath.basename(input_uri)):
+        error = error.replace(f"{name}: ", "").replace(name, "FILE")
+    return error
+
+
+def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+    counts = pc.value_counts(column)
+    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+
+
+def text(report: Report) -> str:
+    """The report as the terminal shows it."""
+    lines = [f"runs under {report.output}:"]
+    header = ("run", "started", "ok", "error", "skipped", "wall s", "images/s")
+    table = [header] + [
+        (
+            run.get("run_id", "?"),
+            run.get("started_at", "?"),
+            *(str(run.get(status, "?")) for status in STATUSES),
+            f"{run['wall_s']:.1f}" if isinstance(run.get("wall_s"), (int, float)) else "?",
+            f"{run['images_per_s']:.2f}" if isinstance(run.get("images_per_s"), (int, float)) else "?",
+        )
+        for run in report.runs
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    lines += ["  " + "  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths, strict=True))) for row in table]  # fmt: skip
+    counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
+    lines.append(f"outputs now: {counts} (the latest row of each input and style)")
+    if report.reasons:
+        lines.append("top error reasons:")
+        lines += [f"  {n:6d}  {why}" for why, n in report.reasons]
+        lines.append(f"every failed output: adain report {report.output} --errors")
+    return "\n".join(lines)
+
+
+def failed(report: Report) -> list[dict[str, Any]]:
+    """The outputs whose latest row is an error: input_uri, style, error."""
+    errors = report.latest.filter(pc.equal(report.latest.column("status"), ERROR))
+    return errors.select(["input_uri", "style", "error"]).to_pylist()
+
+
+def write_html(report: Report, dest: str, samples: int = 24, max_pixels: int = MAX_PIXELS) -> None:
+    """The report as a page: the runs, the counts, the reasons and a labelled contact sheet."""
+    ok = report.latest.filter(pc.equal(report.latest.column("status"), OK)).slice(0, samples)
+    rows = []
+    for sample in zip(*(ok.column(c).to_pylist() for c in ("input_uri", "style", "output_uri")), strict=True):
+        cells = "".join(_figure(uri, caption, max_pixels) for uri, caption in sample_columns(sample, report.sources))
+        rows.append(f"<tr>{cells}</tr>")
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>adain report: {html.escape(report.output)}</title>
+<style>body{{font-family:sans-serif;margin:2em}} td,th{{padding:4px 8px;text-align:left;vertical-align:top}}
+figure{{margin:0}} img{{max-width:192px;max-height:192px}} figcaption{{font-size:12px;color:#444}}</style></head>
+<body><h1>adain report</h1><pre>{html.escape(text(report))}</pre>
+<h2>Contact sheet</h2><table><tr><th>content</th><th>style</th><th>output</th></tr>{"".join(rows)}</table>
+</body></html>
+"""
+    write_bytes(dest, page.encode())
+
+
+def _figure(uri: str | None, caption: str, max_pixels: int) -> str:
+    image = thumbnail(uri, max_pixels) if uri and not uri.endswith(".tar") else None
+    picture = (
+        f'<img alt="{html.escape(caption)}" src="data:image/jpeg;base64,'
+        f'{base64.b64encode(encode(image, "jpg", 85)).decode()}">'
+        if image is not None
+        else "<div>(no picture)</div>"
+    )
+    return f"<td><figure>{picture}<figcaption>{html.escape(caption)}</figcaption></figure></td>"

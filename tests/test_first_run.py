@@ -1,0 +1,238 @@
+"""The first run as a new user meets it: a progress bar counted in images, nothing else on the
+terminal, failures in seconds in one line, documented exit statuses, `adain report`, and the
+README's `ray job submit` path.
+
+The terminal tests run the real `adain` command in a subprocess: under a pseudo-terminal for the
+bar, piped for the periodic lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.cli import main
+from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK
+from tests import images
+from tests.conftest import S3Server, WeightFiles, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+# What must never reach a clean run's terminal: warnings, errors, Ray's native log lines, tracebacks.
+NOISE = re.compile(r"WARNING|Warning|ERROR|Error|Traceback|^\[\d{4}-\d\d-\d\d .*\] ", re.MULTILINE)
+
+
+def job_flags(weights: WeightFiles) -> list[str]:
+    return [
+        "--encoder", str(weights.vgg), "--decoder", str(weights.decoder), "--device", "cpu",
+        "--content-size", "32", "--style-size", "32", "--batch-size", "4",
+    ]  # fmt: skip
+
+
+def photos(folder: Path, n: int, broken: tuple[str, ...] = ()) -> Path:
+    for i in range(n):
+        images.write(folder / f"img{i:02d}.jpg", images.encoded(40, 32, seed=i))
+    for name in broken:
+        images.write(folder / name, images.truncated_jpeg())
+    return folder
+
+
+def run_cli(args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 180):
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def run_in_terminal(args: list[str], cwd: Path, timeout: float = 240) -> tuple[int, str]:
+    """Run `adain ARGS` with a pseudo-terminal as its stdin, stdout and stderr; (status, what it showed)."""
+    leader, follower = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a new user's local Ray
+    command = [sys.executable, "-m", "pipeline.cli", *args]
+    proc = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower, cwd=cwd, env=env)
+    os.close(follower)
+    shown, deadline = b"", time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([leader], [], [], 1.0)
+            if not ready:
+                if proc.poll() is not None:
+                    break
+                continue
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: every writer is gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+        status = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(leader)
+    return status, shown.decode(errors="replace")
+
+
+def test_a_terminal_shows_a_bar_counted_in_images_and_nothing_else(weights: WeightFiles, tmp_path: Path) -> None:
+    """A new user's first run (a local Ray): the bar counts outputs of the total in images, with
+    the rate; no warning, error, native log line or traceback appears; exit status 0."""
+    photos(tmp_path / "in", 8)
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99))
+    args = ["stylize", "--input", "in", "--style", "style.jpg", "--output", "out", *job_flags(weights)]
+    status, shown = run_in_terminal(args, tmp_path)
+    assert status == EXIT_OK, shown[-3000:]
+    assert re.search(r"stylize: 100%\|.*\| 8/8 \[.*images/s", shown), shown[-3000:]
+    assert not NOISE.search(shown), shown[-3000:]
+    assert "run " in shown and "8 ok, 0 error" in shown
+
+
+def test_without_a_terminal_progress_is_periodic_lines_in_images(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path
+) -> None:
+    """Piped, the job prints a line every ADAIN_PROGRESS_EVERY seconds in images (done of the
+    total, rate), counting up to the total, and no Ray progress tables."""
+    photos(tmp_path / "in", 12)
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99))
+    args = ["stylize", "--input", "in", "--style", "style.jpg", "--output", "out", "--address", ray_cluster]
+    result = run_cli([*args, *job_flags(weights)], tmp_path, env={"ADAIN_PROGRESS_EVERY": "0.2"})
+    assert result.returncode == EXIT_OK, result.stderr
+    lines = re.findall(r"^adain: stylize (\d+)/12 images \(\d+%\), [\d.]+ images/s", result.stderr, re.MULTILINE)
+    done = [int(n) for n in lines]
+    assert len(done) >= 2 and done == sorted(done) and done[-1] == 12, result.stderr
+    assert not NOISE.search(result.stderr), result.stderr
+    assert "Running Dataset" not in result.stderr and "MapBatches" not in result.stderr
+
+
+FAIL_FAST = ["unusable output", "missing output bucket", "missing input", "unreachable address"]
+
+
+@pytest.mark.parametrize("case", FAIL_FAST)
+def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
+    case: str, weights: WeightFiles, s3_server: S3Server, tmp_path: Path
+) -> None:
+    """Before any Ray work, within 10 s, one line saying what failed, and no traceback."""
+    photos(tmp_path / "in", 2)
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99))
+    (tmp_path / "a-file").write_text("not a folder")
+    output, inputs, address = str(tmp_path / "out"), str(tmp_path / "in"), []
+    if case == "unusable output":
+        output = str(tmp_path / "a-file" / "out")
+    elif case == "missing output bucket":
+        output = "s3://no-such-bucket-for-adain/out"
+    elif case == "missing input":
+        inputs = str(tmp_path / "no-such-folder")
+    else:
+        address = ["--address", f"127.0.0.1:{free_port()}"]
+    env = {k: "" for k in ("RAY_ADDRESS",) if k in os.environ}
+    started = time.monotonic()
+    args = ["stylize", "--input", inputs, "--style", "style.jpg", "--output", output, *address, *job_flags(weights)]
+    result = run_cli(args, tmp_path, env=env, timeout=60)
+    took = time.monotonic() - started
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert len(lines) == 1 and lines[0].startswith("adain: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    words = {
+        "unusable output": "a-file",
+        "missing output bucket": "no-such-bucket-for-adain",
+        "missing input": "not found",
+        "unreachable address": "cannot reach the Ray cluster",
+    }
+    assert words[case] in lines[0], lines[0]
+    assert took < 10, f"took {took:.1f} s"
+    assert not (tmp_path / "out").exists()
+
+
+def test_error_rows_exit_3_name_the_failures_and_the_report_lists_them(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that finished with error rows exits 3 and names its failed inputs with the reason and
+    how to list them all; `adain report` shows the runs, the counts and the reasons, `--errors`
+    every failed output, `--html` a labelled contact sheet. A clean re-run exits 0, and its
+    preview shows the outputs kept from the first run."""
+    src = photos(tmp_path / "in", 3, broken=("broken1.jpg", "broken2.jpg"))
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99))
+    out = tmp_path / "out"
+    argv = ["stylize", "--input", str(src), "--style", str(tmp_path / "style.jpg"), "--output", str(out)]
+    assert main([*argv, *job_flags(weights)]) == EXIT_ERROR_ROWS
+    err = capsys.readouterr().err
+    failed = [line for line in err.splitlines() if line.startswith("adain: failed: ")]
+    assert len(failed) == 2 and all("broken" in line and "truncated" in line for line in failed), err
+    assert f"adain report {out} --errors" in err
+
+    html = tmp_path / "report.html"
+    assert main(["report", str(out), "--errors", "--html", str(html)]) == EXIT_OK
+    shown = capsys.readouterr().out
+    assert re.search(r"outputs now: 3 ok, 2 error, 0 skipped", shown), shown
+    assert re.search(r"^\s+2\s+.*truncated", shown, re.MULTILINE), shown  # two files, one reason
+    listed = [line.split("\t") for line in shown.splitlines() if "\t" in line]
+    assert sorted(Path(uri).name for uri, _, _ in listed) == ["broken1.jpg", "broken2.jpg"]
+    page = html.read_text()
+    assert page.count("<tr><td><figure>") == 3 and page.count("data:image/jpeg;base64,") == 9
+    assert "img00.jpg" in page and ">style<" in page
+
+    (src / "broken1.jpg").unlink()
+    (src / "broken2.jpg").unlink()
+    preview = tmp_path / "preview.png"
+    assert main([*argv, "--preview", str(preview), *job_flags(weights)]) == EXIT_OK
+    assert "preview:" in capsys.readouterr().out and preview.stat().st_size > 0
+    summaries = [json.loads(p.read_text()) for p in (out / "_runs").glob("*.json")]
+    assert sorted(s["skipped"] for s in summaries) == [0, 3]
+
+
+def test_ray_job_submit_runs_after_the_readme_install(tmp_path: Path) -> None:
+    """The README's cluster path: `ray job submit --working-dir .` against a head with the jobs
+    API (what `ray[default]` brings), running a driver that imports the job and joins the cluster."""
+    port, dashboard = free_port(), free_port()
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
+    log = (tmp_path / "head.log").open("w")
+    start = ["ray", "start", "--head", "--block", "--num-cpus", "1", "--port", str(port), "--dashboard-port",
+             str(dashboard), "--include-dashboard", "true", "--disable-usage-stats",
+             "--temp-dir", temp]  # fmt: skip
+    head = subprocess.Popen(
+        start,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # stopped below as a group: `ray stop` would stop every Ray here
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )
+    try:
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}
+        env.pop("RAY_ADDRESS", None)
+        code = "import ray, pipeline.data.stylize; ray.init(); print('joined', int(ray.cluster_resources()['CPU']))"
+        submit = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", "."]
+        deadline, result = time.monotonic() + 90, None
+        while time.monotonic() < deadline:  # the head takes a while to answer
+            result = subprocess.run(
+                [*submit, "--", "python", "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120
+            )
+            if result.returncode == 0 or "joined" in result.stdout:
+                break
+            time.sleep(2)
+        head_log = (tmp_path / "head.log").read_text()[-2000:]
+        assert result is not None and result.returncode == 0, (result.stdout + result.stderr)[-3000:] + head_log
+        assert "joined 1" in result.stdout
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
