@@ -14,12 +14,12 @@ from pathlib import Path
 import ray
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
-from pipeline.data.cluster import actor_resources
+from pipeline.data.cluster import actor_resources, jpeg_on_model
 from pipeline.data.stylize import run_stylize
 
-# run name -> (ModelConfig.device, Scale.jpeg_codec): the CPU actor pool with Pillow in the tasks;
-# the GPU pool as it runs by default (device codec); the GPU pool with the tasks' codec.
-RUNS = {"cpu": ("cpu", "auto"), "gpu-pool": ("auto", "auto"), "gpu-pool-tasks": ("auto", "tasks")}
+# run name -> (ModelConfig.device, Scale.jpeg_codec): the CPU actor pool with JPEGs coded on the
+# model's device, and the GPU pool as it runs by default (which codes them there too).
+RUNS = {"cpu": ("cpu", "model"), "gpu-pool": ("auto", "auto")}
 
 
 def main(vgg: str, decoder: str, src: str, style: str, out: str) -> None:
@@ -41,6 +41,7 @@ def main(vgg: str, decoder: str, src: str, style: str, out: str) -> None:
             "error": summary["error"],
             "num_gpus": pool.get("num_gpus"),
             "calls_per_actor": pool["compute"].max_concurrent_calls_per_actor,
+            "jpeg_on_model": jpeg_on_model(cfg.scale, pool, cfg.output),
         }
     ray.shutdown()
     print(json.dumps(report))
