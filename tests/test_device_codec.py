@@ -227,7 +227,9 @@ def test_gpu_actor_pool_on_a_fake_gpu_matches_the_cpu_job(weights: WeightFiles, 
 # ---------------------------------------------------------------------------------------------
 # on a GPU (skipped where there is none, as on CI): nvJPEG and the GPU actors
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def needs_cuda(test):
+    """A CUDA test: marked `cuda` (benchmarks/gpu.sh runs `pytest -m cuda`), skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 @needs_cuda
