@@ -11,7 +11,8 @@
 # gathered in $ADAIN_WHEELS, which outlives a call while the machine stays warm. Packages are
 # installed beside the machine's own (pip --target, first on PYTHONPATH), so its torch is used.
 # Sizes: IMAGES (20000, of which DISTINCT 500 generated, the rest links), BATCH (32), BASELINE
-# (200 images through the reference loop). Logs go to $OUT when it is set.
+# (200 images through the reference loop); EXTRA: more throughput.py flags (--compile, --actors 2).
+# Logs go to $OUT when it is set.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 CARRIED=${ADAIN_CARRIED:-.whl}
@@ -19,7 +20,7 @@ WHEELS=${ADAIN_WHEELS:-/tmp/adain-wheels}
 SITE=${ADAIN_SITE:-/tmp/adain-site}
 LOGS=${OUT:-/tmp/adain-gpu-logs}
 PYTHON=${PYTHON:-python3}
-IMAGES=${IMAGES:-20000} DISTINCT=${DISTINCT:-500} BATCH=${BATCH:-32} BASELINE=${BASELINE:-200}
+IMAGES=${IMAGES:-20000} DISTINCT=${DISTINCT:-500} BATCH=${BATCH:-32} BASELINE=${BASELINE:-200} EXTRA=${EXTRA:-}
 
 stash() {
     mkdir -p "$WHEELS"
@@ -63,7 +64,7 @@ cuda_libs=$("$PYTHON" -c 'import glob, site
 print(":".join(sorted({p for s in site.getsitepackages() for p in glob.glob(s + "/nvidia/**/lib", recursive=True)})))')
 export LD_LIBRARY_PATH="$cuda_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-"$PYTHON" - <<'EOF' | tee "$LOGS/device.txt" || exit 1
+"$PYTHON" - <<'EOF' | tee "$LOGS/device.txt" || echo "gpu.sh: the device check above failed; going on to see what else does"
 import torch, torchcodec, ray
 from torchcodec.decoders import decode_jpeg
 from torchcodec.encoders import JpegEncoder
@@ -78,8 +79,9 @@ timeout 300 "$PYTHON" -m pytest -q -rs -m cuda -p no:cacheprovider tests 2>&1 | 
 tests=$(grep -E "^=*.*(passed|failed|error).* in [0-9.]+s" "$LOGS/tests.log" | tail -1 | tr -d '=')
 
 echo "== throughput, $IMAGES images 512x512, JPEG in and out, coded on the GPU"
+read -ra extra <<<"$EXTRA"
 timeout 420 "$PYTHON" benchmarks/throughput.py --device cuda --size 512 --precision bf16 --jpeg-codec model \
-    --images "$IMAGES" --distinct "$DISTINCT" --batch-size "$BATCH" --baseline-images "$BASELINE" 2>&1 |
+    --images "$IMAGES" --distinct "$DISTINCT" --batch-size "$BATCH" --baseline-images "$BASELINE" "${extra[@]}" 2>&1 |
     tee "$LOGS/throughput.log"
 
 echo
