@@ -9,10 +9,12 @@
 #
 # Each call carries one group (.whl/1, .whl/2, ...; gpu_wheels.sh prints the calls); they are
 # gathered in $ADAIN_WHEELS, which outlives a call while the machine stays warm. Packages are
-# installed beside the machine's own (pip --target, first on PYTHONPATH), so its torch is used.
+# installed beside the machine's own (pip --target, first on PYTHONPATH), so its torch is used:
+# its python3 is itself a venv's, and a venv made from it with --system-site-packages would see
+# the base interpreter's packages, not that venv's torch.
 # Sizes: IMAGES (20000, of which DISTINCT 500 generated, the rest links), BATCH (32), BASELINE
 # (200 images through the reference loop); EXTRA: more throughput.py flags (--compile, --actors 2).
-# Logs go to $OUT when it is set.
+# Logs go to $OUT when it is set. The run keeps within one 600 s call (tests 150 s, benchmark 360 s).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 CARRIED=${ADAIN_CARRIED:-.whl}
@@ -75,12 +77,12 @@ print(f"{torch.cuda.get_device_name()}: torch {torch.__version__}, torchcodec {t
 EOF
 
 echo "== CUDA tests"
-timeout 300 "$PYTHON" -m pytest -q -rs -m cuda -p no:cacheprovider tests 2>&1 | tee "$LOGS/tests.log"
+timeout 150 "$PYTHON" -m pytest -q -rs -m cuda -p no:cacheprovider tests 2>&1 | tee "$LOGS/tests.log"
 tests=$(grep -E "^=*.*(passed|failed|error).* in [0-9.]+s" "$LOGS/tests.log" | tail -1 | tr -d '=')
 
 echo "== throughput, $IMAGES images 512x512, JPEG in and out, coded on the GPU"
 read -ra extra <<<"$EXTRA"
-timeout 420 "$PYTHON" benchmarks/throughput.py --device cuda --size 512 --precision bf16 --jpeg-codec model \
+timeout 360 "$PYTHON" benchmarks/throughput.py --device cuda --size 512 --precision bf16 --jpeg-codec model \
     --images "$IMAGES" --distinct "$DISTINCT" --batch-size "$BATCH" --baseline-images "$BASELINE" "${extra[@]}" 2>&1 |
     tee "$LOGS/throughput.log"
 

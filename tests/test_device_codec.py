@@ -26,6 +26,7 @@ from pipeline.data.cluster import jpeg_on_model
 from pipeline.data.model_actor import ModelIO
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ConfigError
+from pipeline.imaging import device_codec
 from pipeline.imaging.codec import encode, output_size, plain_jpeg_size, prepare
 from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, to_tensor
@@ -167,6 +168,14 @@ def test_where_jpegs_are_coded() -> None:
     assert jpeg_on_model(Scale(jpeg_codec="tasks"), gpu, jpg) == (False, None)
     with pytest.raises(ConfigError, match="--jpeg-codec gpu"):
         Scale(jpeg_codec="gpu")
+    # Where TorchCodec cannot load (its CUDA build beside a CPU-only torch): auto keeps JPEGs in the
+    # tasks, and asking for the model's device is refused in one line.
+    assert device_codec.unavailable() is None  # here it loads
+    error = "Could not load this library: libtorchcodec_image.so: libnvrtc.so.13: cannot open shared object file"
+    assert jpeg_on_model(Scale(), gpu, jpg, error) == (False, None)
+    assert jpeg_on_model(Scale(jpeg_codec="tasks"), gpu, jpg, error) == (False, None)
+    with pytest.raises(ConfigError, match=r"TorchCodec cannot run here .*libnvrtc.* or use --jpeg-codec tasks"):
+        jpeg_on_model(Scale(jpeg_codec="model"), cpu, jpg, error)
 
 
 def test_job_outputs_match_the_pillow_path(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
@@ -226,6 +235,7 @@ def test_gpu_actor_pool_on_a_fake_gpu_matches_the_cpu_job(weights: WeightFiles, 
 
 # ---------------------------------------------------------------------------------------------
 # on a GPU (skipped where there is none, as on CI): nvJPEG and the GPU actors
+
 
 def needs_cuda(test):
     """A CUDA test: marked `cuda` (benchmarks/gpu.sh runs `pytest -m cuda`), skipped without a GPU."""

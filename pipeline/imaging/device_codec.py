@@ -12,14 +12,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchcodec.decoders import decode_jpeg
-from torchcodec.encoders import JpegEncoder
 
 from pipeline.imaging.codec import SizePlan
 from pipeline.imaging.tensors import to_uint8
 
+try:
+    from torchcodec.decoders import decode_jpeg
+    from torchcodec.encoders import JpegEncoder
+
+    _UNAVAILABLE: str | None = None
+except (ImportError, OSError, RuntimeError) as exc:  # e.g. TorchCodec's CUDA build beside a CPU-only torch
+    _UNAVAILABLE = " ".join((f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)).split())
+
 # What TorchCodec raises for a file it cannot decode: the codec's error, or ValueError for empty bytes.
 _DECODE_ERRORS = (RuntimeError, ValueError)
+
+
+def unavailable() -> str | None:
+    """Why TorchCodec cannot run in this process (not installed, or its libraries do not load), or None."""
+    return _UNAVAILABLE
 
 
 def decode_jpegs(data: list[bytes], device: torch.device) -> list[Tensor | None]:
