@@ -66,15 +66,21 @@ def peak_tflops(device: torch.device, precision: str) -> float | None:
     return next((peak for gpu, peak in TENSOR_PEAKS.items() if gpu in name), None)
 
 
-def make_images(folder: Path, count: int, size: int, seed: int = 0) -> None:
-    """`count` JPEGs of size x size with structure (gradients plus noise)."""
+def make_images(folder: Path, count: int, size: int, seed: int = 0, distinct: int = 0) -> None:
+    """`count` JPEGs of size x size with structure (gradients plus noise); with `distinct`, only
+    that many are generated and the rest are hard links to them (thousands of large inputs in
+    seconds: every file is still read, decoded and written on its own)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:size, 0:size] / size
     for i in range(count):
+        path = folder / f"img{i:06d}.jpg"
+        if distinct and i >= distinct:
+            os.link(folder / f"img{i % distinct:06d}.jpg", path)
+            continue
         base = np.stack([x, y, (x + y) / 2], -1) * rng.uniform(100, 200, 3)
         pixels = np.clip(base + rng.integers(0, 55, (size, size, 3)), 0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i:06d}.jpg", quality=90)
+        Image.fromarray(pixels).save(path, quality=90)
 
 
 def random_weights(folder: Path) -> tuple[str, str]:
@@ -346,6 +352,7 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks (model only and job)")
     parser.add_argument("--peak-tflops", type=float, help="the device's dense peak at --precision, for the roofline")
     parser.add_argument("--input", help="a directory of images to use instead of generated ones")
+    parser.add_argument("--distinct", type=int, default=0, help="generate only this many images, link the rest")
     parser.add_argument("--encoder")
     parser.add_argument("--decoder")
     parser.add_argument("--baseline-images", type=int, default=None, help="images for the slow baseline")
@@ -362,7 +369,7 @@ def main() -> None:
             return
         src = Path(args.input) if args.input else work / "in"
         if not args.input:
-            make_images(src, args.images, args.size)
+            make_images(src, args.images, args.size, distinct=args.distinct)
         style = work / "style.jpg"
         make_images(work / "styles", 1, args.size, seed=99)
         shutil.move(work / "styles" / "img000000.jpg", style)

@@ -16,7 +16,8 @@ def test_throughput_harness_runs_on_tiny_inputs(
     ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """All three measurements run and the last line is the speedup, as the README promises."""
-    argv = [str(HARNESS), "--images", "4", "--size", "32", "--batch-size", "2", "--precision", "bf16"]
+    argv = [str(HARNESS), "--images", "4", "--distinct", "2", "--size", "32", "--batch-size", "2"]
+    argv += ["--precision", "bf16"]
     monkeypatch.setattr(sys, "argv", argv)
     runpy.run_path(str(HARNESS), run_name="__main__")
     lines = capsys.readouterr().out.strip().splitlines()

@@ -1,7 +1,7 @@
 """JPEGs decoded, resized and encoded on the model's device (--jpeg-codec model).
 
-On a GPU this is nvJPEG; here, on the CPU, the same code runs on torchvision's libjpeg-turbo,
-which is what these tests check: the same sizes and (to within a grey level or two) the same
+On a GPU this is TorchCodec's nvJPEG; here, on the CPU, the same code runs on TorchCodec's
+libjpeg-turbo, which is what these tests check: the same sizes and (to within a grey level or two) the same
 pixels as the Pillow path, the same errors for broken files, and the Pillow path for every
 JPEG a plain decoder would get wrong (EXIF-rotated, CMYK, grayscale, truncated).
 """
@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,14 +26,16 @@ from pipeline.data.cluster import jpeg_on_model
 from pipeline.data.model_actor import ModelIO
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ConfigError
+from pipeline.imaging import device_codec
 from pipeline.imaging.codec import encode, output_size, plain_jpeg_size, prepare
 from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, to_tensor
-from tests import images
+from tests import fuzz, images
 from tests.conftest import WeightFiles
 from tests.test_stylize_job import local_manifest, make_config
 
 CPU = torch.device("cpu")
+REPO = Path(__file__).resolve().parents[1]
 BROKEN_JPEG = b"\xff\xd8" + b"\x00not a jpeg stream" * 8 + b"\xff\xd9"
 
 
@@ -73,6 +79,42 @@ def test_device_resize_matches_pillow(sizing: Sizing) -> None:
     assert (ours.shape[2], ours.shape[1]) == output_size(96, 72, sizing.content_size, sizing.crop, sizing.max_side)
     assert psnr(batch_to_pixels(ours[None]), batch_to_pixels(pillow[None])) > 45
     assert float((ours - pillow).abs().max()) <= 3 / 255
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"subsampling": 0}, {"subsampling": 1}, {"subsampling": 2}, {"progressive": True}, {"optimize": True}],
+    ids=["444", "422", "420", "progressive", "optimized"],
+)
+def test_device_decoding_matches_pillow(options: dict) -> None:
+    """The decoded pixels themselves, before any resizing: Pillow's libjpeg-turbo and TorchCodec's
+    may differ in upsampling chroma, by a grey level or two at most."""
+    buffer = io.BytesIO()
+    Image.fromarray(images.gradient(53, 37, seed=9)).save(buffer, "JPEG", quality=88, **options)
+    data = buffer.getvalue()
+    (decoded,) = decode_jpegs([data], CPU)
+    assert decoded.dtype == torch.uint8 and tuple(decoded.shape) == (3, 37, 53)
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(np.int16)
+    diff = np.abs(decoded.permute(1, 2, 0).numpy().astype(np.int16) - pillow)
+    assert diff.max() <= 2 and diff.mean() < 0.5
+
+
+def test_fuzzed_jpegs_decode_or_give_none() -> None:
+    """Mutated files of every format (bits flipped, cut short, headers and sizes rewritten) give a
+    tensor or None, never an exception; one that `plain_jpeg_size` lets through decodes at its
+    header's size or not at all; the batched call gives what one call per file gives."""
+    corpus = [data for _, data in fuzz.corpus(180, seed=11)] + [b"", b"\xff\xd8", b"\xff\xd8\xff\xd9"]
+    alone = [decode_jpegs([data], CPU)[0] for data in corpus]
+    for data, image in zip(corpus, alone, strict=True):
+        assert image is None or (image.dtype == torch.uint8 and image.dim() == 3 and image.shape[0] == 3)
+        size = plain_jpeg_size(data)
+        if size is not None and image is not None:
+            assert (image.shape[2], image.shape[1]) == size
+    assert any(image is None for image in alone) and any(image is not None for image in alone)
+    batched = decode_jpegs(corpus, CPU)
+    assert len(batched) == len(corpus)
+    for one, many in zip(alone, batched, strict=True):
+        assert (one is None) == (many is None) and (one is None or torch.equal(one, many))
 
 
 def test_a_broken_file_in_a_batch_costs_only_itself() -> None:
@@ -126,6 +168,14 @@ def test_where_jpegs_are_coded() -> None:
     assert jpeg_on_model(Scale(jpeg_codec="tasks"), gpu, jpg) == (False, None)
     with pytest.raises(ConfigError, match="--jpeg-codec gpu"):
         Scale(jpeg_codec="gpu")
+    # Where TorchCodec cannot load (its CUDA build beside a CPU-only torch): auto keeps JPEGs in the
+    # tasks, and asking for the model's device is refused in one line.
+    assert device_codec.unavailable() is None  # here it loads
+    error = "Could not load this library: libtorchcodec_image.so: libnvrtc.so.13: cannot open shared object file"
+    assert jpeg_on_model(Scale(), gpu, jpg, error) == (False, None)
+    assert jpeg_on_model(Scale(jpeg_codec="tasks"), gpu, jpg, error) == (False, None)
+    with pytest.raises(ConfigError, match=r"TorchCodec cannot run here .*libnvrtc.* or use --jpeg-codec tasks"):
+        jpeg_on_model(Scale(jpeg_codec="model"), cpu, jpg, error)
 
 
 def test_job_outputs_match_the_pillow_path(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
@@ -152,10 +202,44 @@ def test_job_outputs_match_the_pillow_path(ray_cluster: str, weights: WeightFile
         assert psnr(outputs["model"][name], pixels) > 30, name
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a real GPU: test_gpu_job_matches_the_cpu_job runs instead")
+def test_gpu_actor_pool_on_a_fake_gpu_matches_the_cpu_job(weights: WeightFiles, tmp_path: Path) -> None:
+    """On a Ray advertising a GPU (`tests.fake_gpu`, a process of its own) with the model on the
+    CPU: the GPU actor pool (two calls at once on threads, JPEGs coded on the model's device, as by
+    default on GPUs) gives exactly the outputs of the CPU pool coding JPEGs there too."""
+    src = tmp_path / "in"
+    for i, (w, h) in enumerate([(48, 40), (40, 48), (64, 64), (48, 40), (56, 40)]):
+        images.write(src / f"photo{i}.jpg", images.encoded(w, h, seed=60 + i))
+    images.write(src / "drawing.png", images.encoded(48, 40, "PNG", seed=70))
+    images.write(src / "broken.jpg", BROKEN_JPEG)
+    style = images.write(tmp_path / "wave.png", images.encoded(32, 32, "PNG", seed=71))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    args = [str(weights.vgg), str(weights.decoder), str(src), str(style), str(tmp_path / "out")]
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.fake_gpu", *args], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["cpu"]["num_gpus"] is None and report["gpu-pool"]["num_gpus"] == 1.0
+    assert report["gpu-pool"]["calls_per_actor"] == 2
+    assert report["cpu"]["jpeg_on_model"] == report["gpu-pool"]["jpeg_on_model"] == [True, 90]
+    assert all((run["ok"], run["error"]) == (6, 1) for run in report.values()), report
+    outputs = {
+        run: {p.name: np.asarray(Image.open(p)) for p in (tmp_path / "out" / run / "wave").iterdir()} for run in report
+    }
+    assert outputs["gpu-pool"].keys() == outputs["cpu"].keys() and len(outputs["cpu"]) == 6
+    for name, pixels in outputs["cpu"].items():
+        assert np.array_equal(outputs["gpu-pool"][name], pixels), name
+
+
 # ---------------------------------------------------------------------------------------------
 # on a GPU (skipped where there is none, as on CI): nvJPEG and the GPU actors
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def needs_cuda(test):
+    """A CUDA test: marked `cuda` (benchmarks/gpu.sh runs `pytest -m cuda`), skipped without a GPU."""
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 @needs_cuda

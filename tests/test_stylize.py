@@ -63,7 +63,7 @@ def test_io_stages_start_without_torch() -> None:
     """Decode/write workers import only their own module: torch would cost each of them about two
     CPU-seconds at start-up, taken from the model actor on a small node."""
     modules = "pipeline.data.decode, pipeline.data.plan, pipeline.data.writers"
-    code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    code = f"import sys, {modules}; print(sorted(m for m in ('torch', 'torchcodec') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

@@ -13,6 +13,7 @@ from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, OutputSpec, Scale
 from pipeline.data.preflight import WAIT_S, check_address
+from pipeline.errors import ConfigError
 
 
 def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
@@ -78,11 +79,21 @@ def model_stage(model: ModelConfig, scale: Scale) -> tuple[dict[str, Any], int |
     return resources, None if "num_gpus" in resources else torch_threads(scale)
 
 
-def jpeg_on_model(scale: Scale, actor_args: dict[str, Any], output: OutputSpec) -> tuple[bool, int | None]:
+def jpeg_on_model(
+    scale: Scale, actor_args: dict[str, Any], output: OutputSpec, codec_error: str | None = None
+) -> tuple[bool, int | None]:
     """Whether plain JPEG inputs are decoded on the model actors' device, and the quality JPEG
     outputs are encoded at there (None: in the writing tasks), per --jpeg-codec. By default on
     GPU actors, where nvJPEG frees the node's CPUs; on CPU actors, decoding and encoding in
-    separate tasks keeps them off the model's critical path."""
+    separate tasks keeps them off the model's critical path. Where TorchCodec cannot run
+    (`codec_error`, as `device_codec.unavailable()` says), auto keeps JPEGs in the tasks."""
+    if codec_error and scale.jpeg_codec == "model":
+        raise ConfigError(
+            f"--jpeg-codec model: TorchCodec cannot run here ({codec_error}); install the torchcodec "
+            "build that matches your torch (CPU or CUDA), or use --jpeg-codec tasks"
+        )
+    if codec_error:
+        return False, None
     on_model = "num_gpus" in actor_args if scale.jpeg_codec == "auto" else scale.jpeg_codec == "model"
     return on_model, output.quality if on_model and output.format == "jpg" else None
 

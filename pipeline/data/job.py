@@ -22,6 +22,7 @@ from pipeline.data.model_actor import StyleModel
 from pipeline.data.plan import Plan
 from pipeline.data.styles import StyleSet
 from pipeline.data.writers import write_outputs
+from pipeline.imaging import device_codec
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages
     """Run the pipeline over the listed `inputs`; yields manifest rows as outputs are written."""
     batch = stages.scale.batch_size
     actor_args, threads = model_stage(stages.model, stages.scale)
-    jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output)
+    jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output, device_codec.unavailable())
     io = {"batch_format": "pyarrow", "num_cpus": stages.scale.io_cpus}
 
     ds = ray.data.from_arrow(input_blocks(inputs, batch))

@@ -1,10 +1,10 @@
-"""JPEG decoding, resizing and encoding on the model's device, with torchvision's codecs.
+"""JPEG decoding, resizing and encoding on the model's device, with TorchCodec's image codecs.
 
 On a GPU these run on nvJPEG, beside the model, so the CPUs of a GPU node only move bytes;
-on a CPU they run on libjpeg-turbo, the same code. Only JPEGs that `codec.plain_jpeg_size`
-accepts come here; everything else goes through Pillow (`codec.prepare`), which handles every
-case. Resizing follows the same `codec.SizePlan`, with torch's antialiased bilinear filter, which
-is built to match Pillow's.
+on a CPU they run on libjpeg-turbo, the same code (TorchCodec bundles both; images need no
+FFmpeg). Only JPEGs that `codec.plain_jpeg_size` accepts come here; everything else goes through
+Pillow (`codec.prepare`), which handles every case. Resizing follows the same `codec.SizePlan`,
+with torch's antialiased bilinear filter, which is built to match Pillow's.
 """
 
 from __future__ import annotations
@@ -12,10 +12,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.io import ImageReadMode, decode_jpeg, encode_jpeg
 
 from pipeline.imaging.codec import SizePlan
 from pipeline.imaging.tensors import to_uint8
+
+try:
+    from torchcodec.decoders import decode_jpeg
+    from torchcodec.encoders import JpegEncoder
+
+    _UNAVAILABLE: str | None = None
+except (ImportError, OSError, RuntimeError) as exc:  # e.g. TorchCodec's CUDA build beside a CPU-only torch
+    _UNAVAILABLE = " ".join((f"{exc}: {exc.__cause__}" if exc.__cause__ else str(exc)).split())
+
+# What TorchCodec raises for a file it cannot decode: the codec's error, or ValueError for empty bytes.
+_DECODE_ERRORS = (RuntimeError, ValueError)
+
+
+def unavailable() -> str | None:
+    """Why TorchCodec cannot run in this process (not installed, or its libraries do not load), or None."""
+    return _UNAVAILABLE
 
 
 def decode_jpegs(data: list[bytes], device: torch.device) -> list[Tensor | None]:
@@ -23,16 +38,15 @@ def decode_jpegs(data: list[bytes], device: torch.device) -> list[Tensor | None]
 
     One batched call (nvJPEG decodes the batch together); if it fails, each image alone, so
     one bad file costs only itself."""
-    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]
     try:
-        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
+        return list(decode_jpeg(list(data), mode="RGB", device=device))
+    except _DECODE_ERRORS:
         pass
     images: list[Tensor | None] = []
-    for one in encoded:
+    for one in data:
         try:
-            images.append(decode_jpeg(one, mode=ImageReadMode.RGB, device=device))
-        except RuntimeError:
+            images.append(decode_jpeg(one, mode="RGB", device=device))
+        except _DECODE_ERRORS:
             images.append(None)
     return images
 
@@ -59,7 +73,7 @@ def encode_jpegs(images: Tensor, quality: int) -> list[bytes]:
     from pixels rounded as `tensors.to_uint8` rounds them."""
     pixels = list(to_uint8(images).contiguous())
     try:
-        encoded = encode_jpeg(pixels, quality=quality)
-    except RuntimeError:  # a torchvision without this device's JPEG encoder: encode on the host
-        encoded = encode_jpeg([p.cpu() for p in pixels], quality=quality)
-    return [bytes(e.cpu().numpy()) for e in encoded]
+        encoded = [JpegEncoder(p).to_tensor(quality=quality) for p in pixels]
+    except RuntimeError:  # a TorchCodec built without this device's JPEG encoder: encode on the host
+        encoded = [JpegEncoder(p.cpu()).to_tensor(quality=quality) for p in pixels]
+    return [e.cpu().numpy().tobytes() for e in encoded]
