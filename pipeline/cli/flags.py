@@ -110,6 +110,11 @@ def _transfer(commands: Commands, parsers: Parsers, **options: bool) -> None:
     transfer.add_argument("--mask", help="binary mask: foreground takes the first style, background the second")
     transfer.add_argument("--format", default="jpg", choices=list(FORMATS), help="format of outputs in a directory")
     transfer.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
+    transfer.add_argument(
+        "--temporal-smoothing", type=float, default=0.0, metavar="S",
+        help="videos: smooth the content statistics over frames, an EMA weight in [0, 1) (default 0: off)",
+    )  # fmt: skip
+    transfer.add_argument("--video-quality", type=int, default=20, help="videos: x264 CRF, 0-51, lower is better")
     _model(transfer)
     _controls(transfer)
     _sizes(transfer)

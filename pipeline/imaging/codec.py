@@ -180,7 +180,13 @@ def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PI
 
     `max_pixels` bounds the image after resizing too: a 1 x 40000 strip scaled to a shorter side
     of 512 would be 10 G pixels."""
-    img = decode(data, max_pixels)
+    return fit(decode(data, max_pixels), size, crop, max_pixels, max_side)
+
+
+def fit(
+    img: Image.Image, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS, max_side: int = 0
+) -> Image.Image:
+    """`prepare`'s sizing of a decoded image (or a video frame)."""
     plan = size_plan(*img.size, size, crop, max_side)
     check_pixels(*plan.scaled, max_pixels, after="resizing")
     img = _resized(img, plan.scaled)
