@@ -30,13 +30,15 @@ CLIPS: dict[str, dict] = {
     "rotated": {"frames": 12, "rotation": 90},
     "variable": {"frames": 16, "variable": True, "audio": True},
     "long": {"frames": 40, "gop": 6, "audio": True},
+    "webm": {"frames": 12, "codec": "libvpx-vp9"},
 }
 
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("clips")
-    return {name: videos.make_clip(root / f"{name}.mp4", **kw) for name, kw in CLIPS.items()}
+    suffix = {"webm": "webm"}
+    return {name: videos.make_clip(root / f"{name}.{suffix.get(name, 'mp4')}", **kw) for name, kw in CLIPS.items()}
 
 
 def invert(frames: list[np.ndarray]) -> list[np.ndarray]:

@@ -48,13 +48,15 @@ def make_clip(
     gop: int = 12,
     size: tuple[int, int] = (WIDTH, HEIGHT),
     faststart: bool = False,
+    codec: str = "libx264",
 ) -> Path:
-    """Write an H.264 clip of `frames` frames; `variable` spaces the frames 1, 2, 1, 2, ... ticks of 1/fps
-    apart (a variable frame rate); `audio` adds an AAC track as long as the video; `rotation` sets
-    the display rotation (counter-clockwise degrees)."""
+    """Write a clip of `frames` frames (H.264 unless `codec` says otherwise, the container from the
+    path's suffix); `variable` spaces the frames 1, 2, 1, 2, ... ticks of 1/fps apart (a variable
+    frame rate); `audio` adds an AAC track as long as the video; `rotation` sets the display rotation
+    (counter-clockwise degrees); `gop` frames between keyframes."""
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as out:
-        video = out.add_stream("libx264", rate=fps, options={"g": str(gop), "keyint_min": str(gop)})
+        video = out.add_stream(codec, rate=fps, options={"g": str(gop), "keyint_min": str(gop)})
         video.width, video.height, video.pix_fmt = *size, "yuv420p"
         video.codec_context.time_base = Fraction(1, fps * 2 if variable else fps)
         if rotation:
