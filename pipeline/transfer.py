@@ -24,9 +24,19 @@ from torch import Tensor
 
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.errors import AdainError, ConfigError, ImageError, describe
-from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, decode, encode, fit, format_of, prepare
+from pipeline.imaging.codec import (
+    FORMATS,
+    IMAGE_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    VIDEO_QUALITY,
+    decode,
+    encode,
+    fit,
+    format_of,
+    prepare,
+)
 from pipeline.imaging.tensors import batch_to_pixels, mask_tensor, to_image, to_tensor
-from pipeline.imaging.video import DEFAULT_QUALITY, VIDEO_EXTENSIONS, is_video, stylize_video
+from pipeline.imaging.video import is_video, stylize_video
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
@@ -46,7 +56,7 @@ class TransferRequest:
     out_format: str = "jpg"  # for outputs into a directory
     quality: int = 90
     temporal_smoothing: float = 0.0  # videos: EMA of the content statistics over frames, 0 for none
-    video_quality: int = DEFAULT_QUALITY  # videos: x264 CRF
+    video_quality: int = VIDEO_QUALITY  # videos: x264 CRF
 
     def __post_init__(self) -> None:
         if self.out_format not in FORMATS:

@@ -24,10 +24,9 @@ import av
 import numpy as np
 
 from pipeline.errors import ImageError, VideoError, describe
-from pipeline.imaging.codec import MAX_PIXELS, check_pixels
+from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, check_pixels
+from pipeline.imaging.codec import VIDEO_QUALITY as DEFAULT_QUALITY
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
-DEFAULT_QUALITY = 20  # x264 CRF: 0 lossless, 51 worst; 17-23 look like the source
 SEGMENT_SECONDS = 10.0
 # FFmpeg demuxers taken as video containers: FFmpeg also opens images, playlists and raw streams,
 # which are not videos to stylize (and a playlist would read other files).
