@@ -4,7 +4,7 @@ The counterpart of the reference implementations' test scripts: a content file o
 directory, one or more styles, and an output file or directory. Several styles without
 weights give every (content, style) pair; with --style-weights they are interpolated into
 one; with --mask the first style paints the mask's foreground and the second the rest.
-A content video becomes an H.264 mp4 stylized frame by frame (`imaging.video.stylize_video`).
+A content video becomes an H.264 mp4 stylized frame by frame (`imaging.video_write.stylize_video`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from pipeline.imaging.codec import (
     prepare,
 )
 from pipeline.imaging.tensors import batch_to_pixels, mask_tensor, to_image, to_tensor
-from pipeline.imaging.video import is_video, stylize_video
+from pipeline.imaging.video import is_video
+from pipeline.imaging.video_write import stylize_video
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer

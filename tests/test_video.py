@@ -17,7 +17,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.errors import VideoError
-from pipeline.imaging import video
+from pipeline.imaging import video, video_write
 from pipeline.model.functional import adain, adain_with, flicker, mean_std, smoothed_stats
 from pipeline.model.loader import load_model
 from tests import images, videos
@@ -84,7 +84,7 @@ def test_segments_are_keyframe_aligned_and_cover_every_frame_once(clips: dict[st
 def test_stylized_video_keeps_frames_timing_audio_rotation(clips: dict[str, Path], tmp_path: Path, name: str) -> None:
     source = clips[name]
     out = tmp_path / "out.mp4"
-    row = video.stylize_video(source.read_bytes(), out, invert, quality=18, segment_seconds=SEGMENT, batch=5)
+    row = video_write.stylize_video(source.read_bytes(), out, invert, quality=18, segment_seconds=SEGMENT, batch=5)
     src, dst = video.probe(source), video.probe(out)
     frame = 1 / float(src.fps)
     assert indices(out, lambda f: 255 - f) == list(range(src.frames))  # every frame once, in order
@@ -100,7 +100,7 @@ def test_stylized_video_keeps_frames_timing_audio_rotation(clips: dict[str, Path
 
 
 def test_odd_sized_outputs_lose_their_last_row_and_column(clips: dict[str, Path], tmp_path: Path) -> None:
-    row = video.stylize_video(clips["rotated"], tmp_path / "out.mp4", lambda fs: [f[:47, :63] for f in fs])
+    row = video_write.stylize_video(clips["rotated"], tmp_path / "out.mp4", lambda fs: [f[:47, :63] for f in fs])
     assert (row["width"], row["height"]) == (62, 46) and video.probe(tmp_path / "out.mp4").width == 62
 
 
@@ -137,13 +137,13 @@ def test_bad_videos_are_one_line_errors(tmp_path: Path) -> None:
     for name, data in _bad_videos(tmp_path).items():
         out = tmp_path / f"{name}.mp4"
         with pytest.raises(VideoError) as caught:
-            video.stylize_video(data, out, invert, segment_seconds=SEGMENT)
+            video_write.stylize_video(data, out, invert, segment_seconds=SEGMENT)
         assert EXPECTED[name] in str(caught.value) and "\n" not in str(caught.value), name
         assert not out.exists() and not list(tmp_path.glob(".adain-video-*")), name
     with pytest.raises(VideoError, match="over the limit of 1,000"):
         video.probe(tmp_path / "clip.mp4", max_pixels=1000)
     with pytest.raises(VideoError, match="CRF"):
-        video.SegmentWriter(tmp_path / "x.mp4", video.probe(tmp_path / "clip.mp4"), quality=60)
+        video_write.SegmentWriter(tmp_path / "x.mp4", video.probe(tmp_path / "clip.mp4"), quality=60)
 
 
 # ---------------------------------------------------------------------------- temporal smoothing
