@@ -192,6 +192,31 @@ def test_temporal_smoothing_lowers_flicker(weights: WeightFiles) -> None:
     assert figures[0.5] < figures[0.0]
 
 
+def test_segments_stylized_apart_join_smoothly_after_a_lead_in(clips: dict[str, Path], weights: WeightFiles) -> None:
+    """A segment stylized on its own, its smoothing warmed up on the frames before it (`lead_in`),
+    gives the frames one continuous run gives: exponential smoothing forgets all but s ** lead-in."""
+    model = load_model(str(weights.vgg), str(weights.decoder), "cpu")
+    style = model.style_stats(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    source = clips["long"].read_bytes()
+    info = video.probe(source)
+    parts = video.segments(info, SEGMENT)
+
+    def tensor(frames: list[np.ndarray]) -> torch.Tensor:
+        return torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255
+
+    whole, _ = model.stylize_frames(tensor(list(video.frames(source, video.segments(info, 100.0)[0]))), style, 1.0, 0.5)
+    part = parts[1]
+    lead = video.lead_in(info, part, 8)
+    assert lead is not None and (lead.start, lead.end) == (part.start - 8, part.start)
+    assert [videos.read_index(f) for f in video.frames(source, lead)] == list(range(lead.start, lead.end))
+    previous = model.warm_up(tensor(list(video.frames(source, lead))), 0.5)
+    apart, _ = model.stylize_frames(tensor(list(video.frames(source, part))), style, 1.0, 0.5, previous)
+    cold, _ = model.stylize_frames(tensor(list(video.frames(source, part))), style, 1.0, 0.5)
+    joined_error = (apart - whole[part.start : part.end]).abs().max()
+    assert joined_error < 1e-3 < (cold - whole[part.start : part.end]).abs().max()
+    assert video.lead_in(info, parts[0], 8) is None
+
+
 # ---------------------------------------------------------------------------- adain transfer
 
 

@@ -183,6 +183,19 @@ def segments(info: VideoInfo, seconds: float = SEGMENT_SECONDS) -> list[Segment]
     return parts
 
 
+def lead_in(info: VideoInfo, segment: Segment, count: int) -> Segment | None:
+    """The `count` frames before `segment` (fewer at the video's start, None at frame 0), decodable from the
+    keyframe at or before them: what a segment stylized on its own warms its temporal smoothing up on,
+    so that segments stylized apart join as if stylized in one run."""
+    start = max(0, segment.start - count)
+    if start == segment.start:
+        return None
+    before = [i for i, k in enumerate(info.keyframes) if k <= start]
+    seek = info.seeks[before[-1]] if before else min(info.seeks)
+    pts = info.pts[start : segment.start]
+    return Segment(segment.index, start, segment.start, seek, pts[0], info.pts[segment.start], pts)
+
+
 def frames(source: Source, segment: Segment) -> Iterator[np.ndarray]:
     """The segment's frames as (H, W, 3) uint8 RGB, decoded from its keyframe; VideoError if any is missing."""
     with open_input(source) as container:

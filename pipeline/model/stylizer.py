@@ -140,6 +140,13 @@ class StyleTransfer(nn.Module):
         return self._decode(target, feat, x, alpha, preserve_luminance), carried
 
     @torch.inference_mode()
+    def warm_up(self, frames: Tensor, smoothing: float, previous: Stats | None = None) -> Stats:
+        """The smoothed content statistics after `frames` (a segment's lead-in), encoded only, not decoded:
+        the `previous` to start the segment's `stylize_frames` from."""
+        stats = smoothed_stats(*mean_std(self.encoder(self._input(frames))), previous, smoothing)
+        return stats[0][-1:], stats[1][-1:]
+
+    @torch.inference_mode()
     def stylize_each(
         self,
         content: Tensor,
