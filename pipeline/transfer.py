@@ -76,7 +76,7 @@ def _expand(uri: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[tu
         return [(uri, posixpath.basename(uri))]
     files = list_files(uri, extensions)
     if not files:
-        raise ConfigError(f"{uri}: no images ({', '.join(extensions)}) in this directory")
+        raise ConfigError(f"{uri}: no files ending in {', '.join(extensions)} in this directory")
     return files
 
 
