@@ -13,6 +13,10 @@ class ImageError(AdainError):
     """An input that is not a usable image (corrupt, truncated, empty, too large)."""
 
 
+class VideoError(ImageError):
+    """An input that is not a usable video (no video stream, no frames, undecodable, truncated, too large)."""
+
+
 class StorageError(AdainError):
     """A URI that cannot be read or written (missing bucket, no permission, not found)."""
 

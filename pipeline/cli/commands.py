@@ -62,7 +62,10 @@ def job_fields(args: argparse.Namespace) -> dict[str, Any]:
 def transfer(args: argparse.Namespace) -> int:
     from pipeline.transfer import TransferRequest, run_transfer
 
-    request = TransferRequest(args.content, tuple(args.style), args.output, args.mask, args.format, args.quality)
+    request = TransferRequest(
+        args.content, tuple(args.style), args.output, args.mask, args.format, args.quality,
+        args.temporal_smoothing, args.video_quality,
+    )  # fmt: skip
     failures = run_transfer(request, model_config(args), controls(args), sizing(args))
     return EXIT_ERROR_ROWS if failures else EXIT_OK
 

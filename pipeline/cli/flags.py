@@ -8,7 +8,7 @@ from typing import Any
 
 from pipeline.cli import commands as run
 from pipeline.config import JPEG_CODECS, PRESERVE_COLOR
-from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS
+from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_QUALITY
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_DECODERS, KNOWN_ENCODERS
 
@@ -119,7 +119,7 @@ def _register(
 
 def _transfer(commands: Commands, parsers: Parsers, **options: bool) -> None:
     transfer = commands.add_parser("transfer", help="stylize files on this machine (no Ray)", **options)
-    transfer.add_argument("content", help="content image or directory of images")
+    transfer.add_argument("content", help="content image or video, or a directory of them")
     transfer.add_argument("style", nargs="+", help="style image(s) or directories")
     transfer.add_argument("-o", "--output", required=True, help="output file, or directory for several outputs")
     transfer.add_argument("--mask", help="binary mask: foreground takes the first style, background the second")
@@ -127,6 +127,14 @@ def _transfer(commands: Commands, parsers: Parsers, **options: bool) -> None:
         "--format", choices=list(FORMATS), help="output format (default: the output file's extension; jpg in a folder)"
     )
     transfer.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
+    transfer.add_argument(
+        "--temporal-smoothing", type=float, default=0.0, metavar="S",
+        help="videos: smooth the content statistics over frames, an EMA weight in [0, 1) (default 0: off)",
+    )  # fmt: skip
+    transfer.add_argument(
+        "--video-quality", type=int, default=VIDEO_QUALITY, metavar="CRF",
+        help=f"videos: x264's CRF, 0 (lossless) to 51, lower is better (default {VIDEO_QUALITY})",
+    )  # fmt: skip
     _model(transfer)
     _controls(transfer)
     _sizes(transfer)

@@ -25,6 +25,9 @@ MAX_PIXELS = 89_478_485
 Image.MAX_IMAGE_PIXELS = None
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# Videos (imaging/video.py); here so that listings and flags need not import PyAV.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
+VIDEO_QUALITY = 20  # x264 CRF: 0 lossless, 51 worst; 17-23 look like the source
 FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
@@ -180,7 +183,13 @@ def prepare(data: bytes, size: int, crop: bool = False, max_pixels: int = MAX_PI
 
     `max_pixels` bounds the image after resizing too: a 1 x 40000 strip scaled to a shorter side
     of 512 would be 10 G pixels."""
-    img = decode(data, max_pixels)
+    return fit(decode(data, max_pixels), size, crop, max_pixels, max_side)
+
+
+def fit(
+    img: Image.Image, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS, max_side: int = 0
+) -> Image.Image:
+    """`prepare`'s sizing of a decoded image (or a video frame)."""
     plan = size_plan(*img.size, size, crop, max_side)
     check_pixels(*plan.scaled, max_pixels, after="resizing")
     img = _resized(img, plan.scaled)

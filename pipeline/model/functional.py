@@ -38,8 +38,44 @@ def mean_std(feat: Tensor, mask: Tensor | None = None, eps: float = EPS) -> Stat
 
 def adain(content_feat: Tensor, style_mean: Tensor, style_std: Tensor) -> Tensor:
     """Give the content features the style's per-channel mean and std (eq. 8 of the paper)."""
-    content_mean, content_std = mean_std(content_feat)
+    return adain_with(content_feat, mean_std(content_feat), style_mean, style_std)
+
+
+def adain_with(content_feat: Tensor, content_stats: Stats, style_mean: Tensor, style_std: Tensor) -> Tensor:
+    """AdaIN normalising the content features by given statistics (for video: smoothed over time)."""
+    content_mean, content_std = content_stats
     return (content_feat - content_mean) / content_std * style_std + style_mean
+
+
+def smoothed_stats(mean: Tensor, std: Tensor, previous: Stats | None, s: float) -> Stats:
+    """Exponential moving average over time of consecutive frames' statistics (N, C, 1, 1).
+
+    Frame t gets m_t = s * m_(t-1) + (1 - s) * x_t, starting from `previous` (the last frame's
+    smoothed statistics, (1, C, 1, 1)) or from the first frame's own. s = 0 leaves them as they
+    are. Per-frame statistics jump with small content changes, and AdaIN turns each jump into a
+    change of the whole frame's colours: the flicker of frame-by-frame stylization.
+    """
+    if not 0.0 <= s < 1.0:
+        raise ValueError(f"smoothing {s}: must be in [0, 1)")
+    if s == 0.0:
+        return mean, std
+    means, stds = [], []
+    last = previous if previous is not None else (mean[:1], std[:1])
+    for t in range(mean.shape[0]):
+        last = (s * last[0] + (1 - s) * mean[t : t + 1], s * last[1] + (1 - s) * std[t : t + 1])
+        means.append(last[0])
+        stds.append(last[1])
+    return torch.cat(means), torch.cat(stds)
+
+
+def flicker(inputs: Tensor, outputs: Tensor) -> float:
+    """Mean absolute frame-to-frame change of the outputs over the inputs' ((N, ...) frames in time
+    order, N >= 2): 1 when the stylized video changes as much as its content does."""
+
+    def change(frames: Tensor) -> Tensor:
+        return (frames[1:].float() - frames[:-1].float()).abs().mean()
+
+    return float(change(outputs) / change(inputs))
 
 
 def cat_stats(stats: list[Stats]) -> Stats:

@@ -8,7 +8,16 @@ import torch
 from torch import Tensor, nn
 
 from pipeline.errors import DeviceError
-from pipeline.model.functional import Stats, adain, keep_chroma, masked_adain, mean_std, mix
+from pipeline.model.functional import (
+    Stats,
+    adain,
+    adain_with,
+    keep_chroma,
+    masked_adain,
+    mean_std,
+    mix,
+    smoothed_stats,
+)
 from pipeline.model.host import reuse_freed_memory
 from pipeline.model.nets import Decoder, Encoder
 from pipeline.model.precision import dtype
@@ -110,6 +119,32 @@ class StyleTransfer(nn.Module):
         else:
             target = masked_adain(feat, mask.to(self.device), self._on_device(style), self._on_device(background))
         return self._decode(target, feat, x, alpha, preserve_luminance)
+
+    @torch.inference_mode()
+    def stylize_frames(
+        self,
+        frames: Tensor,
+        style: Stats,
+        alpha: float = 1.0,
+        smoothing: float = 0.0,
+        previous: Stats | None = None,
+        preserve_luminance: bool = False,
+    ) -> tuple[Tensor, Stats]:
+        """Stylize consecutive video frames, their content statistics smoothed over time
+        (`smoothed_stats`) from `previous`; returns the frames and the statistics to carry to the next batch."""
+        x = self._input(frames)
+        feat = self.encoder(x)
+        stats = smoothed_stats(*mean_std(feat), previous, smoothing)
+        target = adain_with(feat, stats, *self._on_device(style))
+        carried = stats[0][-1:], stats[1][-1:]
+        return self._decode(target, feat, x, alpha, preserve_luminance), carried
+
+    @torch.inference_mode()
+    def warm_up(self, frames: Tensor, smoothing: float, previous: Stats | None = None) -> Stats:
+        """The smoothed content statistics after `frames` (a segment's lead-in), encoded only, not decoded:
+        the `previous` to start the segment's `stylize_frames` from."""
+        stats = smoothed_stats(*mean_std(self.encoder(self._input(frames))), previous, smoothing)
+        return stats[0][-1:], stats[1][-1:]
 
     @torch.inference_mode()
     def stylize_each(

@@ -1,0 +1,242 @@
+"""Reading videos with PyAV: probe, cut into keyframe-aligned segments, stream a segment's frames.
+
+A video is handled segment by segment: `probe` reads the packets' timestamps (decoding only the
+first frame), `segments` cuts the frames into keyframe-aligned ranges, `frames` decodes exactly
+one range from its keyframe; video_write.py encodes and joins them. No step holds more than one
+batch of frames. Every failure a file can cause is a `VideoError` with a one-line reason.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from pipeline.errors import ImageError, VideoError, describe
+from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, check_pixels
+
+SEGMENT_SECONDS = 10.0
+# FFmpeg demuxers taken as video containers: FFmpeg also opens images, playlists and raw streams,
+# which are not videos to stylize (and a playlist would read other files).
+CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
+
+Source = str | os.PathLike | bytes
+
+
+def is_video(path: str) -> bool:
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video is, from its packets: frames in presentation order, their timestamps, keyframes."""
+
+    width: int
+    height: int
+    fps: Fraction  # the stream's average rate, or frames / duration
+    frames: int
+    duration: float  # seconds, first frame's start to last frame's end
+    rotation: int  # display rotation, counter-clockwise degrees, from FFmpeg's display matrix
+    codec: str
+    audio_streams: int
+    time_base: Fraction
+    pts: tuple[int, ...]  # every frame's timestamp in time_base, presentation order
+    keyframes: tuple[int, ...]  # indices of the frames a decoder can start at
+    seeks: tuple[int, ...]  # per keyframe: the timestamp to seek to (its decoding timestamp)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio_streams > 0
+
+    @property
+    def keyframe_times(self) -> tuple[float, ...]:
+        return tuple(float((self.pts[k] - self.pts[0]) * self.time_base) for k in self.keyframes)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Frames [start, end) of a video, decodable on their own from the keyframe at `seek`."""
+
+    index: int
+    start: int
+    end: int
+    seek: int  # decoding timestamp of the segment's keyframe (stream time base)
+    first_pts: int  # presentation timestamp of frame `start`
+    end_pts: int | None  # of frame `end`, None for the last segment
+    pts: tuple[int, ...]  # the segment's frames' timestamps, for the encoder
+
+    @property
+    def frames(self) -> int:
+        return self.end - self.start
+
+
+def _why(exc: BaseException) -> str:
+    """FFmpeg's own words for a failure ("Invalid data found when processing input"), without its errno."""
+    return exc.strerror if isinstance(exc, av.FFmpegError) and exc.strerror else describe(exc)
+
+
+@contextlib.contextmanager
+def open_input(source: Source) -> Iterator[av.container.InputContainer]:
+    """An input container (bytes from S3 through BytesIO: PyAV needs a seekable file), or VideoError."""
+    if isinstance(source, bytes | bytearray) and not source:
+        raise VideoError("empty file (0 bytes)")
+    try:
+        container = av.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else os.fspath(source))
+    except Exception as exc:
+        raise VideoError(f"not a video FFmpeg can read ({_why(exc)})") from None
+    try:
+        if not CONTAINERS.intersection(container.format.name.split(",")):
+            raise VideoError(f"not a video container ({container.format.name}): expected mp4, mov, mkv, webm or avi")
+        yield container
+    finally:
+        container.close()
+
+
+def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    if not container.streams.video:
+        raise VideoError("no video stream in this file")
+    stream = container.streams.video[0]
+    if stream.codec_context is None:
+        raise VideoError("unsupported video codec: FFmpeg has no decoder for it")
+    stream.thread_type = "AUTO"  # frame and slice threads: decoding keeps up with the model
+    return stream
+
+
+def probe(source: Source, max_pixels: int = MAX_PIXELS) -> VideoInfo:
+    """Read a video's packets (not its frames) and decode its first frame; VideoError if it is not usable."""
+    with open_input(source) as container:
+        stream = _video_stream(container)
+        try:
+            check_pixels(stream.width, stream.height, max_pixels)
+        except ImageError as exc:
+            raise VideoError(str(exc)) from None
+        packets = _timestamps(container, stream)
+        if not packets:
+            raise VideoError("the video stream has no frames")
+        rotation = _first_frame_rotation(container, stream)
+        audio = len(container.streams.audio)
+        codec, size = stream.codec_context.name, (stream.width, stream.height)
+        time_base, rate = stream.time_base, stream.average_rate
+    order = sorted(range(len(packets)), key=lambda i: packets[i][0])
+    pts = tuple(packets[i][0] for i in order)
+    if len(set(pts)) != len(pts):
+        raise VideoError("frames with the same timestamp: the file's timing is broken")
+    keyframes = tuple(n for n, i in enumerate(order) if packets[i][2])
+    if not keyframes:
+        raise VideoError("no keyframe in the video stream: nothing can be decoded")
+    seeks = tuple(packets[order[k]][3] for k in keyframes)
+    end = max(p + d for p, d, _, _ in packets)
+    duration = float((end - pts[0]) * time_base)
+    fps = Fraction(rate) if rate else Fraction(len(pts)) / ((end - pts[0]) * time_base)
+    return VideoInfo(*size, fps, len(pts), duration, rotation, codec, audio, time_base, pts, keyframes, seeks)
+
+
+def _timestamps(container: av.container.InputContainer, stream: av.VideoStream) -> list[tuple[int, int, bool, int]]:
+    """(pts, duration, keyframe, dts) of every frame's packet, in file order."""
+    rows = []
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 or packet.is_discard:  # the demuxer's flush packet; frames an edit list drops
+                continue
+            pts = packet.pts if packet.pts is not None else packet.dts
+            if pts is None:
+                raise VideoError("video packets without timestamps: remux the file (e.g. to mp4)")
+            dts = packet.dts if packet.dts is not None else pts
+            rows.append((pts, packet.duration or 1, packet.is_keyframe, dts))
+    except av.FFmpegError as exc:
+        raise VideoError(f"corrupt or truncated video ({_why(exc)})") from None
+    return rows
+
+
+def _first_frame_rotation(container: av.container.InputContainer, stream: av.VideoStream) -> int:
+    """Decode the first frame (the codec works, the data is there) and read its display rotation."""
+    try:
+        container.seek(0, stream=stream)
+        frame = next(container.decode(stream), None)
+    except Exception as exc:
+        raise VideoError(f"corrupt or undecodable {stream.codec_context.name} video ({_why(exc)})") from None
+    if frame is None:
+        raise VideoError(f"undecodable {stream.codec_context.name} video: no frame decodes")
+    return round(frame.rotation) % 360
+
+
+def segments(info: VideoInfo, seconds: float = SEGMENT_SECONDS) -> list[Segment]:
+    """Keyframe-aligned ranges of about `seconds` each (at least one keyframe interval) covering every frame once."""
+    starts = [0]
+    for k in info.keyframes:
+        if k > 0 and (info.pts[k] - info.pts[starts[-1]]) * info.time_base >= seconds:
+            starts.append(k)
+    seek_of = dict(zip(info.keyframes, info.seeks, strict=True))
+    first_seek = min(info.seeks)  # a first frame that is not a keyframe decodes from the file's start
+    parts = []
+    for n, (start, end) in enumerate(zip(starts, [*starts[1:], info.frames], strict=True)):
+        end_pts = info.pts[end] if end < info.frames else None
+        seek = seek_of.get(start, first_seek)
+        parts.append(Segment(n, start, end, seek, info.pts[start], end_pts, info.pts[start:end]))
+    return parts
+
+
+def lead_in(info: VideoInfo, segment: Segment, count: int) -> Segment | None:
+    """The `count` frames before `segment` (fewer at the video's start, None at frame 0), decodable from the
+    keyframe at or before them: what a segment stylized on its own warms its temporal smoothing up on,
+    so that segments stylized apart join as if stylized in one run."""
+    start = max(0, segment.start - count)
+    if start == segment.start:
+        return None
+    before = [i for i, k in enumerate(info.keyframes) if k <= start]
+    seek = info.seeks[before[-1]] if before else min(info.seeks)
+    pts = info.pts[start : segment.start]
+    return Segment(segment.index, start, segment.start, seek, pts[0], info.pts[segment.start], pts)
+
+
+def frames(source: Source, segment: Segment) -> Iterator[np.ndarray]:
+    """The segment's frames as (H, W, 3) uint8 RGB, decoded from its keyframe; VideoError if any is missing."""
+    with open_input(source) as container:
+        stream = _video_stream(container)
+        count = 0
+        try:
+            for frame in _decode_from(container, stream, segment):
+                yield frame.to_ndarray(format="rgb24")
+                count += 1
+                if count == segment.frames:
+                    return
+        except VideoError:
+            raise
+        except Exception as exc:
+            raise VideoError(f"corrupt video at frame {segment.start + count} ({_why(exc)})") from None
+    raise VideoError(
+        f"truncated or corrupt video: frames {segment.start + count}-{segment.end - 1} "
+        f"(segment {segment.index}) do not decode"
+    )
+
+
+def _in_segment(frames: Iterable[av.VideoFrame], segment: Segment) -> Iterator[av.VideoFrame]:
+    """Frames with pts in [first_pts, end_pts): earlier ones (before the keyframe, or an open GOP's
+    leading frames) belong to the segment before."""
+    for frame in frames:
+        if frame.pts is None or frame.pts < segment.first_pts:
+            continue
+        if segment.end_pts is not None and frame.pts >= segment.end_pts:
+            return
+        yield frame
+
+
+def _decode_from(container: av.container.InputContainer, stream: av.VideoStream, segment: Segment) -> Iterator:
+    container.seek(segment.seek, stream=stream, backward=True)
+    decoded = container.decode(stream)
+    first = next(decoded, None)
+    if first is not None and first.pts is not None and first.pts > segment.first_pts:
+        # The demuxer's index landed past the keyframe: decode from the file's start instead.
+        container.seek(0, stream=stream, backward=True)
+        yield from _in_segment(container.decode(stream), segment)
+        return
+    if first is not None:
+        yield from _in_segment([first], segment)
+    yield from _in_segment(decoded, segment)
