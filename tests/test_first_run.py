@@ -217,7 +217,7 @@ def test_ray_job_submit_runs_after_the_readme_install(tmp_path: Path) -> None:
         env.pop("RAY_ADDRESS", None)
         code = "import ray, pipeline.data.stylize; ray.init(); print('joined', int(ray.cluster_resources()['CPU']))"
         submit = ["ray", "job", "submit", "--address", f"http://127.0.0.1:{dashboard}", "--working-dir", "."]
-        deadline, result = time.monotonic() + 90, None
+        deadline, result = time.monotonic() + 180, None
         while time.monotonic() < deadline:  # the head takes a while to answer
             result = subprocess.run(
                 [*submit, "--", "python", "-c", code], capture_output=True, text=True, cwd=ROOT, env=env, timeout=120

@@ -578,7 +578,8 @@ def test_ray_job_entrypoint(ray_cluster: str, weights: WeightFiles, tmp_path: Pa
 def test_preview_contact_sheet(
     ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """--preview writes a content | output contact sheet, one 192 px row per sample."""
+    """--preview writes a content | style | output contact sheet, one 192 px row per sample with a
+    caption strip under each picture (the file name, the style id, "output")."""
     src = tmp_path / "in"
     for i in range(3):
         images.write(src / f"p{i}.jpg", images.encoded(40 + 8 * i, 40, seed=80 + i))
@@ -592,7 +593,13 @@ def test_preview_contact_sheet(
     with Image.open(sheet) as img:
         img.load()
         assert img.format == "PNG"
-        assert img.size == (2 * 192, 3 * 192)
+        assert img.size == (3 * 192, 3 * (192 + 18))
+        cells = np.asarray(img.convert("L")).reshape(3, 192 + 18, 3, 192)
+    for row in range(3):
+        for col in range(3):
+            picture, caption = cells[row, :192, col], cells[row, 192:, col]
+            assert (picture < 250).any(), (row, col)  # content, style and output are each there
+            assert (caption < 128).any(), (row, col)  # and captioned
 
 
 # ---------------------------------------------------------------------------------------------

@@ -289,7 +289,7 @@ def test_broken_files_in_a_real_process_print_no_traceback(
     weights: WeightFiles, styles: tuple[Path, Path], tmp_path: Path
 ) -> None:
     """What the user's terminal shows for each kind of broken file: one line each naming the
-    file and the reason, no traceback, exit status 1; the good file is still written."""
+    file and the reason, no traceback, exit status 3 (finished, with failures); the good file is still written."""
     src = tmp_path / "photos"
     for name, (make, _) in BROKEN.items():
         images.write(src / name, make())
@@ -300,7 +300,7 @@ def test_broken_files_in_a_real_process_print_no_traceback(
     proc = subprocess.run(
         [sys.executable, "-m", "pipeline.cli", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     lines = error_lines(proc.stderr)
     assert len(lines) == len(BROKEN), lines
     for name, (_, reason) in BROKEN.items():
@@ -321,7 +321,7 @@ def test_missing_input_is_a_one_line_error(
 def test_directory_with_broken_files_writes_the_good_ones(
     weights: WeightFiles, styles: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """One bad file in a batch must not stop the batch: the rest are written, the run exits 1,
+    """One bad file in a batch must not stop the batch: the rest are written, the run exits 3,
     and each bad file gets its own error line."""
     src = tmp_path / "photos"
     images.write(src / "a.png", images.encoded(*WIDE, "PNG", seed=1))
@@ -331,7 +331,7 @@ def test_directory_with_broken_files_writes_the_good_ones(
     images.write(src / "trip" / "empty.png", b"")
     out = tmp_path / "out"
 
-    assert transfer(weights, src, styles[0], "-o", out, "--format", "png") == 1
+    assert transfer(weights, src, styles[0], "-o", out, "--format", "png") == 3
     captured = capsys.readouterr()
     lines = error_lines(captured.err)
     assert len(lines) == 2, lines

@@ -245,7 +245,7 @@ def test_transfer_mixes_images_and_videos_and_reports_bad_videos(
     (content / "clips" / "turned.mov").write_bytes(clips["rotated"].read_bytes())
     (content / "broken.mp4").write_bytes(clips["audio"].read_bytes()[:2000])
     style = images.write(tmp_path / "style.png", images.encoded(32, 32, "PNG", seed=3))
-    assert _transfer(weights, content, style, "-o", tmp_path / "out") == 1  # one failure
+    assert _transfer(weights, content, style, "-o", tmp_path / "out") == 3  # finished, with one failure
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "broken.mp4: not a video FFmpeg can read" in err[0]
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*"))
