@@ -82,7 +82,7 @@ def test_the_model_actor_gives_each_item_its_own_style_and_alpha(weights: Weight
 
 def test_writers_name_once_and_write_what_the_plan_named(weights: WeightFiles, tmp_path: Path) -> None:
     """The plan's targets are where the files land; an existing output is `done` for the next
-    plan; shards hold one sample per pending row and are never `done`."""
+    plan (in the one listing of the output); shards hold one sample per pending row and are never `done`."""
     styles = random_styles(2)
     inputs = listing(tmp_path / "in", ["a.png", "b.png"])
     output = OutputSpec(str(tmp_path / "out"), "png")
@@ -95,7 +95,7 @@ def test_writers_name_once_and_write_what_the_plan_named(weights: WeightFiles, t
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
         "s0/a.png", "s0/b.png", "s1/a.png", "s1/b.png",
     ]  # fmt: skip
-    again = decode_inputs(inputs, plan=plan, sizing=SIZING).to_pylist()
+    again = decode_inputs(inputs, plan=plan, sizing=SIZING, existing=plan.existing()).to_pylist()
     assert all(all(r["done"]) and r["pixels"] is None for r in again)  # all there: not even read
 
     shards = Plan(EveryStyle(styles.ids, 1.0), ShardWriter(output, "r1", rows_per_call=10), RESUME_EXISTING)
