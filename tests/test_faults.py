@@ -14,6 +14,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import parse_qs
 
@@ -27,6 +28,7 @@ from pipeline.data.plan import RESUME_NEVER, EveryStyle, Plan
 from pipeline.data.writers import FileWriter
 from pipeline.errors import StorageError
 from pipeline.storage import uri as storage
+from pipeline.storage.index import ObjectIndex
 from pipeline.storage.keys import output_key
 from pipeline.storage.listing import list_files, stat_files
 from pipeline.storage.uri import ATTEMPTS, SDK_ATTEMPTS, exists, read_bytes, write_bytes
@@ -311,6 +313,20 @@ def requests_by_kind(proxy: FaultProxy, bucket: str, prefix: str) -> Counter[str
         elif path.startswith(f"/{bucket}/{prefix}"):
             kinds[seen.method] += 1
     return kinds
+
+
+def test_existing_outputs_are_listed_a_thousand_a_request(proxy: FaultProxy, s3_server: S3Server, bucket: str) -> None:
+    """The index of what is there: one LIST per page of a thousand, each page retried on its own."""
+    s3 = s3_server.client()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"out/s/{i:04d}.png", Body=b"x"), range(1001)))
+    s3.put_object(Bucket=bucket, Key="out/s/other.jpg", Body=b"x")
+    proxy.fail("GET", "continuation-token", 503, times=1)
+    index = ObjectIndex.build(f"s3://{bucket}/out/", (".png",))
+    assert len(index) == 1001
+    asked = [f"s3://{bucket}/out/s/1000.png", f"s3://{bucket}/out/s/other.jpg", f"s3://{bucket}/out/s/1001.png"]
+    assert index.written_since(asked, None) == [True, False, False]
+    assert requests_by_kind(proxy, bucket, "out/") == Counter(LIST=3)  # two pages, the second asked twice
 
 
 def test_stylize_makes_one_get_per_input_and_one_put_per_output(

@@ -10,11 +10,12 @@ probability of about n^2 / 2^129, nil at any count of objects a bucket can hold.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.storage.listing import iter_files
+from pipeline.storage.listing import Page, iter_files
 
 _UNKNOWN = -1  # no modification time reported: the object counts as written at any time
 
@@ -38,8 +39,13 @@ class ObjectIndex:
     @classmethod
     def build(cls, prefix: str, extensions: tuple[str, ...]) -> ObjectIndex:
         """List `prefix` once (only names ending in `extensions`), a page at a time."""
+        return cls.from_pages(prefix, iter_files(prefix, extensions))
+
+    @classmethod
+    def from_pages(cls, prefix: str, pages: Iterable[Page]) -> ObjectIndex:
+        """The index of a listing's pages: (paths below `prefix`, their mtime_ns)."""
         highs, lows, mtimes = [], [], []
-        for rels, stamps in iter_files(prefix, extensions):
+        for rels, stamps in pages:
             high, low = _hashes(rels)
             highs.append(high)
             lows.append(low)

@@ -124,14 +124,15 @@ def iter_files(uri: str, extensions: tuple[str, ...]) -> Iterator[Page]:
     LIST request per thousand objects, each retried on its own; locally a directory at a time."""
     filesystem, path = resolve(uri)
     extensions = tuple(e.lower() for e in extensions)
-    base = path.rstrip("/") + "/"
+    root = path.rstrip("/")
     if scheme(uri) == "s3":
-        yield from _s3_pages(uri, base, extensions)
+        yield from _s3_pages(uri, root + "/", extensions)
     elif isinstance(filesystem, pafs.LocalFileSystem):
-        for folder, _, names in os.walk(base):
-            stats = [(f"{folder}/{n}", os.stat(f"{folder}/{n}")) for n in names if n.lower().endswith(extensions)]
+        for folder, _, names in os.walk(root):
+            paths = [os.path.join(folder, name) for name in names if name.lower().endswith(extensions)]
+            stats = [(p, os.stat(p)) for p in paths]
             if stats:
-                yield [p[len(base) :] for p, _ in stats], [st.st_mtime_ns for _, st in stats]
+                yield [p[len(root) + 1 :] for p, _ in stats], [st.st_mtime_ns for _, st in stats]
     else:
         table = stat_table(uri, extensions)
         yield table.column("rel").to_pylist(), table.column("mtime_ns").to_pylist()
