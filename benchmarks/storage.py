@@ -96,16 +96,16 @@ def latency_mode(args: argparse.Namespace, work: Path) -> None:
 
     print(f"{args.images} images {args.size}x{args.size}, 1 style, --io-concurrency {args.io_concurrency}")
     header = f"{'latency':>8} {'seconds':>8} {'outputs/s':>10} {'x zero':>7} " + " ".join(f"{k:>6}" for k in KINDS)
-    print(header + f" {'per output':>10}")
+    print(header + f" {'per output':>10} {'first output':>12}")
     zero = None
-    for ms in ["warm-up", *args.latencies]:  # the first run also starts Ray's workers: not counted
+    for run, ms in enumerate(["warm-up", *args.latencies]):  # the first run also starts Ray's workers: not counted
         proxy.clear()
         if ms != "warm-up" and ms:
-            proxy.delay(None, "", seconds=ms / 1000, times=None)
+            proxy.delay(args.delay_method, args.delay_path, seconds=ms / 1000, times=None)
         cfg = StylizeConfig(
             input=f"s3://{BUCKET}/photos/",
             styles=(f"s3://{BUCKET}/style/",),
-            output=OutputSpec(f"s3://{BUCKET}/out-{ms}ms/", "jpg", 90),
+            output=OutputSpec(f"s3://{BUCKET}/out-{run}/", "jpg", 90),
             model=ModelConfig(encoder, decoder, "cpu", "fp32"),
             sizing=Sizing(content_size=args.size, style_size=args.size),
             scale=Scale(batch_size=args.batch_size, io_concurrency=args.io_concurrency),
@@ -121,7 +121,9 @@ def latency_mode(args: argparse.Namespace, work: Path) -> None:
         per_output = " ".join(f"{kinds[k] / outputs:>6.2f}" for k in KINDS)
         total = sum(kinds.values()) / outputs
         rate = outputs / seconds
-        print(f"{ms:>6}ms {seconds:>8.1f} {rate:>10.1f} {seconds / zero:>7.2f} {per_output} {total:>10.2f}")
+        first = summary["first_rows_s"] or float("nan")
+        line = f"{ms:>6}ms {seconds:>8.1f} {rate:>10.1f} {seconds / zero:>7.2f} {per_output}"
+        print(f"{line} {total:>10.2f} {first:>11.1f}s")
     proxy.stop()
 
 
@@ -196,6 +198,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32, help="side of the generated JPEGs and --content-size")
     parser.add_argument("--latencies", default="0,20,50", help="milliseconds added to every request")
     parser.add_argument("--io-concurrency", type=int, default=16)
+    parser.add_argument("--delay-method", help="delay only requests of this method (default: all)")
+    parser.add_argument("--delay-path", default="", help="delay only requests whose path contains this")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--list-entries", type=int, help="list mode: a list file of this many URIs")
     parser.add_argument("--list-format", default="txt", choices=["txt", "parquet"])

@@ -50,11 +50,14 @@ class ObjectIndex:
             highs.append(high)
             lows.append(low)
             mtimes.append(np.array([_UNKNOWN if t is None else t for t in stamps], np.int64))
-        high = np.concatenate(highs) if highs else np.empty(0, np.uint64)
-        low = np.concatenate(lows) if lows else np.empty(0, np.uint64)
-        order = np.lexsort((low, high))
-        mtime = np.concatenate(mtimes) if mtimes else np.empty(0, np.int64)
-        return cls(prefix.rstrip("/"), high[order], low[order], mtime[order])
+        columns = [np.concatenate(parts) if parts else np.empty(0, kind) for parts, kind in
+                   ((highs, np.uint64), (lows, np.uint64), (mtimes, np.int64))]  # fmt: skip
+        del highs, lows, mtimes
+        order = np.lexsort((columns[1], columns[0]))
+        for i, column in enumerate(columns):  # one column reordered at a time: memory for one copy
+            columns[i] = column[order]
+            del column
+        return cls(prefix.rstrip("/"), *columns)
 
     def __len__(self) -> int:
         return len(self.high)
