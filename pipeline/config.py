@@ -209,6 +209,7 @@ class AugmentConfig:
             raise ConfigError("--lock-ttl must be positive")
 
 
+
 @dataclass(frozen=True)
 class TrainConfig:
     """One training run: data, scale, objective, schedule and where it all goes.

@@ -174,3 +174,4 @@ def run_train(args: argparse.Namespace) -> int:
         + f"checkpoint: {summary['checkpoint']}\nmetrics:    {summary['metrics']}"
     )
     return 0
+

@@ -1,8 +1,8 @@
 """The writing stage: one interface, files and WebDataset shards behind it.
 
 A writer names each output (`target`, once, when the plan is made), lists what is there
-already (`existing`, once per run), and writes a batch of stylized rows, marking each `ok` or `error`
-(`write`). A new output format plugs in here as another `Writer`. Torch-free: the writing
+already (`existing`, once per run), and writes a batch of stylized rows, marking each `ok` or
+`error` (`write`). A new output format plugs in here as another `Writer`. Torch-free: the writing
 tasks import this module, and start in a fraction of a second without torch.
 """
 

@@ -219,8 +219,8 @@ def s3_client(endpoint: str | None, attempts: int = SDK_ATTEMPTS * ATTEMPTS):
     from botocore.config import Config
 
     retries = {"max_attempts": attempts, "mode": "standard"}
-    # The timeouts pyarrow's SDK has: an answer silent for 3 s is abandoned and asked again.
-    config = Config(retries=retries, connect_timeout=3, read_timeout=3, max_pool_connections=MAX_CONNECTIONS)
+    # The timeouts pyarrow's SDK has (1 s to connect; an answer silent for 3 s is abandoned and asked again).
+    config = Config(retries=retries, connect_timeout=1, read_timeout=3, max_pool_connections=MAX_CONNECTIONS)
     return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 
@@ -240,10 +240,14 @@ def s3_call(action: Callable[[], T]) -> T:
     """A boto3 call in `retrying`'s terms: its errors become OSErrors worded as pyarrow's (a missing
     key FileNotFoundError, HTTP status and S3 code in the text), so that permanent ones fail at
     once and transient ones (5xx, throttling, timeouts, dropped connections) are retried."""
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 
     try:
         return action()
+    except NoCredentialsError as exc:
+        raise PermissionError(str(exc)) from None
+    except ParamValidationError as exc:  # an empty key, say: what S3 would refuse
+        raise OSError(f"InvalidArgument: {' '.join(str(exc).split())} (HTTP status 400)") from None
     except ClientError as exc:
         error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
         code, status = error.get("Code", ""), meta.get("HTTPStatusCode", 0)
