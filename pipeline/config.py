@@ -9,7 +9,7 @@ from pipeline.errors import ConfigError
 from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, SizePlan, size_plan
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER
-from pipeline.storage.uri import absolute, join
+from pipeline.storage.uri import MAX_CONNECTIONS, absolute, join
 
 PRESERVE_COLOR = ("coral", "luminance")
 # Run ids and run names become file names: one safe path segment, or refused.
@@ -92,6 +92,7 @@ class Scale:
     gpus_per_actor: float = 1.0
     io_cpus: float = 0.25  # CPUs asked by each decoding and writing task
     jpeg_codec: str = "auto"  # JPEGs decoded/encoded in the CPU tasks, or on the model's device; auto: model on GPUs
+    io_concurrency: int = 16  # object-store requests each decoding and writing task keeps in flight
 
     def __post_init__(self) -> None:
         if self.actors is not None and self.actors < 1:
@@ -102,6 +103,8 @@ class Scale:
             raise ConfigError("--cpus-per-actor and --gpus-per-actor must be positive")
         if self.io_cpus <= 0:
             raise ConfigError("--io-cpus must be positive")
+        if not 1 <= self.io_concurrency <= MAX_CONNECTIONS:
+            raise ConfigError(f"--io-concurrency {self.io_concurrency}: must be between 1 and {MAX_CONNECTIONS}")
         if self.jpeg_codec not in JPEG_CODECS:
             raise ConfigError(f"--jpeg-codec {self.jpeg_codec}: expected one of {', '.join(JPEG_CODECS)}")
 

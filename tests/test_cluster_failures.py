@@ -488,7 +488,8 @@ def test_augment_keeps_only_outputs_a_dead_run_finished(tmp_path: Path) -> None:
     sizing = Sizing(content_size=32, style_size=32)
 
     plan = Plan(draws, FileWriter(output, keys.augmented_key), RESUME_NEW_INPUTS)
-    rows = {r["rel_path"]: r for r in decode_inputs(batch, plan=plan, sizing=sizing).to_pylist()}
+    decoded = decode_inputs(batch, plan=plan, sizing=sizing, existing=plan.existing())
+    rows = {r["rel_path"]: r for r in decoded.to_pylist()}
     assert {rel: [s for s, done in zip(r["styles"], r["done"], strict=True) if done] for rel, r in rows.items()} == {
         "cats/all.png": picks["cats/all.png"],
         "cats/some.png": [picks["cats/some.png"][1]],

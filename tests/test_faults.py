@@ -14,13 +14,22 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
 
+from pipeline.config import OutputSpec, Sizing
+from pipeline.data.decode import decode_inputs
+from pipeline.data.listing import list_inputs
+from pipeline.data.plan import RESUME_NEVER, EveryStyle, Plan
+from pipeline.data.writers import FileWriter
 from pipeline.errors import StorageError
 from pipeline.storage import uri as storage
+from pipeline.storage.index import ObjectIndex
+from pipeline.storage.keys import output_key
 from pipeline.storage.listing import list_files, stat_files
 from pipeline.storage.uri import ATTEMPTS, SDK_ATTEMPTS, exists, read_bytes, write_bytes
 from tests import images
@@ -93,7 +102,7 @@ def test_more_failures_than_the_sdk_retries_are_retried_by_the_operation(
     proxy.fail("GET", f"/{bucket}/k.bin", 503, times=SDK_ATTEMPTS + 1)
     assert read_bytes(f"s3://{bucket}/k.bin") == payload
     assert proxy.count("GET", f"/{bucket}/k.bin") == SDK_ATTEMPTS + 2
-    assert proxy.count("HEAD", f"/{bucket}/k.bin") == 2  # the read started over
+    assert proxy.count("HEAD", f"/{bucket}/k.bin") == 0  # a read is GETs only, however often it starts over
 
 
 def test_errors_reading_tiny_objects_are_retried_by_the_operation(
@@ -244,9 +253,8 @@ def test_stylize_completes_through_a_failing_store(
         proxy.fail("GET", f"/{bucket}/photos/p", 503, times=3),  # input reads: SlowDown
         proxy.fail("GET", f"/{bucket}/photos/p2.jpg", 500, times=SDK_ATTEMPTS + 1),  # past the SDK: the task retries
         proxy.fail("PUT", f"/{bucket}/out/", 503, times=4),  # output uploads (and the manifest's)
-        proxy.fail("POST", f"/{bucket}/out/ink/", 500, times=2),  # starting / completing uploads
         proxy.drop("PUT", f"/{bucket}/out/wave/", times=1, forward_first=True),  # written, answer lost
-        proxy.fail("HEAD", f"/{bucket}/out/", 503, times=2),  # "is this output there yet?"
+        proxy.fail("GET", "prefix=out%2F&", 503, times=2),  # the one listing of what is there already
     ]
 
     result = adain(
@@ -292,3 +300,76 @@ def test_stylize_into_a_missing_bucket_exits_with_one_line(proxy: FaultProxy, tm
     assert "Traceback" not in result.stderr
     # Listing, then the bucket itself: a few lookups that each found nothing, none retried.
     assert proxy.seen() and len(proxy.seen()) <= 6 and {s.status for s in proxy.seen()} == {404}, proxy.seen()
+
+
+def requests_by_kind(proxy: FaultProxy, bucket: str, prefix: str) -> Counter[str]:
+    """The requests under s3://bucket/prefix seen so far: GET, PUT, HEAD, LIST (a GET with list-type), ..."""
+    kinds: Counter[str] = Counter()
+    for seen in proxy.seen():
+        path, _, query = seen.path.partition("?")
+        if "list-type" in (fields := parse_qs(query)):
+            if fields.get("prefix") == [prefix]:
+                kinds["LIST"] += 1
+        elif path.startswith(f"/{bucket}/{prefix}"):
+            kinds[seen.method] += 1
+    return kinds
+
+
+def test_existing_outputs_are_listed_a_thousand_a_request(proxy: FaultProxy, s3_server: S3Server, bucket: str) -> None:
+    """The index of what is there: one LIST per page of a thousand, each page retried on its own."""
+    s3 = s3_server.client()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"out/s/{i:04d}.png", Body=b"x"), range(1001)))
+    s3.put_object(Bucket=bucket, Key="out/s/other.jpg", Body=b"x")
+    proxy.fail("GET", "continuation-token", 503, times=1)
+    index = ObjectIndex.build(f"s3://{bucket}/out/", (".png",))
+    assert len(index) == 1001
+    asked = [f"s3://{bucket}/out/s/1000.png", f"s3://{bucket}/out/s/other.jpg", f"s3://{bucket}/out/s/1001.png"]
+    assert index.written_since(asked, None) == [True, False, False]
+    assert requests_by_kind(proxy, bucket, "out/") == Counter(LIST=3)  # two pages, the second asked twice
+
+
+def test_stylize_makes_one_get_per_input_and_one_put_per_output(
+    proxy: FaultProxy, s3_server: S3Server, bucket: str, weights: WeightFiles, tmp_path: Path
+) -> None:
+    """Counted at the proxy: one GET per input, one PUT per output, no HEAD and no LIST per output.
+    Planning again lists the output once and reads nothing; planning to overwrite lists nothing."""
+    s3 = s3_server.client()
+    names = [f"p{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        s3.put_object(Bucket=bucket, Key=f"photos/{name}.jpg", Body=images.encoded(40, 36, seed=i))
+    for i, style in enumerate(("ink", "wave")):
+        s3.put_object(Bucket=bucket, Key=f"styles/{style}.png", Body=images.encoded(32, 32, "PNG", seed=8 + i))
+    result = adain(
+        "stylize",
+        *("--input", f"s3://{bucket}/photos/", "--style", f"s3://{bucket}/styles/"),
+        *("--output", f"s3://{bucket}/out/", "--format", "png", "--io-concurrency", "4"),
+        *("--encoder", str(weights.vgg), "--decoder", str(weights.decoder), "--device", "cpu"),
+        *("--content-size", "32", "--style-size", "32", "--address", "local"),
+        endpoint=proxy.endpoint,
+        tmp_path=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "12 ok, 0 error, 0 skipped of 12" in result.stdout
+    for name in names:
+        assert proxy.count("GET", f"/{bucket}/photos/{name}.jpg") == 1, name
+    inputs = requests_by_kind(proxy, bucket, "photos/")
+    assert inputs["GET"] == len(names) and set(inputs) == {"GET", "LIST"}, inputs  # LISTs: a few per run
+    for style in ("ink", "wave"):  # no HEAD, no LIST, no multipart POST
+        assert requests_by_kind(proxy, bucket, f"out/{style}/") == Counter(PUT=len(names)), style
+    assert requests_by_kind(proxy, bucket, "out/")["LIST"] == 1  # what is there already: one listing
+
+    # The plan of a re-run, as its decoding tasks make it: one listing, no input read, nothing asked per output.
+    listed = list_inputs(f"s3://{bucket}/photos/")
+    output = OutputSpec(f"s3://{bucket}/out/", "png")
+    plan = Plan(EveryStyle(("ink", "wave")), FileWriter(output, output_key))
+    proxy.clear()
+    decoded = decode_inputs(listed, plan=plan, sizing=Sizing(32, 32), existing=plan.existing()).to_pylist()
+    assert all(all(row["done"]) and row["pixels"] is None for row in decoded)
+    assert [(s.method, parse_qs(s.path.partition("?")[2])["prefix"]) for s in proxy.seen()] == [("GET", ["out/"])]
+    proxy.clear()
+    overwrite = Plan(EveryStyle(("ink", "wave")), FileWriter(output, output_key), RESUME_NEVER)
+    decoded = decode_inputs(listed, plan=overwrite, sizing=Sizing(32, 32), existing=overwrite.existing()).to_pylist()
+    assert not any(any(row["done"]) for row in decoded)
+    assert requests_by_kind(proxy, bucket, "out/") == Counter()  # nothing listed
+    assert requests_by_kind(proxy, bucket, "photos/") == Counter(GET=len(names))

@@ -12,13 +12,14 @@ import torch
 from pipeline.config import ModelConfig, OutputSpec, Sizing
 from pipeline.data.decode import decode_inputs
 from pipeline.data.model_actor import StyleModel
-from pipeline.data.plan import RESUME_EXISTING, DrawnStyles, EveryStyle, Plan
+from pipeline.data.plan import RESUME_EXISTING, RESUME_NEVER, DrawnStyles, EveryStyle, Plan
 from pipeline.data.rows import DECODED_SCHEMA, PENDING, SKIPPED
 from pipeline.data.styles import StyleSet
 from pipeline.data.writers import FileWriter, ShardWriter, write_outputs
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.loader import load_model
+from pipeline.storage.index import ObjectIndex
 from pipeline.storage.keys import augmented_key, output_key
 from tests import images
 from tests.conftest import WeightFiles
@@ -82,7 +83,7 @@ def test_the_model_actor_gives_each_item_its_own_style_and_alpha(weights: Weight
 
 def test_writers_name_once_and_write_what_the_plan_named(weights: WeightFiles, tmp_path: Path) -> None:
     """The plan's targets are where the files land; an existing output is `done` for the next
-    plan; shards hold one sample per pending row and are never `done`."""
+    plan (in the one listing of the output); shards hold one sample per pending row and are never `done`."""
     styles = random_styles(2)
     inputs = listing(tmp_path / "in", ["a.png", "b.png"])
     output = OutputSpec(str(tmp_path / "out"), "png")
@@ -95,7 +96,7 @@ def test_writers_name_once_and_write_what_the_plan_named(weights: WeightFiles, t
     assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == [
         "s0/a.png", "s0/b.png", "s1/a.png", "s1/b.png",
     ]  # fmt: skip
-    again = decode_inputs(inputs, plan=plan, sizing=SIZING).to_pylist()
+    again = decode_inputs(inputs, plan=plan, sizing=SIZING, existing=plan.existing()).to_pylist()
     assert all(all(r["done"]) and r["pixels"] is None for r in again)  # all there: not even read
 
     shards = Plan(EveryStyle(styles.ids, 1.0), ShardWriter(output, "r1", rows_per_call=10), RESUME_EXISTING)
@@ -104,3 +105,22 @@ def test_writers_name_once_and_write_what_the_plan_named(weights: WeightFiles, t
     written = write_outputs(actor(decoded), writer=shards.writer, encoded=False).to_pylist()
     assert {r["output_uri"] for r in written} == {next((tmp_path / "out" / "shards").glob("r1-*.tar")).as_posix()}
     assert sorted(r["shard_member"] for r in written) == ["a__s0", "a__s1", "b__s0", "b__s1"]
+
+
+def test_what_is_there_already_is_one_listing(tmp_path: Path) -> None:
+    """The index of existing outputs: names at any depth, of the output's extension only, with the
+    time each was written; nothing outside the prefix; an output not there yet is not there."""
+    out = tmp_path / "out"
+    for rel in ("a.png", "sub/b.png", "sub/deeper/c.png", "d.jpg"):
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_bytes(b"x")
+    index = ObjectIndex.build(str(out), (".png",))
+    assert len(index) == 3
+    asked = [f"{out}/a.png", f"{out}/sub/b.png", f"{out}/sub/deeper/c.png", f"{out}/d.jpg", f"{out}/e.png"]
+    assert index.written_since([*asked, f"{tmp_path}/a.png"], None) == [True, True, True, False, False, False]
+    written = (out / "a.png").stat().st_mtime_ns
+    assert index.written_since([f"{out}/a.png"], written) == [True]
+    assert index.written_since([f"{out}/a.png"], written + 1) == [False]  # its input changed since
+    assert len(ObjectIndex.build(str(tmp_path / "missing"), (".png",))) == 0
+    overwrite = Plan(EveryStyle(("s0",)), FileWriter(OutputSpec(str(out), "png"), output_key), RESUME_NEVER)
+    assert overwrite.existing() is None  # --overwrite: nothing listed

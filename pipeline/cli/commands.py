@@ -42,7 +42,7 @@ def sizing(args: argparse.Namespace) -> Sizing:
 def scale(args: argparse.Namespace) -> Scale:
     return Scale(
         args.actors, args.batch_size, args.cpus_per_actor, args.gpus_per_actor, args.io_cpus,
-        getattr(args, "jpeg_codec", "auto"),
+        getattr(args, "jpeg_codec", "auto"), args.io_concurrency,
     )  # fmt: skip
 
 

@@ -86,6 +86,9 @@ def _scale(parser: argparse.ArgumentParser) -> None:
         "--cpus-per-actor", type=float, help="CPUs per model actor (default: 1 with a GPU; on CPU, the node's)"
     )
     parser.add_argument("--io-cpus", type=float, default=0.25, help="CPUs per decoding/writing task (default 0.25)")
+    parser.add_argument(
+        "--io-concurrency", type=int, default=16, help="reads/writes each decoding/writing task keeps in flight (16)"
+    )
     parser.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on GPU clusters")
 
 

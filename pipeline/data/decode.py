@@ -10,9 +10,11 @@ these tasks start in a fraction of a second without it.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from typing import Any
 
 import pyarrow as pa
+import ray
 from PIL import Image
 
 from pipeline.config import Sizing
@@ -20,7 +22,8 @@ from pipeline.data.plan import Plan, plan_inputs
 from pipeline.data.rows import DECODED_SCHEMA, elapsed_ms
 from pipeline.errors import describe
 from pipeline.imaging.codec import check_pixels, plain_jpeg_size, prepare
-from pipeline.storage.uri import read_bytes
+from pipeline.storage.index import ObjectIndex
+from pipeline.storage.uri import io_pool, read_bytes
 
 
 def prepare_content(data: bytes, sizing: Sizing) -> Image.Image:
@@ -28,12 +31,15 @@ def prepare_content(data: bytes, sizing: Sizing) -> Image.Image:
     return prepare(data, sizing.content_size, sizing.crop, sizing.max_pixels, sizing.max_side)
 
 
-def decode_one(uri: str, sizing: Sizing, jpeg_to_model: bool = False) -> dict[str, Any]:
-    """Read, decode and size one content image: pixels, width and height, or the error."""
+def decode_one(
+    uri: str, sizing: Sizing, jpeg_to_model: bool = False, read: Future[bytes] | None = None
+) -> dict[str, Any]:
+    """Read (or take the read already under way), decode and size one content image: pixels,
+    width and height, or the error."""
     start = time.perf_counter()
     row: dict[str, Any] = {}
     try:
-        data = read_bytes(uri)
+        data = read_bytes(uri) if read is None else read.result()
         size = plain_jpeg_size(data, sizing.max_pixels) if jpeg_to_model else None
         if size is not None:
             plan = sizing.content_plan(*size)
@@ -48,10 +54,27 @@ def decode_one(uri: str, sizing: Sizing, jpeg_to_model: bool = False) -> dict[st
     return row
 
 
-def decode_inputs(batch: pa.Table, *, plan: Plan, sizing: Sizing, jpeg_to_model: bool = False) -> pa.Table:
-    """The listing's rows -> DECODED rows: planned, and decoded where an output is still to make."""
-    rows = plan_inputs(batch, plan)  # no Arrow round trip between planning and decoding
-    for row in rows:
-        if not all(row["done"]):
-            row.update(decode_one(row["input_uri"], sizing, jpeg_to_model))
+def read_all(uris: list[str], concurrency: int) -> list[Future[bytes]]:
+    """Each URI's read, in order, with up to `concurrency` in flight (the batch's bytes at most)."""
+    pool = io_pool(concurrency)
+    return [pool.submit(read_bytes, uri) for uri in uris]
+
+
+def decode_inputs(
+    batch: pa.Table,
+    *,
+    plan: Plan,
+    sizing: Sizing,
+    jpeg_to_model: bool = False,
+    existing: ObjectIndex | ray.ObjectRef | None = None,
+    concurrency: int = 1,
+) -> pa.Table:
+    """The listing's rows -> DECODED rows: planned against what `existing` (the plan's listing of
+    its outputs) holds, and decoded where an output is still to make. Reads run `concurrency` at a
+    time while the inputs read already are decoded, one at a time (the task's CPU share)."""
+    existing = ray.get(existing) if isinstance(existing, ray.ObjectRef) else existing
+    rows = plan_inputs(batch, plan, existing)  # no Arrow round trip between planning and decoding
+    todo = [row for row in rows if not all(row["done"])]
+    for row, read in zip(todo, read_all([row["input_uri"] for row in todo], concurrency), strict=True):
+        row.update(decode_one(row["input_uri"], sizing, jpeg_to_model, read))
     return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)

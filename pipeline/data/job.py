@@ -42,8 +42,17 @@ def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages
     jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output, device_codec.unavailable())
     io = {"batch_format": "pyarrow", "num_cpus": stages.scale.io_cpus}
 
+    concurrency = stages.scale.io_concurrency
+    existing = plan.existing()  # one listing of the outputs, here: no request per output to ask if it is done
+
     ds = ray.data.from_arrow(input_blocks(inputs, batch))
-    decoding = {"plan": plan, "sizing": stages.sizing, "jpeg_to_model": jpeg_in}
+    decoding = {
+        "plan": plan,
+        "sizing": stages.sizing,
+        "jpeg_to_model": jpeg_in,
+        "existing": None if existing is None else ray.put(existing),
+        "concurrency": concurrency,
+    }
     ds = ds.map_batches(decode_inputs, fn_kwargs=decoding, batch_size=batch, **io)
     ds = ds.map_batches(
         StyleModel,
@@ -62,7 +71,7 @@ def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages
     )
     ds = ds.map_batches(
         write_outputs,
-        fn_kwargs={"writer": plan.writer, "encoded": jpeg_quality is not None},
+        fn_kwargs={"writer": plan.writer, "encoded": jpeg_quality is not None, "concurrency": concurrency},
         batch_size=plan.writer.rows_per_call or batch,
         **io,
     )

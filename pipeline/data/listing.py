@@ -95,7 +95,7 @@ _CHUNK_ROWS = 65_536  # rows turned into Python strings at a time
 
 def _per_row(fn: Callable[[str], str], column: pa.ChunkedArray) -> pa.ChunkedArray:
     """`fn` of each string, _CHUNK_ROWS at a time: never the whole column as Python strings."""
-    chunks = [column.slice(i, _CHUNK_ROWS).to_pylist() for i in range(0, len(column), _CHUNK_ROWS)]
+    chunks = (column.slice(i, _CHUNK_ROWS).to_pylist() for i in range(0, len(column), _CHUNK_ROWS))
     return pa.chunked_array([pa.array([fn(v) for v in chunk], pa.string()) for chunk in chunks], pa.string())
 
 

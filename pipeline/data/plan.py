@@ -1,9 +1,10 @@
 """The plan: which outputs each input gets (style, alpha, target), and which of them are done.
 
 stylize is "every style, one alpha" (`EveryStyle`); augment is "N styles and alphas drawn from
-(seed, input path)" (`DrawnStyles`). The writer names each output's target once, here, and is
-the one place that says whether an output is there already (`Writer.done`); the job says when
-that question is asked (`Plan.resume`). Torch-free: this runs in the decoding tasks.
+(seed, input path)" (`DrawnStyles`). The writer names each output's target once, here; what is
+there already comes from one listing of the output per run (`Plan.existing`, on the driver),
+which each target is looked up in; the job says when that question is asked (`Plan.resume`).
+Torch-free: this runs in the decoding tasks.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.data.writers import Writer
+from pipeline.storage.index import ObjectIndex
 
 # When outputs already there count as done: never (`--overwrite`, shards), for every input, or
 # only for inputs no finished run recorded, when written since the input was (augment's resume).
@@ -68,19 +70,25 @@ class Plan:
     writer: Writer
     resume: str | None = RESUME_EXISTING
 
-    def row(self, listed: dict[str, Any]) -> dict[str, Any]:
-        """One listed input (input_uri, rel_path, key, mtime_ns, and `new` for augment) -> its plan."""
+    def existing(self) -> ObjectIndex | None:
+        """What is there already, listed once (on the driver); nothing is listed when no output
+        can count as done."""
+        return None if self.resume == RESUME_NEVER else self.writer.existing()
+
+    def row(self, listed: dict[str, Any], existing: ObjectIndex | None = None) -> dict[str, Any]:
+        """One listed input (input_uri, rel_path, key, mtime_ns, and `new` for augment) -> its plan;
+        an output is done when `existing` (this plan's `existing()`) holds it, per the resume rule."""
         styles, alphas = self.styles.choose(listed["rel_path"])
         targets = [self.writer.target(style, listed["key"]) for style in styles]
         since = None
         check = self.resume == RESUME_EXISTING
         if self.resume == RESUME_NEW_INPUTS and listed.get("new", True):
             check, since = True, listed.get("mtime_ns")
-        done = [check and self.writer.done(target, since) for target in targets]
+        done = existing.written_since(targets, since) if check and existing is not None else [False] * len(targets)
         row = {k: listed.get(k) for k in ("input_uri", "rel_path", "mtime_ns")}
         return row | {"styles": styles, "alphas": alphas, "targets": targets, "done": done}
 
 
-def plan_inputs(batch: pa.Table, plan: Plan) -> list[dict[str, Any]]:
+def plan_inputs(batch: pa.Table, plan: Plan, existing: ObjectIndex | None = None) -> list[dict[str, Any]]:
     """A batch of the listing -> its PLANNED rows (`rows.PLANNED_SCHEMA`), as the decoding stage goes on with them."""
-    return [plan.row(listed) for listed in batch.to_pylist()]
+    return [plan.row(listed, existing) for listed in batch.to_pylist()]

@@ -1,8 +1,8 @@
 """The writing stage: one interface, files and WebDataset shards behind it.
 
-A writer names each output (`target`, once, when the plan is made), says whether it is done
-already (`done`), and writes a batch of stylized rows, marking each `ok` or `error`
-(`write`). A new output format plugs in here as another `Writer`. Torch-free: the writing
+A writer names each output (`target`, once, when the plan is made), lists what is there
+already (`existing`, once per run), and writes a batch of stylized rows, marking each `ok` or
+`error` (`write`). A new output format plugs in here as another `Writer`. Torch-free: the writing
 tasks import this module, and start in a fraction of a second without torch.
 """
 
@@ -25,9 +25,10 @@ from pipeline.config import OutputSpec
 from pipeline.data.rows import ERROR, OK, PENDING, WRITTEN_SCHEMA, elapsed_ms
 from pipeline.errors import describe
 from pipeline.imaging.codec import encode
+from pipeline.storage.index import ObjectIndex
 from pipeline.storage.keys import safe_relpath, slug
 from pipeline.storage.listing import list_files
-from pipeline.storage.uri import delete, exists, is_dir, join, read_bytes, write_bytes, written_since
+from pipeline.storage.uri import delete, exists, io_pool, is_dir, join, read_bytes, write_bytes
 
 
 class Writer(Protocol):
@@ -40,11 +41,13 @@ class Writer(Protocol):
     def target(self, style_id: str, key: str) -> str:
         """Where the output of input `key` (its name without extension) in style `style_id` goes."""
 
-    def done(self, target: str, since_ns: int | None) -> bool:
-        """Whether that output exists already, written no earlier than `since_ns` (None: ever)."""
+    def existing(self) -> ObjectIndex | None:
+        """What is there already, listed once per run on the driver (None: it cannot tell, and
+        every output is made); the plan looks each target up in it, with no request per output."""
 
-    def write(self, rows: list[dict[str, Any]], encoded: bool) -> None:
-        """Write the pending rows' outputs; each row gets its status, output_uri or error, write_ms."""
+    def write(self, rows: list[dict[str, Any]], encoded: bool, concurrency: int = 1) -> None:
+        """Write the pending rows' outputs, up to `concurrency` at a time; each row gets its
+        status, output_uri or error, write_ms."""
 
 
 def output_file(row: dict[str, Any], encoded: bool, output: OutputSpec) -> bytes:
@@ -66,18 +69,30 @@ class FileWriter:
     def target(self, style_id: str, key: str) -> str:
         return self.naming(self.output.uri, style_id, key, self.output.format)
 
-    def done(self, target: str, since_ns: int | None) -> bool:
-        return written_since(target, since_ns)
+    def existing(self) -> ObjectIndex:
+        return ObjectIndex.build(self.output.uri, (f".{self.output.format}",))
 
-    def write(self, rows: list[dict[str, Any]], encoded: bool) -> None:
-        for row in rows:
-            start = time.perf_counter()
+    def write(self, rows: list[dict[str, Any]], encoded: bool, concurrency: int = 1) -> None:
+        # Encoded here one at a time (the task's CPU share), uploaded `concurrency` at a time.
+        def upload(row: dict[str, Any], data: bytes, start: float) -> None:
             try:
-                write_bytes(row["target"], output_file(row, encoded, self.output))
+                write_bytes(row["target"], data)
                 row.update(status=OK, output_uri=row["target"])
             except Exception as exc:
                 row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}")
             row["write_ms"] = elapsed_ms(start)
+
+        uploads = []
+        for row in rows:
+            start = time.perf_counter()
+            try:
+                data = output_file(row, encoded, self.output)
+            except Exception as exc:
+                row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}", write_ms=elapsed_ms(start))
+                continue
+            uploads.append(io_pool(concurrency).submit(upload, row, data, start))
+        for upload_done in uploads:
+            upload_done.result()
 
 
 def sample_name(key: str, style_id: str) -> str:
@@ -98,10 +113,10 @@ class ShardWriter:
     def target(self, style_id: str, key: str) -> str:
         return sample_name(key, style_id)
 
-    def done(self, target: str, since_ns: int | None) -> bool:
-        return False
+    def existing(self) -> None:
+        return None
 
-    def write(self, rows: list[dict[str, Any]], encoded: bool) -> None:
+    def write(self, rows: list[dict[str, Any]], encoded: bool, concurrency: int = 1) -> None:
         if not rows:
             return
         uri = join(self.output.uri, "shards", f"{self.run_id}-{uuid.uuid4().hex[:12]}.tar")
@@ -159,8 +174,8 @@ def remove_orphan_shards(output: str) -> int:
     return len(orphans)
 
 
-def write_outputs(batch: pa.Table, *, writer: Writer, encoded: bool) -> pa.Table:
+def write_outputs(batch: pa.Table, *, writer: Writer, encoded: bool, concurrency: int = 1) -> pa.Table:
     """The writing stage: write the batch's pending outputs; the rows become manifest rows."""
     rows = batch.to_pylist()
-    writer.write([row for row in rows if row["status"] == PENDING], encoded)
+    writer.write([row for row in rows if row["status"] == PENDING], encoded, concurrency)
     return pa.Table.from_pylist(rows, schema=WRITTEN_SCHEMA)

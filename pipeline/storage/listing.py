@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipeline.storage.uri import is_remote, resolve, retrying, scheme, storage_error
+from pipeline.storage.uri import is_remote, request_client, resolve, retrying, s3_call, scheme, storage_error
 
 log = logging.getLogger(__name__)
 
@@ -111,3 +113,47 @@ def stat_files(uri: str, extensions: tuple[str, ...]) -> list[FileStat]:
 def list_files(uri: str, extensions: tuple[str, ...]) -> list[tuple[str, str]]:
     """(uri, path relative to `uri`) of every file `stat_files` lists."""
     return [(stat.uri, stat.rel) for stat in stat_files(uri, extensions)]
+
+
+Page = tuple[list[str], list[int | None]]  # paths relative to the listed prefix, and their mtime_ns
+
+
+def iter_files(uri: str, extensions: tuple[str, ...]) -> Iterator[Page]:
+    """Every file under a prefix or directory whose name ends in one of `extensions`
+    (case-insensitive), a page at a time, so that memory never holds the whole listing: on S3 one
+    LIST request per thousand objects, each retried on its own; locally a directory at a time."""
+    filesystem, path = resolve(uri)
+    extensions = tuple(e.lower() for e in extensions)
+    root = path.rstrip("/")
+    if scheme(uri) == "s3":
+        yield from _s3_pages(uri, root + "/", extensions)
+    elif isinstance(filesystem, pafs.LocalFileSystem):
+        for folder, _, names in os.walk(root):
+            paths = [os.path.join(folder, name) for name in names if name.lower().endswith(extensions)]
+            stats = [(p, os.stat(p)) for p in paths]
+            if stats:
+                yield [p[len(root) + 1 :] for p, _ in stats], [st.st_mtime_ns for _, st in stats]
+    else:
+        table = stat_table(uri, extensions)
+        yield table.column("rel").to_pylist(), table.column("mtime_ns").to_pylist()
+
+
+def _s3_pages(uri: str, base: str, extensions: tuple[str, ...]) -> Iterator[Page]:
+    bucket, _, prefix = base.partition("/")
+    client = request_client()
+    args = {"Bucket": bucket, "Prefix": prefix}
+    while True:
+        page = retrying(lambda args=args: s3_call(lambda: client.list_objects_v2(**args)), uri)
+        found = [o for o in page.get("Contents", ()) if o["Key"].lower().endswith(extensions)]
+        yield [o["Key"][len(prefix) :] for o in found], [_ns(o["LastModified"]) for o in found]
+        if not page.get("IsTruncated"):
+            return
+        args = {**args, "ContinuationToken": page["NextContinuationToken"]}
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _ns(when: datetime) -> int:
+    """A listing's LastModified in nanoseconds since the epoch, exactly (no float in between)."""
+    return (when - _EPOCH) // timedelta(microseconds=1) * 1000

@@ -16,6 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import TypeVar
 
@@ -185,9 +186,12 @@ def _bucket_exists(uri: str) -> bool:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The whole object or file. On S3 one GET (pyarrow would ask for the size first, a HEAD)."""
+    if scheme(uri) == "s3":
+        bucket, key = _bucket_key(uri)
+        get = lambda: request_client().get_object(Bucket=bucket, Key=key)["Body"].read()  # noqa: E731
+        return retrying(lambda: s3_call(get), uri)
     filesystem, path = resolve(uri)
-    if scheme(uri) == "s3" and _odd_key(path):
-        return _read_raw_s3_key(uri, path)
 
     def read() -> bytes:
         with filesystem.open_input_stream(path) as stream:
@@ -196,41 +200,79 @@ def read_bytes(uri: str) -> bytes:
     return retrying(read, uri)
 
 
-def _odd_key(path: str) -> bool:
-    """An object key with empty, '.' or '..' segments: legal in S3, but pyarrow's filesystem
-    refuses (`in//x.jpg`) or normalises them (`d/../y.jpg` would read `y.jpg`)."""
-    return any(part in ("", ".", "..") for part in path.split("/")[1:])
+# At most this many requests in flight per process (--io-concurrency): one pooled connection each.
+MAX_CONNECTIONS = 128
+
+
+@lru_cache(maxsize=4)
+def io_pool(workers: int) -> ThreadPoolExecutor:
+    """The threads a process keeps `workers` requests in flight with (one pool per size, kept)."""
+    return ThreadPoolExecutor(max(1, min(workers, MAX_CONNECTIONS)), thread_name_prefix="adain-io")
 
 
 @lru_cache(maxsize=8)
-def s3_client(endpoint: str | None):
+def s3_client(endpoint: str | None, attempts: int = SDK_ATTEMPTS * ATTEMPTS):
+    """One boto3 client per endpoint and retry budget (thread-safe, shared by a process's threads).
+    boto3 sends keys as they are: `in//x.jpg` and `d/../y.jpg` are the objects they name, where
+    pyarrow's filesystem refuses or normalises them."""
     import boto3
     from botocore.config import Config
 
-    retries = {"max_attempts": SDK_ATTEMPTS * ATTEMPTS, "mode": "standard"}
-    return boto3.client("s3", endpoint_url=endpoint, config=Config(retries=retries))
+    retries = {"max_attempts": attempts, "mode": "standard"}
+    # The timeouts pyarrow's SDK has (1 s to connect; an answer silent for 3 s is abandoned and asked again).
+    config = Config(retries=retries, connect_timeout=1, read_timeout=3, max_pool_connections=MAX_CONNECTIONS)
+    return boto3.client("s3", endpoint_url=endpoint, config=config)
 
 
-def _read_raw_s3_key(uri: str, path: str) -> bytes:
-    """Read an odd key as the object it is, with boto3, which sends keys as they are."""
-    from botocore.exceptions import BotoCoreError, ClientError
+def request_client():
+    """The client of single requests inside `retrying`: SDK_ATTEMPTS per request, as pyarrow's."""
+    return s3_client(s3_endpoint(), SDK_ATTEMPTS)
 
-    bucket, key = uri.split("://", 1)[1].split("/", 1)
+
+def _bucket_key(uri: str) -> tuple[str, str]:
+    bucket, _, key = uri.split("://", 1)[1].partition("/")
+    if not bucket:
+        raise StorageError(f"{uri}: no bucket in the URI; write s3://BUCKET/PREFIX")
+    return bucket, key
+
+
+def s3_call(action: Callable[[], T]) -> T:
+    """A boto3 call in `retrying`'s terms: its errors become OSErrors worded as pyarrow's (a missing
+    key FileNotFoundError, HTTP status and S3 code in the text), so that permanent ones fail at
+    once and transient ones (5xx, throttling, timeouts, dropped connections) are retried."""
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
+
     try:
-        return s3_client(s3_endpoint()).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return action()
+    except NoCredentialsError as exc:
+        raise PermissionError(str(exc)) from None
+    except ParamValidationError as exc:  # an empty key, say: what S3 would refuse
+        raise OSError(f"InvalidArgument: {' '.join(str(exc).split())} (HTTP status 400)") from None
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
-        raise storage_error(FileNotFoundError(uri) if code in ("NoSuchKey", "404") else exc, uri) from None
+        error, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+        code, status = error.get("Code", ""), meta.get("HTTPStatusCode", 0)
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(str(exc)) from None
+        raise OSError(f"{code}: {error.get('Message', exc)} (HTTP status {status})") from None
     except BotoCoreError as exc:
-        raise storage_error(exc, uri, attempts=SDK_ATTEMPTS * ATTEMPTS) from None
+        raise OSError(f"{type(exc).__name__}: {exc}") from None
+
+
+# Objects up to this size go up in one PUT (atomic: the object appears whole); larger ones in
+# parts, as pyarrow uploads them (create, parts, complete: atomic as well).
+SINGLE_PUT_BYTES = 8 * 1024 * 1024
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write an object so that readers see all of it or nothing.
 
-    Local: a temporary file beside the target, then rename. Object stores: the whole
-    payload goes in one upload, and the object appears only when that completes.
+    Local: a temporary file beside the target, then rename. S3: one PUT up to SINGLE_PUT_BYTES,
+    else a multipart upload; either way the object appears only when the upload completes.
     """
+    if scheme(uri) == "s3" and len(data) <= SINGLE_PUT_BYTES:
+        bucket, key = _bucket_key(uri)
+        retrying(lambda: s3_call(lambda: request_client().put_object(Bucket=bucket, Key=key, Body=data)), uri)
+        return
     filesystem, path = resolve(uri)
 
     def write() -> None:
@@ -325,15 +367,6 @@ def _missing_folders(uri: str) -> list[str]:
 def exists(uri: str) -> bool:
     filesystem, path = resolve(uri)
     return retrying(lambda: filesystem.get_file_info(path).type != pafs.FileType.NotFound, uri)
-
-
-def written_since(uri: str, since_ns: int | None) -> bool:
-    """Whether the output `uri` exists, written no earlier than `since_ns` (its input's mtime)."""
-    filesystem, path = resolve(uri)
-    info = retrying(lambda: filesystem.get_file_info(path), uri)
-    if info.type != pafs.FileType.File:
-        return False
-    return since_ns is None or info.mtime_ns is None or info.mtime_ns >= since_ns
 
 
 def is_dir(uri: str) -> bool:
