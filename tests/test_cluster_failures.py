@@ -255,15 +255,15 @@ def check_run(
     done: set[str] = frozenset(),
 ) -> None:
     """One run's manifest rows: exactly one per output, `skipped` for the outputs that were there
-    before the run and `ok`, naming the output at its key, for all the others; counts that agree
-    with the run summary."""
+    before the run and `ok` for all the others, each naming the output at its key; counts that
+    agree with the run summary."""
     rows = [r for r in manifest_rows(out) if r["run_id"] == summary["run_id"]]
     keys = [key_of(r) for r in rows]
     assert len(keys) == len(set(keys)), "an output recorded twice"
     assert set(keys) == expected
     for row, key in zip(rows, keys, strict=True):
         if key in done:
-            assert (row["status"], row["output_uri"]) == ("skipped", None), row
+            assert (row["status"], row["output_uri"]) == ("skipped", str(out / key)), row
         else:
             assert (row["status"], row["output_uri"]) == ("ok", str(out / key)), row
     assert (summary["ok"], summary["skipped"], summary["error"]) == (len(expected - done), len(done), 0)

@@ -140,6 +140,15 @@ def test_distinct_inputs_get_distinct_outputs(uris: list[str]) -> None:
     assert output_stems(rels, uris).to_pylist() == stems  # the same on every run
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.text(alphabet="ab./", max_size=10), min_size=1, max_size=20))
+def test_an_output_name_is_its_path_without_extension_where_none_meet(rels: list[str]) -> None:
+    """Names that meet nobody's are the path less its extension, exactly as posixpath.splitext cuts it."""
+    stems = [posixpath.splitext(r)[0] for r in rels]
+    if len({s.lower() for s in stems}) == len(stems):
+        assert output_stems(rels).to_pylist() == stems
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(key, min_size=1, max_size=30))
 def test_distinct_style_images_get_distinct_ids(keys: list[str]) -> None:

@@ -202,9 +202,12 @@ def test_ray_job_submit_runs_after_the_readme_install(tmp_path: Path) -> None:
     port, dashboard = free_port(), free_port()
     temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")  # short: Ray's socket paths must fit in 107 bytes
     log = (tmp_path / "head.log").open("w")
+    # Ports of its own throughout: the session's Ray holds the default ports of its agents.
+    agents = [f"--{name}={free_port()}" for name in ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+                                                    "metrics-export-port", "runtime-env-agent-port")]  # fmt: skip
     start = ["ray", "start", "--head", "--block", "--num-cpus", "1", "--port", str(port), "--dashboard-port",
              str(dashboard), "--include-dashboard", "true", "--disable-usage-stats",
-             "--temp-dir", temp]  # fmt: skip
+             "--temp-dir", temp, *agents]  # fmt: skip
     head = subprocess.Popen(
         start,
         stdout=log,

@@ -64,6 +64,11 @@ def unique_names(names: Sequence[str], keys: Sequence[str]) -> list[str]:
     raise AssertionError("unreachable")
 
 
+# A path and its extension: the last dot of the file name and what follows, unless the name is
+# only dots before it (".bashrc" has none), as posixpath.splitext has it.
+_EXTENSION = r"^((?:.*/)?\.*[^/.][^/]*?)\.[^./]*$"
+
+
 def output_stems(
     rels: pa.ChunkedArray | Sequence[str], keys: pa.ChunkedArray | Sequence[str] | None = None
 ) -> pa.ChunkedArray:
@@ -77,10 +82,7 @@ def output_stems(
     Clashes are found with Arrow, so ten million inputs become Python strings only when some
     of them clash."""
     rels = _chunked(rels)
-    stems = pa.chunked_array(
-        [pa.array([posixpath.splitext(r)[0] for r in c.to_pylist()], pa.string()) for c in rels.chunks],
-        pa.string(),
-    )
+    stems = pc.replace_substring_regex(rels, _EXTENSION, r"\1")  # posixpath.splitext's stem, in Arrow
     if len(_clashing(stems)) == 0:
         return stems
     names = stems.to_pylist()
