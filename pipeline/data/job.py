@@ -3,6 +3,10 @@
     listing -> map_batches(decode_inputs) -> map_batches(StyleModel, actor pool) -> map_batches(write_outputs)
             -> manifest rows, streamed back to the driver
 
+On GPU actors the decoding and writing stages are CPU tasks beside them. On CPU actors the
+three stages run in turn inside each actor (`OnOneNode`): the model holds the node's cores, and
+tasks decoding and encoding beside it would only take cores from its threads.
+
 `adain stylize` and `adain augment` differ only in what they hand it: the plan (which styles
 and alphas per input, which writer, when an existing output counts as done) and the styles.
 """
@@ -11,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import ray
@@ -53,26 +58,34 @@ def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages
         "existing": None if existing is None else ray.put(existing),
         "concurrency": concurrency,
     }
-    ds = ds.map_batches(decode_inputs, fn_kwargs=decoding, batch_size=batch, **io)
-    ds = ds.map_batches(
-        StyleModel,
-        fn_constructor_kwargs={
-            "model": stages.model,
-            "styles": ray.put(styles),
-            "sizing": stages.sizing,
-            "batch_size": batch,
-            "preserve_color": stages.preserve_color,
-            "threads": threads,
-            "jpeg_quality": jpeg_quality,
-        },
-        batch_format="pyarrow",
-        batch_size=batch,
-        **actor_args,
-    )
-    ds = ds.map_batches(
-        write_outputs,
-        fn_kwargs={"writer": plan.writer, "encoded": jpeg_quality is not None, "concurrency": concurrency},
-        batch_size=plan.writer.rows_per_call or batch,
-        **io,
-    )
+    model = {
+        "model": stages.model,
+        "styles": ray.put(styles),
+        "sizing": stages.sizing,
+        "batch_size": batch,
+        "preserve_color": stages.preserve_color,
+        "threads": threads,
+        "jpeg_quality": jpeg_quality,
+    }
+    writing = {"writer": plan.writer, "encoded": jpeg_quality is not None, "concurrency": concurrency}
+    if "num_gpus" not in actor_args and plan.writer.rows_per_call is None:
+        stages_in_one = {"decoding": decoding, "model": model, "writing": writing}
+        ds = ds.map_batches(OnOneNode, fn_constructor_kwargs=stages_in_one, batch_size=batch, **io | actor_args)
+    else:
+        ds = ds.map_batches(decode_inputs, fn_kwargs=decoding, batch_size=batch, **io)
+        ds = ds.map_batches(StyleModel, fn_constructor_kwargs=model, batch_size=batch, **io | actor_args)
+        ds = ds.map_batches(write_outputs, fn_kwargs=writing, batch_size=plan.writer.rows_per_call or batch, **io)
     yield from unreserved_on_cpu(ds, actor_args).iter_batches(batch_format="pyarrow", batch_size=None)
+
+
+class OnOneNode:
+    """The decoding, model and writing stages in turn, in one CPU model actor: no process hops,
+    and no task competing with the model's threads for the node's cores. Reads and uploads
+    still keep `--io-concurrency` requests in flight."""
+
+    def __init__(self, *, decoding: dict[str, Any], model: dict[str, Any], writing: dict[str, Any]) -> None:
+        self.decoding, self.writing = decoding, writing
+        self.model = StyleModel(**model)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return write_outputs(self.model(decode_inputs(batch, **self.decoding)), **self.writing)
