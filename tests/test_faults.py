@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs
 
 import pandas as pd
@@ -239,15 +240,36 @@ def adain(*args: str, endpoint: str, tmp_path: Path, timeout: float = 300) -> su
     )
 
 
+def photos_and_styles(s3: Any, bucket: str) -> list[str]:
+    """Six photos under photos/ and the styles ink and wave under styles/; the photos' names."""
+    names = [f"p{i}" for i in range(6)]
+    for i, name in enumerate(names):
+        s3.put_object(Bucket=bucket, Key=f"photos/{name}.jpg", Body=images.encoded(40, 36, seed=i))
+    for i, style in enumerate(("ink", "wave")):
+        s3.put_object(Bucket=bucket, Key=f"styles/{style}.png", Body=images.encoded(32, 32, "PNG", seed=8 + i))
+    return names
+
+
+def stylize_on_s3(
+    bucket: str, weights: WeightFiles, proxy: FaultProxy, tmp_path: Path, *flags: str
+) -> subprocess.CompletedProcess[str]:
+    """`adain stylize` of photos/ in every style of styles/ into out/ (PNG, 32 px), through the proxy."""
+    return adain(
+        "stylize",
+        *("--input", f"s3://{bucket}/photos/", "--style", f"s3://{bucket}/styles/"),
+        *("--output", f"s3://{bucket}/out/", "--format", "png", *flags),
+        *("--encoder", str(weights.vgg), "--decoder", str(weights.decoder), "--device", "cpu"),
+        *("--content-size", "32", "--style-size", "32", "--address", "local"),
+        endpoint=proxy.endpoint,
+        tmp_path=tmp_path,
+    )
+
+
 def test_stylize_completes_through_a_failing_store(
     proxy: FaultProxy, s3_server: S3Server, bucket: str, weights: WeightFiles, tmp_path: Path
 ) -> None:
     s3 = s3_server.client()
-    names = [f"p{i}" for i in range(6)]
-    for i, name in enumerate(names):
-        s3.put_object(Bucket=bucket, Key=f"photos/{name}.jpg", Body=images.encoded(40, 36, seed=i))
-    s3.put_object(Bucket=bucket, Key="styles/wave.png", Body=images.encoded(32, 32, "PNG", seed=9))
-    s3.put_object(Bucket=bucket, Key="styles/ink.png", Body=images.encoded(32, 32, "PNG", seed=8))
+    names = photos_and_styles(s3, bucket)
 
     faults = [
         proxy.fail("GET", f"/{bucket}/photos/p", 503, times=3),  # input reads: SlowDown
@@ -257,15 +279,7 @@ def test_stylize_completes_through_a_failing_store(
         proxy.fail("GET", "prefix=out%2F&", 503, times=2),  # the one listing of what is there already
     ]
 
-    result = adain(
-        "stylize",
-        *("--input", f"s3://{bucket}/photos/", "--style", f"s3://{bucket}/styles/"),
-        *("--output", f"s3://{bucket}/out/", "--format", "png", "--run-id", "faulty"),
-        *("--encoder", str(weights.vgg), "--decoder", str(weights.decoder), "--device", "cpu"),
-        *("--content-size", "32", "--style-size", "32", "--address", "local"),
-        endpoint=proxy.endpoint,
-        tmp_path=tmp_path,
-    )
+    result = stylize_on_s3(bucket, weights, proxy, tmp_path, "--run-id", "faulty")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "12 ok, 0 error, 0 skipped of 12" in result.stdout
 
@@ -335,20 +349,8 @@ def test_stylize_makes_one_get_per_input_and_one_put_per_output(
     """Counted at the proxy: one GET per input, one PUT per output, no HEAD and no LIST per output.
     Planning again lists the output once and reads nothing; planning to overwrite lists nothing."""
     s3 = s3_server.client()
-    names = [f"p{i}" for i in range(6)]
-    for i, name in enumerate(names):
-        s3.put_object(Bucket=bucket, Key=f"photos/{name}.jpg", Body=images.encoded(40, 36, seed=i))
-    for i, style in enumerate(("ink", "wave")):
-        s3.put_object(Bucket=bucket, Key=f"styles/{style}.png", Body=images.encoded(32, 32, "PNG", seed=8 + i))
-    result = adain(
-        "stylize",
-        *("--input", f"s3://{bucket}/photos/", "--style", f"s3://{bucket}/styles/"),
-        *("--output", f"s3://{bucket}/out/", "--format", "png", "--io-concurrency", "4"),
-        *("--encoder", str(weights.vgg), "--decoder", str(weights.decoder), "--device", "cpu"),
-        *("--content-size", "32", "--style-size", "32", "--address", "local"),
-        endpoint=proxy.endpoint,
-        tmp_path=tmp_path,
-    )
+    names = photos_and_styles(s3, bucket)
+    result = stylize_on_s3(bucket, weights, proxy, tmp_path, "--io-concurrency", "4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "12 ok, 0 error, 0 skipped of 12" in result.stdout
     for name in names:

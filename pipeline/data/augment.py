@@ -135,7 +135,7 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
         progress = Progress(todo.num_rows * cfg.per_image, "augment")
         for rows in stylized_rows(todo, plan, styles, stages):
             manifest.add(rows)
-            progress.update(rows)
+            progress.update(manifest.counts)
             failed.update(rows.filter(pc.equal(rows.column("status"), ERROR)).column("rel_path").to_pylist())
             shards.update(rows.filter(pc.equal(rows.column("status"), OK)).column("output_uri").to_pylist())
         progress.close()

@@ -23,9 +23,9 @@ def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
     calls at once on threads of its own, so that one batch's host work (Arrow to tensors, the
     upload, the download, JPEG bytes) overlaps the other's kernels. On CPU clusters,
     one actor per node by default, holding the node's CPUs less two decoding/writing tasks'
-    share (--io-cpus), and running one torch thread per CPU of the node: decoding and
-    encoding happen in separate tasks, so the model never waits for them, and the cores
-    are not oversubscribed beyond that small share.
+    share (--io-cpus, for shards, whose writing stays a task of its own), and running one
+    torch thread per CPU of the node; it decodes and writes in turn with the model
+    (`job.OnOneNode`), so the cores are not oversubscribed.
     """
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0.0)
@@ -62,15 +62,13 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
     address = check_address(address, wait_s)
     level = logging.getLogger().getEffectiveLevel()
     verbose = level <= logging.INFO
-    if not verbose:  # a local Ray turns token authentication on, as it should, and warns that it did
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
-    ray.init(address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO))
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = verbose
     for name in ("ray.data", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(level)
-    if not verbose:  # that its progress bars are off, as asked
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+    if not verbose:  # notices that a local Ray turned token authentication on, and that bars are off, as asked
+        for name in ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    ray.init(address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO))
+    ray.data.DataContext.get_current().enable_progress_bars = verbose
 
 
 def model_stage(model: ModelConfig, scale: Scale) -> tuple[dict[str, Any], int | None]:
@@ -84,8 +82,8 @@ def jpeg_on_model(
 ) -> tuple[bool, int | None]:
     """Whether plain JPEG inputs are decoded on the model actors' device, and the quality JPEG
     outputs are encoded at there (None: in the writing tasks), per --jpeg-codec. By default on
-    GPU actors, where nvJPEG frees the node's CPUs; on CPU actors, decoding and encoding in
-    separate tasks keeps them off the model's critical path. Where TorchCodec cannot run
+    GPU actors, where nvJPEG frees the node's CPUs; on CPU actors, Pillow does it on the
+    actor's own cores, for every format alike. Where TorchCodec cannot run
     (`codec_error`, as `device_codec.unavailable()` says), auto keeps JPEGs in the tasks."""
     if codec_error and scale.jpeg_codec == "model":
         raise ConfigError(

@@ -92,8 +92,7 @@ class ManifestWriter:
         if self.first_rows_at is None:
             self.first_rows_at = time.time()
         rows = rows.select(self.row_schema.names).cast(self.row_schema)
-        for status, count in zip(*_value_counts(rows.column("status")), strict=True):
-            self.counts[status] += count
+        self.counts.update(status_counts(rows.column("status")))
         if len(self.samples) < self._want_samples:  # outputs of this run or kept from an earlier one
             made = rows.filter(pc.is_valid(rows.column("output_uri"))).slice(0, self._want_samples)
             columns = (made.column(name).to_pylist() for name in ("input_uri", "style", "output_uri"))
@@ -153,9 +152,10 @@ def _next_part(directory: str, run_id: str) -> int:
     return max(numbers, default=-1) + 1
 
 
-def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
+def status_counts(column: pa.ChunkedArray) -> dict[str, int]:
+    """How many rows have each status."""
     counts = pc.value_counts(column)
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
 
 
 def finish_run(manifest: ManifestWriter, prefix: str, started: float, **fields: Any) -> dict[str, Any]:

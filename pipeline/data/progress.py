@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import TextIO
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from tqdm import tqdm
 
 from pipeline.data.rows import ERROR, SKIPPED
@@ -45,18 +44,15 @@ class Progress:
             unit = f" {unit}"
             self.bar = tqdm(total=total, desc=what, unit=unit, file=self.stream, smoothing=0.1, bar_format=BAR, **bar)
 
-    def update(self, rows: pa.Table) -> None:
-        """Count a batch of manifest rows: one output each."""
-        status = rows.column("status")
-        errors = pc.sum(pc.equal(status, ERROR)).as_py() or 0
-        skipped = pc.sum(pc.equal(status, SKIPPED)).as_py() or 0
-        self.done += rows.num_rows
-        self.errors += errors
-        self.skipped += skipped
+    def update(self, counts: Mapping[str, int]) -> None:
+        """Show the outputs counted so far, by status (the manifest's counts: one row an output)."""
+        done, errors, skipped = sum(counts.values()), counts.get(ERROR, 0), counts.get(SKIPPED, 0)
+        changed = (errors, skipped) != (self.errors, self.skipped)
+        new, self.done, self.errors, self.skipped = done - self.done, done, errors, skipped
         if self.bar is not None:
-            if errors or skipped:
+            if changed:
                 self.bar.set_postfix_str(self._counts(), refresh=False)
-            self.bar.update(rows.num_rows)
+            self.bar.update(new)
         elif time.monotonic() - self._last_line >= self.every_s:
             self._line()
 

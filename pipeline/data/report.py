@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipeline.data.manifest import status_counts
 from pipeline.data.preview import sample_columns, thumbnail
 from pipeline.data.rows import ERROR, OK, STATUSES
 from pipeline.errors import ConfigError, describe
@@ -49,7 +50,7 @@ def read_report(output: str, top: int = 10) -> Report:
     runs = [_summary(uri) for uri, _ in list_files(runs_dir, (".json",))] if is_dir(runs_dir) else []
     runs.sort(key=lambda run: (run.get("started_at") or "", run.get("run_id") or ""))
     latest = latest_rows(_manifest(manifest_dir))
-    counts = dict(zip(*_value_counts(latest.column("status")), strict=True)) if latest.num_rows else {}
+    counts = status_counts(latest.column("status"))
     errors = latest.filter(pc.equal(latest.column("status"), ERROR))
     reasons = Counter(reason(row["error"] or "", row["input_uri"]) for row in errors.to_pylist())
     sources = {k: v for run in runs for k, v in (run.get("style_sources") or {}).items()}
@@ -85,11 +86,6 @@ def reason(error: str, input_uri: str) -> str:
     for name in (input_uri, posixpath.basename(input_uri)):
         error = error.replace(f"{name}: ", "").replace(name, "FILE")
     return error
-
-
-def _value_counts(column: pa.ChunkedArray) -> tuple[list[str], list[int]]:
-    counts = pc.value_counts(column)
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
 
 
 def text(report: Report) -> str:

@@ -55,7 +55,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     progress = Progress(inputs.num_rows * len(styles.ids), "stylize")
     for rows in stylized_rows(inputs, plan, styles, stages):
         manifest.add(rows)
-        progress.update(rows)
+        progress.update(manifest.counts)
     manifest.close()
     progress.close()
 
@@ -67,9 +67,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         output=cfg.output.uri,
         inputs=inputs.num_rows,
         styles=list(styles.ids),
-        style_sources=styles.source_map(),
+        style_sources=(sources := styles.source_map()),
     )
     if cfg.preview and manifest.samples:
-        write_preview(manifest.samples, styles.source_map(), cfg.preview, cfg.sizing.max_pixels)
+        write_preview(manifest.samples, sources, cfg.preview, cfg.sizing.max_pixels)
         summary["preview"] = cfg.preview
     return summary
