@@ -84,7 +84,9 @@ class OnOneNode:
     still keep `--io-concurrency` requests in flight."""
 
     def __init__(self, *, decoding: dict[str, Any], model: dict[str, Any], writing: dict[str, Any]) -> None:
-        self.decoding, self.writing = decoding, writing
+        existing = decoding["existing"]  # fetched once here, not again for every batch
+        self.decoding = decoding | {"existing": ray.get(existing) if isinstance(existing, ray.ObjectRef) else existing}
+        self.writing = writing
         self.model = StyleModel(**model)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

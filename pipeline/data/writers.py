@@ -74,23 +74,26 @@ class FileWriter:
 
     def write(self, rows: list[dict[str, Any]], encoded: bool, concurrency: int = 1) -> None:
         # Encoded here one at a time (the task's CPU share), uploaded `concurrency` at a time.
+        def failed(row: dict[str, Any], exc: Exception, start: float) -> None:
+            row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}", write_ms=elapsed_ms(start))
+
         def upload(row: dict[str, Any], data: bytes, start: float) -> None:
             try:
                 write_bytes(row["target"], data)
-                row.update(status=OK, output_uri=row["target"])
             except Exception as exc:
-                row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}")
-            row["write_ms"] = elapsed_ms(start)
+                failed(row, exc, start)
+            else:
+                row.update(status=OK, output_uri=row["target"], write_ms=elapsed_ms(start))
 
-        uploads = []
+        pool, uploads = io_pool(concurrency), []
         for row in rows:
             start = time.perf_counter()
             try:
                 data = output_file(row, encoded, self.output)
             except Exception as exc:
-                row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}", write_ms=elapsed_ms(start))
+                failed(row, exc, start)
                 continue
-            uploads.append(io_pool(concurrency).submit(upload, row, data, start))
+            uploads.append(pool.submit(upload, row, data, start))
         for upload_done in uploads:
             upload_done.result()
 
