@@ -13,12 +13,14 @@ and alphas per input, which writer, when an existing output counts as done) and 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import ray
+from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, Scale, Sizing
 from pipeline.data.cluster import input_blocks, jpeg_on_model, model_stage, unreserved_on_cpu
@@ -70,7 +72,8 @@ def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages
     writing = {"writer": plan.writer, "encoded": jpeg_quality is not None, "concurrency": concurrency}
     if "num_gpus" not in actor_args and plan.writer.rows_per_call is None:
         stages_in_one = {"decoding": decoding, "model": model, "writing": writing}
-        ds = ds.map_batches(OnOneNode, fn_constructor_kwargs=stages_in_one, batch_size=batch, **io | actor_args)
+        in_one = actor_args | {"compute": two_calls(actor_args["compute"])}
+        ds = ds.map_batches(OnOneNode, fn_constructor_kwargs=stages_in_one, batch_size=batch, **io | in_one)
     else:
         ds = ds.map_batches(decode_inputs, fn_kwargs=decoding, batch_size=batch, **io)
         ds = ds.map_batches(StyleModel, fn_constructor_kwargs=model, batch_size=batch, **io | actor_args)
@@ -78,16 +81,28 @@ def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages
     yield from unreserved_on_cpu(ds, actor_args).iter_batches(batch_format="pyarrow", batch_size=None)
 
 
+def two_calls(pool: ActorPoolStrategy) -> ActorPoolStrategy:
+    """`pool` with two calls at once per actor, on threads (`OnOneNode` keeps its model to one at a time)."""
+    return ActorPoolStrategy(size=pool.max_size, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
+
+
 class OnOneNode:
     """The decoding, model and writing stages in turn, in one CPU model actor: no process hops,
-    and no task competing with the model's threads for the node's cores. Reads and uploads
-    still keep `--io-concurrency` requests in flight."""
+    and no task competing with the model's threads for the node's cores.
+
+    The actor takes two calls at once and runs the model for one at a time: while one call's
+    model runs, the other's reads or uploads wait on the network (`--io-concurrency` requests
+    in flight each), so the object store's latency is hidden behind the model."""
 
     def __init__(self, *, decoding: dict[str, Any], model: dict[str, Any], writing: dict[str, Any]) -> None:
         existing = decoding["existing"]  # fetched once here, not again for every batch
         self.decoding = decoding | {"existing": ray.get(existing) if isinstance(existing, ray.ObjectRef) else existing}
         self.writing = writing
         self.model = StyleModel(**model)
+        self.model_turn = threading.Lock()  # two model calls at once would only share the same cores
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        return write_outputs(self.model(decode_inputs(batch, **self.decoding)), **self.writing)
+        decoded = decode_inputs(batch, **self.decoding)
+        with self.model_turn:
+            stylized = self.model(decoded)
+        return write_outputs(stylized, **self.writing)
