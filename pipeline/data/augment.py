@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -34,6 +34,9 @@ from pipeline.errors import ConfigError, StorageError
 from pipeline.storage.keys import augmented_key
 from pipeline.storage.lock import LeaseKeeper, acquire, release, release_if_dead
 from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
+
+if TYPE_CHECKING:
+    from pipeline.data.styles import StyleSet
 
 log = logging.getLogger(__name__)
 
@@ -101,16 +104,20 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
 
 
 def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> dict[str, Any]:
-    # torch and Ray load only now: a mistake found above is reported before they take seconds to import.
-    from pipeline.data.cluster import connect
-    from pipeline.data.job import Stages, stylized_rows
-    from pipeline.data.styles import augment_styles
-
-    styles = augment_styles(cfg.styles, cfg.model, cfg.sizing)
-    if cfg.per_image > len(styles.ids):
-        raise ConfigError(f"--per-image {cfg.per_image}: there are only {len(styles.ids)} styles")
     state_uri = join(cfg.output.uri, "_state", "inputs.parquet")
     todo, kinds = changed_inputs(listed, state_uri)
+    # torch and Ray load only now: a mistake found above is reported before they take seconds to import.
+    from pipeline.data.cluster import connect_while
+
+    def encode_styles() -> StyleSet:
+        from pipeline.data.styles import augment_styles  # torch loads here, while Ray starts
+
+        return augment_styles(cfg.styles, cfg.model, cfg.sizing)
+
+    styles = connect_while(cfg.address, encode_styles) if todo.num_rows else encode_styles()
+    if cfg.per_image > len(styles.ids):
+        raise ConfigError(f"--per-image {cfg.per_image}: there are only {len(styles.ids)} styles")
+    from pipeline.data.job import Stages, stylized_rows
     low, high = cfg.alpha_range
     job_values = {"per_image": cfg.per_image, "seed": cfg.seed, "alpha_range": f"{low:g},{high:g}"}
     manifest = ManifestWriter(
@@ -123,7 +130,6 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
     failed: set[str] = set()
     shards: set[str] = set()
     if todo.num_rows:
-        connect(cfg.address)
         drawn = DrawnStyles(styles.ids, cfg.per_image, cfg.alpha_range, cfg.seed)
         if cfg.shards:
             plan = Plan(drawn, ShardWriter(cfg.output, run_id, cfg.shard_size), RESUME_NEVER)

@@ -25,7 +25,7 @@ import ray
 import torch
 
 from pipeline.config import ModelConfig, Scale, Sizing
-from pipeline.data.cluster import connect, model_stage, set_threads
+from pipeline.data.cluster import connect, model_stage
 from pipeline.data.listing import style_ids
 from pipeline.data.manifest import table_bytes
 from pipeline.errors import ConfigError, ImageError, StorageError, describe
@@ -33,6 +33,7 @@ from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
+from pipeline.model.host import set_threads
 from pipeline.model.loader import load_style_encoder
 from pipeline.storage.listing import FileStat, stat_files
 from pipeline.storage.uri import absolute, check_writable, exists, is_dir, read_bytes, resolve, write_bytes

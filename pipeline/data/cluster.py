@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import ray
-import torch
 from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, OutputSpec, Scale
 from pipeline.data.preflight import WAIT_S, check_address
 from pipeline.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
@@ -71,6 +74,17 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
     ray.data.DataContext.get_current().enable_progress_bars = verbose
 
 
+def connect_while(address: str | None, work: Callable[[], T]) -> T:
+    """`connect`, while `work` runs on a thread of its own; returns what `work` returns.
+
+    The jobs encode their styles so: loading torch and the encoder keeps one core busy for
+    seconds, and Ray's start is seconds of waiting on the processes it launches."""
+    with ThreadPoolExecutor(1, thread_name_prefix="adain-styles") as pool:
+        working = pool.submit(work)
+        connect(address)
+        return working.result()
+
+
 def model_stage(model: ModelConfig, scale: Scale) -> tuple[dict[str, Any], int | None]:
     """The model actors' Ray arguments and their torch threads (None: torch's default, on GPUs)."""
     resources = actor_resources(model, scale)
@@ -94,12 +108,6 @@ def jpeg_on_model(
         return False, None
     on_model = "num_gpus" in actor_args if scale.jpeg_codec == "auto" else scale.jpeg_codec == "model"
     return on_model, output.quality if on_model and output.format == "jpg" else None
-
-
-def set_threads(threads: int | None) -> None:
-    """In a model actor: use exactly the cores it was sized for."""
-    if threads is not None:
-        torch.set_num_threads(threads)
 
 
 # Input blocks: a batch each at least (a block's outputs reach the driver when its last one is

@@ -22,7 +22,6 @@ import ray
 import torch
 
 from pipeline.config import ModelConfig, Sizing
-from pipeline.data.cluster import set_threads
 from pipeline.data.decode import prepare_content
 from pipeline.data.rows import ERROR, PENDING, SKIPPED, STYLIZED_SCHEMA, elapsed_ms
 from pipeline.data.styles import StyleSet
@@ -30,6 +29,7 @@ from pipeline.errors import ImageError, describe
 from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
+from pipeline.model.host import set_threads
 from pipeline.model.loader import load_model
 
 NOT_FINITE = "the model's output is not finite (NaN or inf): check the decoder, or use --precision bf16 or fp32"

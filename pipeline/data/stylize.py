@@ -9,7 +9,7 @@ Outputs go to OUTPUT/STYLE_ID/REL_PATH.FORMAT; an output already there is kept, 
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import StylizeConfig
 from pipeline.data.listing import list_inputs
@@ -22,6 +22,9 @@ from pipeline.data.writers import FileWriter
 from pipeline.storage.keys import output_key
 from pipeline.storage.uri import check_writable
 
+if TYPE_CHECKING:
+    from pipeline.data.styles import StyleSet
+
 
 def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
@@ -32,12 +35,15 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     check_weights(cfg.model)
     check_address(cfg.address)
     # torch and Ray load only now: a mistake above is reported before they take seconds to import.
-    from pipeline.data.cluster import connect
-    from pipeline.data.job import Stages, stylized_rows
-    from pipeline.data.styles import stylize_styles
+    from pipeline.data.cluster import connect_while
 
-    styles = stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
-    connect(cfg.address)
+    def encode_styles() -> StyleSet:
+        from pipeline.data.styles import stylize_styles  # torch loads here, while Ray starts
+
+        return stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
+
+    styles = connect_while(cfg.address, encode_styles)
+    from pipeline.data.job import Stages, stylized_rows
     run_id = cfg.run_id or new_run_id()
     plan = Plan(
         EveryStyle(styles.ids, cfg.controls.alpha),

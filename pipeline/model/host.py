@@ -1,10 +1,12 @@
-"""The host process that runs a model on the CPU: how its memory allocator should behave."""
+"""The host process that runs a model on the CPU: how many threads it computes on, how its memory allocator behaves."""
 
 from __future__ import annotations
 
 import ctypes
 import functools
 import logging
+
+import torch
 
 log = logging.getLogger(__name__)
 
@@ -33,3 +35,9 @@ def reuse_freed_memory() -> bool:
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+def set_threads(threads: int | None) -> None:
+    """In a model actor: use exactly the cores it was sized for (None: torch's default)."""
+    if threads is not None:
+        torch.set_num_threads(threads)
