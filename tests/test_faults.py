@@ -21,6 +21,8 @@ from urllib.parse import parse_qs
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.config import OutputSpec, Sizing
 from pipeline.data.decode import decode_inputs
@@ -28,6 +30,7 @@ from pipeline.data.listing import list_inputs
 from pipeline.data.plan import RESUME_NEVER, EveryStyle, Plan
 from pipeline.data.writers import FileWriter
 from pipeline.errors import StorageError
+from pipeline.storage import listing
 from pipeline.storage import uri as storage
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.keys import output_key
@@ -330,7 +333,8 @@ def requests_by_kind(proxy: FaultProxy, bucket: str, prefix: str) -> Counter[str
 
 
 def test_existing_outputs_are_listed_a_thousand_a_request(proxy: FaultProxy, s3_server: S3Server, bucket: str) -> None:
-    """The index of what is there: one LIST per page of a thousand, each page retried on its own."""
+    """The index of what is there: one LIST of the prefix's folders, then one per page of a thousand,
+    each page retried on its own."""
     s3 = s3_server.client()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda i: s3.put_object(Bucket=bucket, Key=f"out/s/{i:04d}.png", Body=b"x"), range(1001)))
@@ -340,7 +344,32 @@ def test_existing_outputs_are_listed_a_thousand_a_request(proxy: FaultProxy, s3_
     assert len(index) == 1001
     asked = [f"s3://{bucket}/out/s/1000.png", f"s3://{bucket}/out/s/other.jpg", f"s3://{bucket}/out/s/1001.png"]
     assert index.written_since(asked, None) == [True, False, False]
-    assert requests_by_kind(proxy, bucket, "out/") == Counter(LIST=3)  # two pages, the second asked twice
+    assert requests_by_kind(proxy, bucket, "out/") == Counter(LIST=1)  # its folders
+    assert requests_by_kind(proxy, bucket, "out/s/") == Counter(LIST=3)  # two pages, the second asked twice
+
+
+_segment = st.sampled_from(["a", "b", "c", "", "x.y", "_m"])
+_keys = st.lists(
+    st.tuples(st.lists(_segment, max_size=4), st.sampled_from(["p.png", "q.PNG", "r.jpg", "s.png"])),
+    max_size=25,
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(keys=_keys, pages=st.sampled_from([1, 2, 1000]))
+def test_the_parallel_listing_finds_what_a_flat_listing_finds(
+    s3_server: S3Server, keys: list[tuple[list[str], str]], pages: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Folders at any depth (empty segments included), pages of any size: the same names as one flat listing."""
+    monkeypatch.setattr(listing, "PREFIXES_IN_FLIGHT", 3)
+    bucket, s3 = s3_server.new_bucket(), s3_server.client()
+    names = {"/".join([*folders, name]) for folders, name in keys}
+    for name in names:
+        s3.put_object(Bucket=bucket, Key=f"out/{name}", Body=b"x")
+    s3.put_object(Bucket=bucket, Key="outside.png", Body=b"x")
+    monkeypatch.setattr(listing, "PAGE_KEYS", pages)
+    found = [rel for rels, _ in listing.iter_files(f"s3://{bucket}/out", (".png",)) for rel in rels]
+    assert sorted(found) == sorted(n for n in names if n.lower().endswith(".png"))
 
 
 def test_stylize_makes_one_get_per_input_and_one_put_per_output(
@@ -368,7 +397,10 @@ def test_stylize_makes_one_get_per_input_and_one_put_per_output(
     proxy.clear()
     decoded = decode_inputs(listed, plan=plan, sizing=Sizing(32, 32), existing=plan.existing()).to_pylist()
     assert all(all(row["done"]) and row["pixels"] is None for row in decoded)
-    assert [(s.method, parse_qs(s.path.partition("?")[2])["prefix"]) for s in proxy.seen()] == [("GET", ["out/"])]
+    folders = ["out/", "out/_manifest/", "out/_runs/", "out/ink/", "out/wave/"]  # each listed once, in parallel
+    assert sorted((s.method, parse_qs(s.path.partition("?")[2])["prefix"][0]) for s in proxy.seen()) == [
+        ("GET", folder) for folder in sorted(folders)
+    ]
     proxy.clear()
     overwrite = Plan(EveryStyle(("ink", "wave")), FileWriter(output, output_key), RESUME_NEVER)
     decoded = decode_inputs(listed, plan=overwrite, sizing=Sizing(32, 32), existing=overwrite.existing()).to_pylist()

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,17 +142,86 @@ def iter_files(uri: str, extensions: tuple[str, ...]) -> Iterator[Page]:
         yield table.column("rel").to_pylist(), table.column("mtime_ns").to_pylist()
 
 
+# Sub-prefixes listed at once, and how deep the listing splits into them (a prefix's folders
+# are found with one delimited LIST a page; below DEPTH each folder is listed flat).
+PREFIXES_IN_FLIGHT = 16
+DEPTH = 2
+PAGE_KEYS = 1000  # S3's most per LIST
+
+
 def _s3_pages(uri: str, base: str, extensions: tuple[str, ...]) -> Iterator[Page]:
+    """A prefix's pages, its folders listed in parallel (PREFIXES_IN_FLIGHT at a time, DEPTH
+    levels down): millions of objects in many folders take about the largest folder's
+    listing time, not the sum of all of them. At most 2 x PREFIXES_IN_FLIGHT pages wait in memory."""
     bucket, _, prefix = base.partition("/")
     client = request_client()
-    args = {"Bucket": bucket, "Prefix": prefix}
-    while True:
-        page = retrying(lambda args=args: s3_call(lambda: client.list_objects_v2(**args)), uri)
-        found = [o for o in page.get("Contents", ()) if o["Key"].lower().endswith(extensions)]
-        yield [o["Key"][len(prefix) :] for o in found], [_ns(o["LastModified"]) for o in found]
-        if not page.get("IsTruncated"):
-            return
-        args = {**args, "ContinuationToken": page["NextContinuationToken"]}
+
+    def pages(folder: str, depth: int, found: Callable[[str, int], None]) -> Iterator[Page]:
+        args: dict[str, Any] = {"Bucket": bucket, "Prefix": folder, "MaxKeys": PAGE_KEYS}
+        if depth < DEPTH:
+            args["Delimiter"] = "/"
+        while True:
+            page = retrying(lambda args=args: s3_call(lambda: client.list_objects_v2(**args)), uri)
+            for sub in page.get("CommonPrefixes", ()):
+                found(sub["Prefix"], depth + 1)
+            objects = [o for o in page.get("Contents", ()) if o["Key"].lower().endswith(extensions)]
+            yield [o["Key"][len(prefix) :] for o in objects], [_ns(o["LastModified"]) for o in objects]
+            if not page.get("IsTruncated"):
+                return
+            args = {**args, "ContinuationToken": page["NextContinuationToken"]}
+
+    yield from _walked(pages, prefix)
+
+
+_DONE = object()
+
+
+def _walked(pages: Callable[..., Iterator[Page]], top: str) -> Iterator[Page]:
+    """Run `pages(folder, depth, found)` for `top` and every folder it reports through `found`,
+    on PREFIXES_IN_FLIGHT threads; their pages in the order they come. A failure in any stops all."""
+    out: queue.Queue = queue.Queue(maxsize=2 * PREFIXES_IN_FLIGHT)
+    stop = threading.Event()
+    pending = [1]  # folders submitted and not finished, under `lock`
+    lock = threading.Lock()
+    pool = ThreadPoolExecutor(PREFIXES_IN_FLIGHT, thread_name_prefix="adain-list")
+
+    def put(item: object) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def found(folder: str, depth: int) -> None:
+        with lock:
+            pending[0] += 1
+        pool.submit(walk, folder, depth)
+
+    def walk(folder: str, depth: int) -> None:
+        try:
+            for page in pages(folder, depth, found):
+                if stop.is_set():
+                    return
+                put(page)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            put(exc)
+        finally:
+            with lock:
+                pending[0] -= 1
+                last = pending[0] == 0
+            if last:
+                put(_DONE)
+
+    pool.submit(walk, top, 0)
+    try:
+        while (item := out.get()) is not _DONE:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
