@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.cli import main
+from pipeline.config import VideoSpec
 from pipeline.imaging import video
 from tests import images, videos
 from tests.conftest import S3Server, WeightFiles
@@ -169,3 +170,15 @@ def test_videos_on_s3(
     rows = pa.concat_tables([pq.read_table(part) for part in parts]).to_pylist()
     video_row = next(r for r in rows if r["rel_path"] == "clips/long.mp4")
     assert (video_row["status"], video_row["frames"], video_row["segments"]) == ("ok", 40, 3)
+
+
+def test_video_flags_are_checked_at_the_edge(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["stylize", "--input", str(tmp_path), "--style", str(tmp_path), "--output", str(tmp_path / "out")]
+    for flags, words in (
+        (["--temporal-smoothing", "1"], "--temporal-smoothing 1.0: must be at least 0 and below 1"),
+        (["--video-quality", "52"], "--video-quality 52: x264's CRF"),
+        (["--segment-seconds", "0"], "--segment-seconds 0.0: must be positive"),
+    ):
+        assert main([*base, *flags]) == 1
+        assert words in capsys.readouterr().err
+    assert VideoSpec(0.9).lead_in == 66 and VideoSpec(0.0).lead_in == 0 and VideoSpec(0.999).lead_in == 300
