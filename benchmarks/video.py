@@ -5,7 +5,8 @@
 Generates a clip (moving stripes, small blocks switching on and off, noise: local changes that move
 a frame's feature statistics, the cause of AdaIN's flicker) and a style texture, then runs the whole
 job (`run_stylize`, this machine's local Ray, one style) once per smoothing, 0 and --smoothing, and
-prints per run: frames/s of the job (wall time, Ray's and the actor's start included), the manifest's
+prints per run: frames/s of the job (wall time, Ray's and the actor's start included) and of its model
+actors alone (the manifest's model_ms: decoding, lead-ins, the model, encoding and uploads), the manifest's
 `flicker` (the output's mean absolute frame-to-frame change over the input's) and the style loss
 (train/losses.py's: the MSE of channel means and stds at relu1_1..relu4_1 between each output frame
 and the style, averaged over the frames). With no --encoder/--decoder it uses random He-init weights
@@ -102,7 +103,7 @@ def main() -> None:
     encoder, decoder = (args.encoder, args.decoder) if args.encoder else random_weights(work)
     ray.init(include_dashboard=False, log_to_driver=False)
     print(f"clip: {args.size}x{args.size}, {frames} frames at {args.fps} fps; segments of {args.segment_seconds:g} s")
-    print(f"{'smoothing':>9}  {'wall s':>7}  {'frames/s':>8}  {'flicker':>7}  {'style loss':>10}")
+    print(f"{'smoothing':>9}  {'wall s':>7}  {'frames/s':>8}  {'model fr/s':>10}  {'flicker':>7}  {'style loss':>10}")
     for smoothing in (0.0, args.smoothing):
         out = work / f"out-{smoothing:g}"
         cfg = StylizeConfig(
@@ -119,7 +120,11 @@ def main() -> None:
         assert summary["ok"] == 1, summary
         (row,) = pa.concat_tables([pq.read_table(p) for p in (out / "_manifest").glob("*.parquet")]).to_pylist()
         loss = style_losses(Path(row["output_uri"]), style, encoder, decoder)
-        print(f"{smoothing:>9g}  {wall:>7.1f}  {frames / wall:>8.1f}  {row['flicker']:>7.3f}  {loss:>10.4g}")
+        model_rate = frames / (row["model_ms"] / 1000)  # the actors' own time: decoding, model, encoding, upload
+        print(
+            f"{smoothing:>9g}  {wall:>7.1f}  {frames / wall:>8.1f}  {model_rate:>10.1f}  {row['flicker']:>7.3f}"
+            f"  {loss:>10.4g}"
+        )
 
 
 if __name__ == "__main__":
