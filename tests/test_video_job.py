@@ -22,8 +22,10 @@ import pytest
 from pipeline.cli import main
 from pipeline.config import VideoSpec
 from pipeline.imaging import video
+from pipeline.storage.streams import open_seekable
 from tests import images, videos
 from tests.conftest import S3Server, WeightFiles
+from tests.faults import FaultProxy
 
 SMOOTHING = "0.5"
 FLAGS = ["--content-size", "32", "--style-size", "32", "--device", "cpu", "--segment-seconds", "0.5"]
@@ -182,3 +184,20 @@ def test_video_flags_are_checked_at_the_edge(tmp_path: Path, capsys: pytest.Capt
         assert main([*base, *flags]) == 1
         assert words in capsys.readouterr().err
     assert VideoSpec(0.9).lead_in == 66 and VideoSpec(0.0).lead_in == 0 and VideoSpec(0.999).lead_in == 300
+
+
+def test_s3_videos_are_read_in_blocks_not_whole(
+    clips: dict[str, Path], s3_server: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyAV reads through `open_seekable`: a ranged GET per block of the file as it seeks (here the small
+    clip fits one block: a GET per container opened), never a GET per PyAV read, nor the file in memory."""
+    s3_server.client().put_object(Bucket=bucket, Key="v.mp4", Body=clips["long"].read_bytes())
+    with FaultProxy(s3_server.endpoint) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        with open_seekable(f"s3://{bucket}/v.mp4") as reader:
+            info = video.probe(reader)
+            segment = video.segments(info, 0.5)[1]
+            frames = [videos.read_index(f) for f in video.frames(reader, segment)]
+        gets = proxy.count("GET", f"/{bucket}/v.mp4")
+    assert frames == list(range(segment.start, segment.end)) and info.frames == 40
+    assert gets <= 4, proxy.seen("GET")
