@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 
 from pipeline.errors import ConfigError
-from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, SizePlan, size_plan
+from pipeline.imaging.codec import (
+    FORMATS,
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    SEGMENT_SECONDS,
+    VIDEO_EXTENSIONS,
+    VIDEO_QUALITY,
+    SizePlan,
+    size_plan,
+)
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER
 from pipeline.storage.uri import MAX_CONNECTIONS, absolute, join
@@ -128,6 +138,34 @@ class OutputSpec:
             raise ConfigError(f"--quality {self.quality}: must be between 1 and 100")
 
 
+@dataclass(frozen=True)
+class VideoSpec:
+    """How videos are stylized and written: smoothing over time, x264's CRF, the segments' length."""
+
+    temporal_smoothing: float = 0.0  # EMA weight of the content statistics over frames, 0 for none
+    quality: int = VIDEO_QUALITY
+    segment_seconds: float = SEGMENT_SECONDS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.temporal_smoothing < 1.0:
+            raise ConfigError(f"--temporal-smoothing {self.temporal_smoothing}: must be at least 0 and below 1")
+        if not 0 <= self.quality <= 51:
+            raise ConfigError(f"--video-quality {self.quality}: x264's CRF, 0 (lossless) to 51 (worst)")
+        if self.segment_seconds <= 0:
+            raise ConfigError(f"--segment-seconds {self.segment_seconds}: must be positive")
+
+    @property
+    def lead_in(self) -> int:
+        """Frames a segment's smoothing is warmed up on: until the frames before them weigh under 1e-3
+        (s ** n), at most LEAD_IN_MAX; none without smoothing."""
+        if self.temporal_smoothing == 0:
+            return 0
+        return min(LEAD_IN_MAX, math.ceil(math.log(1e-3) / math.log(self.temporal_smoothing)))
+
+
+LEAD_IN_MAX = 300  # frames: each costs one encoder pass, and s above 0.977 would ask for more
+
+
 def check_run_id(run_id: str | None) -> None:
     if run_id is not None and not _RUN_NAME.fullmatch(run_id):
         raise ConfigError(f"--run-id {run_id!r}: use letters, digits, '.', '_' and '-', from a letter or digit on")
@@ -150,11 +188,12 @@ class StylizeConfig:
     controls: Controls = Controls()
     sizing: Sizing = Sizing()
     scale: Scale = Scale()
-    extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
     input_root: str | None = None  # for list files: the prefix output keys are relative to
     address: str | None = None
     run_id: str | None = None
     preview: str | None = None
+    video: VideoSpec = VideoSpec()
 
     def __post_init__(self) -> None:
         if not self.input:

@@ -7,7 +7,6 @@ model stylizes (and so erases the index) the tests check counts, timing, audio a
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -104,23 +103,6 @@ def test_odd_sized_outputs_lose_their_last_row_and_column(clips: dict[str, Path]
     assert (row["width"], row["height"]) == (62, 46) and video.probe(tmp_path / "out.mp4").width == 62
 
 
-def _bad_videos(root: Path) -> dict[str, bytes]:
-    clip = videos.make_clip(root / "clip.mp4", frames=24, gop=6).read_bytes()
-    fast = videos.make_clip(root / "fast.mp4", frames=24, gop=6, faststart=True).read_bytes()
-    corrupt = bytearray(fast)
-    corrupt[len(fast) // 2 : len(fast) // 2 + 400] = random.Random(1).randbytes(400)
-    return {
-        "truncated": clip[: len(clip) // 2],  # the index (moov) is at the end: gone
-        "truncated-indexed": fast[: len(fast) * 2 // 3],  # index first: frames missing
-        "no video stream": videos.audio_only(root / "audio.mp4").read_bytes(),
-        "zero frames": videos.no_frames(root / "empty.mkv").read_bytes(),
-        "unsupported codec": clip.replace(b"avc1", b"xv99"),  # a sample entry FFmpeg has no decoder for
-        "corrupt mid-file": bytes(corrupt),
-        "not a video": images.encoded(),
-        "empty": b"",
-    }
-
-
 EXPECTED = {
     "truncated": "not a video FFmpeg can read",
     "truncated-indexed": "truncated or corrupt video",
@@ -134,7 +116,7 @@ EXPECTED = {
 
 
 def test_bad_videos_are_one_line_errors(tmp_path: Path) -> None:
-    for name, data in _bad_videos(tmp_path).items():
+    for name, data in videos.bad_videos(tmp_path).items():
         out = tmp_path / f"{name}.mp4"
         with pytest.raises(VideoError) as caught:
             video_write.stylize_video(data, out, invert, segment_seconds=SEGMENT)

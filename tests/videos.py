@@ -8,11 +8,14 @@ reads back which source frame every output frame is. Clips are tiny (64 x 48, a 
 from __future__ import annotations
 
 import io
+import random
 from fractions import Fraction
 from pathlib import Path
 
 import av
 import numpy as np
+
+from tests import images
 
 WIDTH, HEIGHT = 64, 48
 BITS = 8  # indices up to 255
@@ -117,3 +120,21 @@ def decoded(path: Path) -> tuple[list[np.ndarray], list[float]]:
     with av.open(str(path)) as container:
         frames = list(container.decode(video=0))
     return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames]
+
+
+def bad_videos(root: Path) -> dict[str, bytes]:
+    """Files with a video's name that are not usable videos, by what is wrong with them (made in `root`)."""
+    clip = make_clip(root / "clip.mp4", frames=24, gop=6).read_bytes()
+    fast = make_clip(root / "fast.mp4", frames=24, gop=6, faststart=True).read_bytes()
+    corrupt = bytearray(fast)
+    corrupt[len(fast) // 2 : len(fast) // 2 + 400] = random.Random(1).randbytes(400)
+    return {
+        "truncated": clip[: len(clip) // 2],  # the index (moov) is at the end: gone
+        "truncated-indexed": fast[: len(fast) * 2 // 3],  # index first: frames missing
+        "no video stream": audio_only(root / "audio.mp4").read_bytes(),
+        "zero frames": no_frames(root / "empty.mkv").read_bytes(),
+        "unsupported codec": clip.replace(b"avc1", b"xv99"),  # a sample entry FFmpeg has no decoder for
+        "corrupt mid-file": bytes(corrupt),
+        "not a video": images.encoded(),
+        "empty": b"",
+    }

@@ -15,6 +15,7 @@ from pipeline.config import (
     Sizing,
     StylizeConfig,
     TrainConfig,
+    VideoSpec,
 )
 from pipeline.errors import ConfigError
 
@@ -79,6 +80,7 @@ def stylize(args: argparse.Namespace) -> int:
         output=OutputSpec(args.output or "", args.format, args.quality, args.overwrite),
         controls=controls(args),
         preview=args.preview,
+        video=VideoSpec(args.temporal_smoothing, args.video_quality, args.segment_seconds),
         **job_fields(args),
     )
     summary = run_stylize(cfg)

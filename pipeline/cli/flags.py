@@ -8,7 +8,14 @@ from typing import Any
 
 from pipeline.cli import commands as run
 from pipeline.config import JPEG_CODECS, PRESERVE_COLOR
-from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, VIDEO_QUALITY
+from pipeline.imaging.codec import (
+    FORMATS,
+    IMAGE_EXTENSIONS,
+    MAX_PIXELS,
+    SEGMENT_SECONDS,
+    VIDEO_EXTENSIONS,
+    VIDEO_QUALITY,
+)
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_DECODERS, KNOWN_ENCODERS
 
@@ -113,6 +120,22 @@ def _job(parser: argparse.ArgumentParser) -> None:
     _scale(parser)
 
 
+def _video(parser: argparse.ArgumentParser, segments: bool = False) -> None:
+    parser.add_argument(
+        "--temporal-smoothing", type=float, default=0.0, metavar="S",
+        help="videos: smooth the content statistics over frames, an EMA weight in [0, 1) (default 0: off)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--video-quality", type=int, default=VIDEO_QUALITY, metavar="CRF",
+        help=f"videos: x264's CRF, 0 (lossless) to 51, lower is better (default {VIDEO_QUALITY})",
+    )  # fmt: skip
+    if segments:
+        parser.add_argument(
+            "--segment-seconds", type=float, default=SEGMENT_SECONDS, metavar="N",
+            help=f"videos: keyframe-aligned segments of about N s, made in parallel (default {SEGMENT_SECONDS:g})",
+        )  # fmt: skip
+
+
 def _register(
     parsers: Parsers, words: tuple[str, ...], parser: argparse.ArgumentParser, command: Callable[..., int]
 ) -> None:
@@ -130,14 +153,7 @@ def _transfer(commands: Commands, parsers: Parsers, **options: bool) -> None:
         "--format", choices=list(FORMATS), help="output format (default: the output file's extension; jpg in a folder)"
     )
     transfer.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
-    transfer.add_argument(
-        "--temporal-smoothing", type=float, default=0.0, metavar="S",
-        help="videos: smooth the content statistics over frames, an EMA weight in [0, 1) (default 0: off)",
-    )  # fmt: skip
-    transfer.add_argument(
-        "--video-quality", type=int, default=VIDEO_QUALITY, metavar="CRF",
-        help=f"videos: x264's CRF, 0 (lossless) to 51, lower is better (default {VIDEO_QUALITY})",
-    )  # fmt: skip
+    _video(transfer)
     _model(transfer)
     _controls(transfer)
     _sizes(transfer)
@@ -151,7 +167,9 @@ def _stylize(commands: Commands, parsers: Parsers, **options: bool) -> None:
     stylize.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     stylize.add_argument("--preview", help="write a labelled contact sheet (content | style | output) here")
     _job(stylize)
+    stylize.set_defaults(extensions=",".join(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS))  # videos too, unlike augment
     _controls(stylize)
+    _video(stylize, segments=True)
     _register(parsers, ("stylize",), stylize, run.stylize)
 
 

@@ -30,6 +30,7 @@ from pipeline.data.plan import Plan
 from pipeline.data.styles import StyleSet
 from pipeline.data.writers import write_outputs
 from pipeline.imaging import device_codec
+from pipeline.storage.index import ObjectIndex
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,17 @@ class Stages:
     preserve_color: str | None = None
 
 
-def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages) -> Iterator[pa.Table]:
-    """Run the pipeline over the listed `inputs`; yields manifest rows as outputs are written."""
+def stylized_rows(
+    inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages, existing: ObjectIndex | None
+) -> Iterator[pa.Table]:
+    """Run the pipeline over the listed `inputs`; yields manifest rows as outputs are written. `existing`
+    is `plan.existing()`, listed once by the job (on the driver): no request per output to ask if it is done."""
     batch = stages.scale.batch_size
     actor_args, threads = model_stage(stages.model, stages.scale)
     jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output, device_codec.unavailable())
     io = {"batch_format": "pyarrow", "num_cpus": stages.scale.io_cpus}
 
     concurrency = stages.scale.io_concurrency
-    existing = plan.existing()  # one listing of the outputs, here: no request per output to ask if it is done
 
     ds = ray.data.from_arrow(input_blocks(inputs, batch))
     decoding = {

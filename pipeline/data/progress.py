@@ -1,4 +1,4 @@
-"""A job's progress on the driver, counted in outputs (images), as manifest rows stream back.
+"""A job's progress on the driver, counted in outputs (images) and videos' frames, as rows stream back.
 
 In a terminal: a bar with outputs done of the total, the rate, the time left and the errors so
 far. Piped or in a log: one line every few seconds (ADAIN_PROGRESS_EVERY, default 5) in the same
@@ -44,9 +44,18 @@ class Progress:
             unit = f" {unit}"
             self.bar = tqdm(total=total, desc=what, unit=unit, file=self.stream, smoothing=0.1, bar_format=BAR, **bar)
 
-    def update(self, counts: Mapping[str, int]) -> None:
-        """Show the outputs counted so far, by status (the manifest's counts: one row an output)."""
-        done, errors, skipped = sum(counts.values()), counts.get(ERROR, 0), counts.get(SKIPPED, 0)
+    def grow(self, units: int) -> None:
+        """Add to the total: work found as the job goes (a video's frames, once it is probed)."""
+        self.total += units
+        if self.bar is not None:
+            self.bar.total = self.total
+            self.bar.refresh()
+
+    def update(self, counts: Mapping[str, int], done: int | None = None) -> None:
+        """Show the outputs counted so far, by status (the manifest's counts: one row an output), or
+        `done` units where a row is not one (a video's frames)."""
+        errors, skipped = counts.get(ERROR, 0), counts.get(SKIPPED, 0)
+        done = sum(counts.values()) if done is None else done
         changed = (errors, skipped) != (self.errors, self.skipped)
         new, self.done, self.errors, self.skipped = done - self.done, done, errors, skipped
         if self.bar is not None:

@@ -25,7 +25,7 @@ from pipeline.data.manifest import status_counts
 from pipeline.data.preview import sample_columns, thumbnail
 from pipeline.data.rows import ERROR, OK, STATUSES
 from pipeline.errors import ConfigError, describe
-from pipeline.imaging.codec import MAX_PIXELS, encode
+from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, encode
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
 
@@ -139,7 +139,8 @@ figure{{margin:0}} img{{max-width:192px;max-height:192px}} figcaption{{font-size
 
 
 def _figure(uri: str | None, caption: str, max_pixels: int) -> str:
-    image = thumbnail(uri, max_pixels) if uri and not uri.endswith(".tar") else None
+    pictured = uri and not uri.lower().endswith((".tar", *VIDEO_EXTENSIONS))  # a shard or a video: none to show
+    image = thumbnail(uri, max_pixels) if pictured else None
     picture = (
         f'<img alt="{html.escape(caption)}" src="data:image/jpeg;base64,'
         f'{base64.b64encode(encode(image, "jpg", 85)).decode()}">'

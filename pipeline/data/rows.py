@@ -41,6 +41,15 @@ DECODED_SCHEMA = pa.schema(
     ]
 )
 
+# A video's own columns, null for images.
+_VIDEO = [
+    ("frames", pa.int32()),
+    ("fps", pa.float64()),
+    ("duration", pa.float64()),  # seconds
+    ("segments", pa.int32()),
+    ("flicker", pa.float32()),  # frame-to-frame change of the output over the input's, within segments
+]
+
 # Columns of a manifest row, one per (input, style).
 ROW_SCHEMA = pa.schema(
     [
@@ -56,6 +65,7 @@ ROW_SCHEMA = pa.schema(
         ("decode_ms", pa.float32()),
         ("model_ms", pa.float32()),
         ("write_ms", pa.float32()),
+        *_VIDEO,
     ]
 )
 AUGMENT_ROW_SCHEMA = pa.schema([*ROW_SCHEMA, ("alpha", pa.float32()), ("shard_member", pa.string())])
@@ -93,6 +103,57 @@ AUGMENT_RUN_SCHEMA = pa.schema(
         ("precision", pa.string()),
         ("content_size", pa.int32()),
         ("format", pa.string()),
+    ]
+)
+
+# Videos (data/video_job.py): the listing -> SEGMENT rows, one per (video, segment) (or one for a video with
+# nothing to make, or unreadable: its done or error items) -> PART rows, one per (segment, style), an encoded
+# part uploaded -> joined on the driver's side into one manifest row per (video, style).
+SEGMENT_SCHEMA = pa.schema(
+    [
+        *PLANNED_SCHEMA,
+        ("parts", pa.list_(pa.string())),  # per item, where the segment's part goes
+        ("parts_done", pa.list_(pa.bool_())),  # uploaded by an earlier run: reused
+        ("rate", pa.string()),  # the video's fps and time base as fractions ("30000/1001")
+        ("time_base", pa.string()),
+        ("rotation", pa.int32()),
+        ("frames", pa.int32()),
+        ("duration", pa.float64()),
+        ("segments", pa.int32()),
+        ("segment", pa.int32()),  # null: the row is the video's, not a segment's
+        ("start", pa.int32()),  # frames [start, end), decoded from the keyframe at `seek`
+        ("end", pa.int32()),
+        ("seek", pa.int64()),
+        ("first_pts", pa.int64()),
+        ("end_pts", pa.int64()),
+        ("pts", pa.list_(pa.int64())),
+        ("lead_start", pa.int32()),  # the lead-in, frames [lead_start, start): null for none
+        ("lead_seek", pa.int64()),
+        ("lead_first_pts", pa.int64()),
+        ("error", pa.string()),
+        ("decode_ms", pa.float32()),  # probing
+    ]
+)
+PART_SCHEMA = pa.schema(
+    [
+        *_INPUT,
+        ("style", pa.string()),
+        ("target", pa.string()),
+        ("part", pa.string()),
+        ("status", pa.string()),  # ok (the part is there), error, or skipped (the video's output is)
+        ("error", pa.string()),
+        ("segment", pa.int32()),
+        ("segment_frames", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("flicker_in", pa.float64()),  # Flicker's sums over the segment
+        ("flicker_out", pa.float64()),
+        ("reused", pa.bool_()),  # made by an earlier run
+        ("encoder_sha256", pa.string()),
+        ("decoder_sha256", pa.string()),
+        ("decode_ms", pa.float32()),
+        ("model_ms", pa.float32()),
+        *[f for f in _VIDEO if f[0] != "flicker"],
     ]
 )
 

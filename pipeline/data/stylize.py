@@ -1,24 +1,28 @@
 """The distributed stylization job: every input in every style, written once, with a manifest.
 
-    list inputs -> styles reduced to statistics (driver) -> job.stylized_rows (decode -> model -> write)
+    list inputs -> styles reduced to statistics (driver) -> images: job.stylized_rows (decode -> model -> write)
+                                                         -> videos: video_job.video_rows (segments -> model -> join)
                 -> manifest and run summary (driver)
 
-Outputs go to OUTPUT/STYLE_ID/REL_PATH.FORMAT; an output already there is kept, unless `--overwrite`.
+Outputs go to OUTPUT/STYLE_ID/REL_PATH.FORMAT (videos: .mp4); an output already there is kept, unless
+`--overwrite`.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import StylizeConfig
-from pipeline.data.listing import list_inputs
+from pipeline.data.listing import list_inputs, split_videos
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values
 from pipeline.data.plan import RESUME_EXISTING, RESUME_NEVER, EveryStyle, Plan
 from pipeline.data.preflight import check_address, check_weights
 from pipeline.data.preview import write_preview
 from pipeline.data.progress import Progress
-from pipeline.data.writers import FileWriter
+from pipeline.data.writers import VIDEO_FORMAT, FileWriter
+from pipeline.errors import ConfigError
 from pipeline.storage.keys import output_key
 from pipeline.storage.uri import check_writable
 
@@ -34,6 +38,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
+    images, videos = split_videos(inputs)
+    if videos.num_rows and cfg.controls.preserve_color == "coral":
+        raise ConfigError("--preserve-color coral recolours the styles to each image; for videos use luminance or none")
     # torch and Ray load only now: a mistake above is reported before they take seconds to import.
     from pipeline.data.cluster import connect_while
 
@@ -44,6 +51,8 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
 
     styles = connect_while(cfg.address, encode_styles)
     from pipeline.data.job import Stages, stylized_rows
+    from pipeline.data.video_job import Joins, video_rows
+
     run_id = cfg.run_id or new_run_id()
     plan = Plan(
         EveryStyle(styles.ids, cfg.controls.alpha),
@@ -58,10 +67,24 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     }
     manifest = ManifestWriter(cfg.output.uri, run_id, run_values(cfg.model, cfg.sizing, cfg.output, **job_values))
     stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.controls.preserve_color)
-    progress = Progress(inputs.num_rows * len(styles.ids), "stylize")
-    for rows in stylized_rows(inputs, plan, styles, stages):
-        manifest.add(rows)
-        progress.update(manifest.counts)
+    # Images count in outputs, videos in frames, added to the total as the videos are probed.
+    unit = "frames" if not images.num_rows else "images+frames" if videos.num_rows else "images"
+    progress = Progress(images.num_rows * len(styles.ids), "stylize", unit)
+    existing = plan.existing()  # one listing of the outputs, images' and videos', for both pipelines
+    if images.num_rows:
+        for rows in stylized_rows(images, plan, styles, stages, existing):
+            manifest.add(rows)
+            progress.update(manifest.counts)
+    if videos.num_rows:
+        images_done = sum(manifest.counts.values())
+        joins = Joins(cfg.scale.io_cpus)
+        video_plan = replace(plan, writer=replace(plan.writer, extension=VIDEO_FORMAT))
+        planned = 0
+        for rows in video_rows(videos, video_plan, styles, stages, cfg.video, joins, existing):
+            manifest.add(rows)
+            progress.grow(joins.planned - planned)
+            planned = joins.planned
+            progress.update(manifest.counts, images_done + joins.done)
     manifest.close()
     progress.close()
 
@@ -75,7 +98,8 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         styles=list(styles.ids),
         style_sources=(sources := styles.source_map()),
     )
-    if cfg.preview and manifest.samples:
-        write_preview(manifest.samples, sources, cfg.preview, cfg.sizing.max_pixels)
+    samples = [s for s in manifest.samples if not s[2].endswith(f".{VIDEO_FORMAT}")]  # the sheet shows images
+    if cfg.preview and samples:
+        write_preview(samples, sources, cfg.preview, cfg.sizing.max_pixels)
         summary["preview"] = cfg.preview
     return summary

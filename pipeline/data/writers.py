@@ -58,19 +58,25 @@ def output_file(row: dict[str, Any], encoded: bool, output: OutputSpec) -> bytes
     return encode(image, output.format, output.quality)
 
 
+VIDEO_FORMAT = "mp4"  # what videos are written as, whatever the images' --format
+
+
 @dataclass(frozen=True)
 class FileWriter:
-    """One object per output, at a deterministic key (`naming`: `keys.output_key` or `keys.augmented_key`)."""
+    """One object per output, at a deterministic key (`naming`: `keys.output_key` or `keys.augmented_key`),
+    named with the output's format, or `extension` (VIDEO_FORMAT for the videos' plan)."""
 
     output: OutputSpec
     naming: Callable[[str, str, str, str], str]
     rows_per_call: int | None = None
+    extension: str | None = None
 
     def target(self, style_id: str, key: str) -> str:
-        return self.naming(self.output.uri, style_id, key, self.output.format)
+        return self.naming(self.output.uri, style_id, key, self.extension or self.output.format)
 
     def existing(self) -> ObjectIndex:
-        return ObjectIndex.build(self.output.uri, (f".{self.output.format}",))
+        """The images' and the videos' outputs: one listing serves both plans of a run."""
+        return ObjectIndex.build(self.output.uri, (f".{self.output.format}", f".{VIDEO_FORMAT}"))
 
     def write(self, rows: list[dict[str, Any]], encoded: bool, concurrency: int = 1) -> None:
         # Encoded here one at a time (the task's CPU share), uploaded `concurrency` at a time.

@@ -20,14 +20,13 @@ import av
 import numpy as np
 
 from pipeline.errors import ImageError, VideoError, describe
-from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, check_pixels
+from pipeline.imaging.codec import MAX_PIXELS, SEGMENT_SECONDS, VIDEO_EXTENSIONS, check_pixels
 
-SEGMENT_SECONDS = 10.0
 # FFmpeg demuxers taken as video containers: FFmpeg also opens images, playlists and raw streams,
 # which are not videos to stylize (and a playlist would read other files).
 CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
 
-Source = str | os.PathLike | bytes
+Source = str | os.PathLike | bytes | io.BufferedIOBase  # a path, the file's bytes, or a seekable file
 
 
 def is_video(path: str) -> bool:
@@ -84,11 +83,16 @@ def _why(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def open_input(source: Source) -> Iterator[av.container.InputContainer]:
-    """An input container (bytes from S3 through BytesIO: PyAV needs a seekable file), or VideoError."""
-    if isinstance(source, bytes | bytearray) and not source:
+    """An input container, or VideoError. Bytes are read through BytesIO, and a file object (`storage.streams.
+    open_seekable`) from its start: PyAV needs a seekable file."""
+    if _size(source) == 0:
         raise VideoError("empty file (0 bytes)")
+    if isinstance(source, io.IOBase):
+        source.seek(0)
     try:
-        container = av.open(io.BytesIO(source) if isinstance(source, bytes | bytearray) else os.fspath(source))
+        if isinstance(source, bytes | bytearray):
+            source = io.BytesIO(source)
+        container = av.open(source if isinstance(source, io.IOBase) else os.fspath(source))
     except Exception as exc:
         raise VideoError(f"not a video FFmpeg can read ({_why(exc)})") from None
     try:
@@ -97,6 +101,18 @@ def open_input(source: Source) -> Iterator[av.container.InputContainer]:
         yield container
     finally:
         container.close()
+
+
+def _size(source: Source) -> int | None:
+    """The file's size in bytes (None: unknown, for av.open to say why)."""
+    if isinstance(source, bytes | bytearray):
+        return len(source)
+    if isinstance(source, io.IOBase):
+        return source.seek(0, io.SEEK_END)
+    try:
+        return os.path.getsize(source)
+    except OSError:
+        return None
 
 
 def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
