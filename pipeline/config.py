@@ -145,8 +145,11 @@ class VideoSpec:
     temporal_smoothing: float = 0.0  # EMA weight of the content statistics over frames, 0 for none
     quality: int = VIDEO_QUALITY
     segment_seconds: float = SEGMENT_SECONDS
+    decoder: str = "cpu"  # "device": TorchCodec on the model's device (NVDEC on a GPU), PyAV where it cannot
 
     def __post_init__(self) -> None:
+        if self.decoder not in VIDEO_DECODERS:
+            raise ConfigError(f"--video-decoder {self.decoder}: one of {', '.join(VIDEO_DECODERS)}")
         if not 0.0 <= self.temporal_smoothing < 1.0:
             raise ConfigError(f"--temporal-smoothing {self.temporal_smoothing}: must be at least 0 and below 1")
         if not 0 <= self.quality <= 51:
@@ -163,6 +166,7 @@ class VideoSpec:
         return min(LEAD_IN_MAX, math.ceil(math.log(1e-3) / math.log(self.temporal_smoothing)))
 
 
+VIDEO_DECODERS = ("cpu", "device")
 LEAD_IN_MAX = 300  # frames: each costs one encoder pass, and s above 0.977 would ask for more
 
 

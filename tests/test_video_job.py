@@ -18,10 +18,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from pipeline.cli import main
 from pipeline.config import VideoSpec
 from pipeline.imaging import video
+from pipeline.imaging.video_device import DeviceDecodeUnavailable, device_frames
 from pipeline.storage.streams import open_seekable
 from tests import images, videos
 from tests.conftest import S3Server, WeightFiles
@@ -161,7 +163,9 @@ def test_videos_on_s3(
 ) -> None:
     s3 = s3_server.client()
     s3.put_object(Bucket=bucket, Key="in/clips/long.mp4", Body=clips["long"].read_bytes())
-    assert stylize(weights, f"s3://{bucket}/in", style, f"s3://{bucket}/out", "--temporal-smoothing", SMOOTHING) == 0
+    # Decoding on the device where TorchCodec can (with FFmpeg's libraries), else with PyAV: the same video.
+    flags = ("--temporal-smoothing", SMOOTHING, "--video-decoder", "device")
+    assert stylize(weights, f"s3://{bucket}/in", style, f"s3://{bucket}/out", *flags) == 0
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/").get("Contents", [])}
     assert "out/wave/clips/long.mp4" in keys
     assert not [k for k in keys if k.startswith("out/_parts/")]
@@ -201,3 +205,16 @@ def test_s3_videos_are_read_in_blocks_not_whole(
         gets = proxy.count("GET", f"/{bucket}/v.mp4")
     assert frames == list(range(segment.start, segment.end)) and info.frames == 40
     assert gets <= 4, proxy.seen("GET")
+
+
+def test_device_decoding_gives_the_segments_frames_or_says_why_not(clips: dict[str, Path]) -> None:
+    """TorchCodec's frames of a segment are PyAV's (the drawn indices); where it cannot decode (no FFmpeg
+    libraries, as on the CI machines), it says so before any frame, for the job to decode with PyAV."""
+    segment = video.segments(video.probe(clips["long"]), 0.5)[1]
+    try:
+        batches = list(device_frames(str(clips["long"]), segment, torch.device("cpu"), 4))
+    except DeviceDecodeUnavailable as exc:
+        assert str(exc) and "\n" not in str(exc)
+        return
+    frames = [f.permute(1, 2, 0).numpy() for batch in batches for f in batch]
+    assert [videos.read_index(f) for f in frames] == list(range(segment.start, segment.end))

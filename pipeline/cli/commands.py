@@ -80,7 +80,7 @@ def stylize(args: argparse.Namespace) -> int:
         output=OutputSpec(args.output or "", args.format, args.quality, args.overwrite),
         controls=controls(args),
         preview=args.preview,
-        video=VideoSpec(args.temporal_smoothing, args.video_quality, args.segment_seconds),
+        video=VideoSpec(args.temporal_smoothing, args.video_quality, args.segment_seconds, args.video_decoder),
         **job_fields(args),
     )
     summary = run_stylize(cfg)

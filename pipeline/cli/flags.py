@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipeline.cli import commands as run
-from pipeline.config import JPEG_CODECS, PRESERVE_COLOR
+from pipeline.config import JPEG_CODECS, PRESERVE_COLOR, VIDEO_DECODERS
 from pipeline.imaging.codec import (
     FORMATS,
     IMAGE_EXTENSIONS,
@@ -133,6 +133,11 @@ def _video(parser: argparse.ArgumentParser, segments: bool = False) -> None:
         parser.add_argument(
             "--segment-seconds", type=float, default=SEGMENT_SECONDS, metavar="N",
             help=f"videos: keyframe-aligned segments of about N s, made in parallel (default {SEGMENT_SECONDS:g})",
+        )  # fmt: skip
+        parser.add_argument(
+            "--video-decoder", choices=VIDEO_DECODERS, default="cpu",
+            help="videos: decode with PyAV on the CPU, or with TorchCodec on the model's device (NVDEC), "
+            "PyAV where it cannot (default cpu)",
         )  # fmt: skip
 
 

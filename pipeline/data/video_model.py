@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import tempfile
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -29,11 +31,15 @@ from pipeline.data.rows import ERROR, OK, PART_SCHEMA, SKIPPED, elapsed_ms
 from pipeline.errors import VideoError, describe
 from pipeline.imaging import video
 from pipeline.imaging.codec import fit
+from pipeline.imaging.device_codec import prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch
+from pipeline.imaging.video_device import DeviceDecodeUnavailable, device_frames
 from pipeline.imaging.video_write import Flicker, SegmentWriter, batched
 from pipeline.model.functional import Stats
 from pipeline.storage.streams import readable_source, upload_file
 from pipeline.storage.uri import read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
 
 
 def sidecar(part: str) -> str:
@@ -69,6 +75,7 @@ class VideoModel(StyleModel):
     def __init__(self, *, video_spec: VideoSpec, **model: Any) -> None:
         super().__init__(**model)
         self.spec, self.batch_size, self.sizing = video_spec, model["batch_size"], model["sizing"]
+        self.device_decoding = True  # until TorchCodec, asked to (--video-decoder device), cannot
         sizing = self.sizing
         self.made_with = {
             **self.model.identity,
@@ -131,9 +138,8 @@ class VideoModel(StyleModel):
                 flickers = [Flicker() for _ in todo]
                 previous = self._warm_up(source, lead_in_of(row))
                 pts = iter(row["pts"])
-                for frames in batched(video.frames(source, segment_of(row)), self.batch_size):
-                    inputs = [np.asarray(self._fit(frame)) for frame in frames]
-                    outputs, previous = self._stylize(inputs, styles, [alpha for _, alpha in todo], previous)
+                for content, inputs in self._frames(source, segment_of(row)):
+                    outputs, previous = self._stylize(content, styles, [alpha for _, alpha in todo], previous)
                     stamps = [next(pts) for _ in inputs]
                     for writer, flicker, images in zip(writers, flickers, outputs, strict=True):
                         for image, stamp in zip(images, stamps, strict=True):
@@ -158,6 +164,24 @@ class VideoModel(StyleModel):
         i = self.index[style_id]
         return self.mean[i : i + 1], self.std[i : i + 1]
 
+    def _frames(self, source: Any, segment: video.Segment) -> Iterator[tuple[torch.Tensor, list[np.ndarray]]]:
+        """The segment's frames a batch at a time, sized for the model: on the model's device, and as
+        uint8 frames (the flicker's inputs). Decoded by TorchCodec on the device with `--video-decoder
+        device` where it can decode this video, else (the default) by PyAV on the CPU."""
+        if self.spec.decoder == "device" and self.device_decoding:
+            try:
+                for frames in device_frames(source, segment, self.model.device, self.batch_size):
+                    plan = self.sizing.content_plan(frames.shape[-1], frames.shape[-2])
+                    content = torch.stack([prepare_on_device(frame, plan) for frame in frames])
+                    yield content, list(batch_to_pixels(content))
+                return
+            except DeviceDecodeUnavailable as exc:  # before any frame: the CPU decodes the whole segment
+                log.warning("--video-decoder device: TorchCodec cannot decode here (%s); decoding with PyAV", exc)
+                self.device_decoding = False
+        for frames in batched(video.frames(source, segment), self.batch_size):
+            inputs = [np.asarray(self._fit(frame)) for frame in frames]
+            yield pixels_to_batch(np.stack(inputs), self.model.device), inputs
+
     def _fit(self, frame: np.ndarray) -> Image.Image:
         sizing = self.sizing
         return fit(Image.fromarray(frame), sizing.content_size, sizing.crop, sizing.max_pixels, sizing.max_side)
@@ -167,8 +191,7 @@ class VideoModel(StyleModel):
         previous = None
         if lead is None or not self.spec.temporal_smoothing:
             return previous
-        for frames in batched(video.frames(source, lead), self.batch_size):
-            content = pixels_to_batch(np.stack([np.asarray(self._fit(f)) for f in frames]), self.model.device)
+        for content, _ in self._frames(source, lead):
             for chunk in self._chunks(content):
                 previous = self.model.warm_up(chunk, self.spec.temporal_smoothing, previous)
         return previous
@@ -178,11 +201,10 @@ class VideoModel(StyleModel):
         return [content[i : i + step] for i in range(0, len(content), step)]
 
     def _stylize(
-        self, inputs: list[np.ndarray], styles: list[Stats], alphas: list[float], previous: Stats | None
+        self, content: torch.Tensor, styles: list[Stats], alphas: list[float], previous: Stats | None
     ) -> tuple[list[np.ndarray], Stats | None]:
-        """One batch of consecutive frames in each style: per style (N, H, W, 3) uint8, and the smoothed
-        statistics to carry on (the same whatever the style)."""
-        content = pixels_to_batch(np.stack(inputs), self.model.device)
+        """One batch of consecutive frames (N, 3, H, W) in each style: per style (N, H, W, 3) uint8, and the
+        smoothed statistics to carry on (the same whatever the style)."""
         outputs: list[list[np.ndarray]] = [[] for _ in styles]
         s = self.spec.temporal_smoothing
         for chunk in self._chunks(content):
