@@ -51,7 +51,7 @@ import ray
 from throughput import MFLOP_PER_PIXEL, PeakRss, Sampling, make_images, random_weights
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
-from pipeline.data.cluster import input_blocks
+from pipeline.data.cluster import connect, input_blocks
 from pipeline.data.listing import list_inputs
 from pipeline.data.stylize import run_stylize
 
@@ -412,7 +412,7 @@ def main() -> None:
         os.environ.setdefault("RAY_debug_dump_period_milliseconds", str(int(args.sample_every * 1000)))
         # a Ray of its own: ray.init() with no address joins the latest cluster started on this
         # machine (/tmp/ray/ray_current_cluster), which may be someone else's; run_stylize keeps this one
-        ray.init(address="local", log_to_driver=False)
+        connect("local")  # as the jobs start a Ray: its workers at the driver's priority
         debug_state = Path(ray._private.worker.global_worker.node.get_logs_dir_path()) / "debug_state.txt"
         listing["hand_off"] = measure_blocks(table, args.batch_size, debug_state, args.sample_every)
         del table

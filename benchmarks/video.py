@@ -30,12 +30,12 @@ import av
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 import torch
 from PIL import Image
 from throughput import random_weights
 
 from pipeline.config import ModelConfig, OutputSpec, Sizing, StylizeConfig, VideoSpec
+from pipeline.data.cluster import connect
 from pipeline.data.stylize import run_stylize
 from pipeline.model.loader import load_model
 from pipeline.train.losses import style_loss
@@ -103,7 +103,7 @@ def main() -> None:
     make_clip(work / "in" / "clip.mp4", args.size, frames, args.fps)
     style = style_image(work / "style.png")
     encoder, decoder = (args.encoder, args.decoder) if args.encoder else random_weights(work)
-    ray.init(include_dashboard=False, log_to_driver=False)
+    connect("local")  # as the job starts a Ray (a Ray of its own, never one already running here)
     print(f"clip: {args.size}x{args.size}, {frames} frames at {args.fps} fps; segments of {args.segment_seconds:g} s")
     print(f"{'smoothing':>9}  {'wall s':>7}  {'frames/s':>8}  {'model fr/s':>10}  {'flicker':>7}  {'style loss':>10}")
     for smoothing in (0.0, args.smoothing):

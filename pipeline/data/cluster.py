@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -70,6 +71,9 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
     if not verbose:  # notices that a local Ray turned token authentication on, and that bars are off, as asked
         for name in ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    # A Ray this process starts runs its workers at the driver's priority, not niced to 15 as Ray's
+    # default: the model actors are the job's work, and `adain transfer` computes at that priority too.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO))
     ray.data.DataContext.get_current().enable_progress_bars = verbose
 
