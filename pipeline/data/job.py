@@ -21,8 +21,9 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import ModelConfig, Scale, Sizing
-from pipeline.data.cluster import input_blocks, jpeg_on_model, model_stage, unreserved_on_cpu
+from pipeline.data.cluster import jpeg_on_model, model_stage, unreserved_on_cpu
 from pipeline.data.decode import decode_inputs
+from pipeline.data.listing import Inputs
 from pipeline.data.model_actor import StyleModel
 from pipeline.data.plan import Plan
 from pipeline.data.styles import StyleSet
@@ -40,8 +41,9 @@ class Stages:
     preserve_color: str | None = None
 
 
-def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages) -> Iterator[pa.Table]:
-    """Run the pipeline over the listed `inputs`; yields manifest rows as outputs are written."""
+def stylized_rows(inputs: Inputs, plan: Plan, styles: StyleSet, stages: Stages) -> Iterator[pa.Table]:
+    """Run the pipeline over `inputs` (a listed table, or a list file's Dataset); yields manifest rows as
+    outputs are written."""
     batch = stages.scale.batch_size
     actor_args, threads = model_stage(stages.model, stages.scale)
     jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output, device_codec.unavailable())
@@ -50,7 +52,7 @@ def stylized_rows(inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages
     concurrency = stages.scale.io_concurrency
     existing = plan.existing()  # one listing of the outputs, here: no request per output to ask if it is done
 
-    ds = ray.data.from_arrow(input_blocks(inputs, batch))
+    ds = inputs.dataset(batch)
     decoding = {
         "plan": plan,
         "sizing": stages.sizing,

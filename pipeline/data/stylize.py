@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from pipeline.config import StylizeConfig
-from pipeline.data.listing import list_inputs
+from pipeline.data.listing import Inputs, find_inputs
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values
 from pipeline.data.plan import RESUME_EXISTING, RESUME_NEVER, EveryStyle, Plan
 from pipeline.data.preflight import check_address, check_weights
@@ -27,7 +27,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
     started = time.time()
     # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster, styles.
-    inputs = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
+    found = find_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
@@ -38,6 +38,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
 
     styles = stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
     connect(cfg.address)
+    inputs = Inputs.of(found)  # a list file: read by Ray Data, its names resolved on hashes
     run_id = cfg.run_id or new_run_id()
     plan = Plan(
         EveryStyle(styles.ids, cfg.controls.alpha),
@@ -52,7 +53,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     }
     manifest = ManifestWriter(cfg.output.uri, run_id, run_values(cfg.model, cfg.sizing, cfg.output, **job_values))
     stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.controls.preserve_color)
-    progress = Progress(inputs.num_rows * len(styles.ids), "stylize")
+    progress = Progress(inputs.count * len(styles.ids), "stylize")
     for rows in stylized_rows(inputs, plan, styles, stages):
         manifest.add(rows)
         progress.update(manifest.counts)
@@ -65,7 +66,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         started,
         input=cfg.input,
         output=cfg.output.uri,
-        inputs=inputs.num_rows,
+        inputs=inputs.count,
         styles=list(styles.ids),
         style_sources=(sources := styles.source_map()),
     )
