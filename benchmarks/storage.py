@@ -164,9 +164,9 @@ def list_mode(args: argparse.Namespace, work: Path) -> None:
 
 
 def counted(inputs: Inputs, batch_size: int) -> int:
-    """Iterate the job's input Dataset as the job does, each batch reduced to its row count in the tasks."""
+    """Iterate the job's input Dataset to its end, each block reduced to its row count in the tasks."""
     sizes = inputs.dataset(batch_size).map_batches(
-        lambda batch: {"rows": [batch.num_rows]}, batch_format="pyarrow", batch_size=batch_size
+        lambda block: {"rows": [block.num_rows]}, batch_format="pyarrow", batch_size=None
     )
     return sum(int(b["rows"].sum()) for b in sizes.iter_batches(batch_format="numpy", batch_size=None))
 
