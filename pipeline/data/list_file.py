@@ -33,12 +33,10 @@ _BATCH_ROWS = 65_536  # list entries a task turns into listing rows at a time
 
 def read_inputs(found: ListFile) -> Inputs:
     """The list file's inputs as a Dataset, named as `list_inputs` names them; each URI once."""
-    hashes, inside = _stem_hashes(found)
-    if inside.any():
-        log.warning("%s: left out %d files under the output %s", found.uri, int(inside.sum()), found.exclude)
-    hashes = hashes[~inside]
-    values, counts = np.unique(hashes, return_counts=True)
-    named, gathered, involved = _named_on_driver(found, hashes, values[counts > 1])
+    hashes = _stem_hashes(found)
+    hashes.sort()  # in place: stems that meet lie side by side
+    involved = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
+    named, gathered, involved = _named_on_driver(found, hashes, involved)
     count = len(hashes) - gathered + named.num_rows
     if not count:
         raise ConfigError(f"{found.uri}: no input images (the list file names none)")
@@ -90,13 +88,16 @@ def _hash_rows(batch: pa.Table, found: ListFile) -> dict[str, np.ndarray]:
     return {"hash": _hashed(rows), "inside": rows.column("inside").to_numpy(zero_copy_only=False)}
 
 
-def _stem_hashes(found: ListFile) -> tuple[np.ndarray, np.ndarray]:
-    """Pass 1: every entry's stem hash and whether it lies under the output, in the driver as NumPy."""
+def _stem_hashes(found: ListFile) -> np.ndarray:
+    """Pass 1: the stem hash of every entry not under the output, in the driver as NumPy."""
     batches = _listed(found).map_batches(_hash_rows, fn_kwargs={"found": found}, **_TASK)
-    parts = list(batches.iter_batches(batch_format="numpy", batch_size=None))
-    hashes = np.concatenate([p["hash"] for p in parts]) if parts else np.empty(0, np.uint64)
-    inside = np.concatenate([p["inside"] for p in parts]) if parts else np.empty(0, bool)
-    return hashes, inside
+    parts, inside = [], 0
+    for part in batches.iter_batches(batch_format="numpy", batch_size=None):
+        parts.append(part["hash"][~part["inside"]])  # a copy: the block itself is let go
+        inside += int(part["inside"].sum())
+    if inside:
+        log.warning("%s: left out %d files under the output %s", found.uri, inside, found.exclude)
+    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
 
 
 def _kept(batch: pa.Table, found: ListFile, dropped: np.ndarray) -> pa.Table:
@@ -114,7 +115,7 @@ def _gathered(batch: pa.Table, found: ListFile, wanted: np.ndarray) -> pa.Table:
 
 
 def _named_on_driver(
-    found: ListFile, hashes: np.ndarray, involved: np.ndarray
+    found: ListFile, ordered: np.ndarray, involved: np.ndarray
 ) -> tuple[pa.Table, int, np.ndarray]:
     """The rows whose stems meet, and those a renaming reaches, named as the whole list would
     name them (each URI once); how many entries they were in the list; their stems' hashes."""
@@ -123,11 +124,17 @@ def _named_on_driver(
         named = _first_of_each_uri(gathered)
         taken: set[str] = set()
         keys = output_stems(named.column("rel_path"), named.column("input_uri"), taken)
-        reached = np.setdiff1d(np.intersect1d(name_hashes(sorted(taken))[0], hashes), involved)
+        reached = np.setdiff1d(_found_in(name_hashes(sorted(taken))[0], ordered), involved)
         if not len(reached):
             return named.set_column(2, "key", keys), gathered.num_rows, involved
         involved = np.union1d(involved, reached)
         gathered = pa.concat_tables([gathered, _gather(found, reached)])
+
+
+def _found_in(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """The `values` that the sorted array `ordered` holds (no copy of it)."""
+    at = np.minimum(np.searchsorted(ordered, values), max(len(ordered) - 1, 0))
+    return values[ordered[at] == values] if len(ordered) else values[:0]
 
 
 def _gather(found: ListFile, wanted: np.ndarray) -> pa.Table:
