@@ -14,6 +14,7 @@ only make their rows be named on the driver, exactly.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -34,9 +35,7 @@ _BATCH_ROWS = 65_536  # list entries a task turns into listing rows at a time
 def read_inputs(found: ListFile) -> Inputs:
     """The list file's inputs as a Dataset, named as `list_inputs` names them; each URI once."""
     hashes = _stem_hashes(found)
-    hashes.sort()  # in place: stems that meet lie side by side
-    involved = np.unique(hashes[1:][hashes[1:] == hashes[:-1]])
-    named, gathered, involved = _named_on_driver(found, hashes, involved)
+    named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
     count = len(hashes) - gathered + named.num_rows
     if not count:
         raise ConfigError(f"{found.uri}: no input images (the list file names none)")
@@ -57,7 +56,7 @@ def _listed(found: ListFile) -> ray.data.Dataset:
     if found.column is None:
         return ray.data.read_text(path, filesystem=filesystem)
     if found.uri.lower().endswith(".parquet"):
-        return ray.data.read_parquet(path, filesystem=filesystem, columns=[found.column])
+        return ray.data.read_parquet(path, filesystem=filesystem).select_columns([found.column])
     return ray.data.read_csv(path, filesystem=filesystem).select_columns([found.column])
 
 
@@ -78,14 +77,14 @@ def entries(batch: pa.Table, found: ListFile) -> pa.Table:
     return pa.table(columns | {"inside": pc.fill_null(inside, False)})
 
 
-def _hashed(rows: pa.Table) -> np.ndarray:
+def hashed(rows: pa.Table) -> np.ndarray:
     """The high 64 bits of each row's lower-cased plain stem's hash."""
     return name_hashes(pc.utf8_lower(rows.column("key")).to_pylist())[0]
 
 
 def _hash_rows(batch: pa.Table, found: ListFile) -> dict[str, np.ndarray]:
     rows = entries(batch, found)
-    return {"hash": _hashed(rows), "inside": rows.column("inside").to_numpy(zero_copy_only=False)}
+    return {"hash": hashed(rows), "inside": rows.column("inside").to_numpy(zero_copy_only=False)}
 
 
 def _stem_hashes(found: ListFile) -> np.ndarray:
@@ -105,21 +104,25 @@ def _kept(batch: pa.Table, found: ListFile, dropped: np.ndarray) -> pa.Table:
     rows = entries(batch, found)
     keep = pc.invert(rows.column("inside"))
     if len(dropped):
-        keep = pc.and_(keep, pa.array(~np.isin(_hashed(rows), dropped)))
+        keep = pc.and_(keep, pa.array(~np.isin(hashed(rows), dropped)))
     return rows.filter(keep).drop_columns(["inside"])
 
 
 def _gathered(batch: pa.Table, found: ListFile, wanted: np.ndarray) -> pa.Table:
     rows = _kept(batch, found, np.empty(0, np.uint64))
-    return rows.filter(pa.array(np.isin(_hashed(rows), wanted)))
+    return rows.filter(pa.array(np.isin(hashed(rows), wanted)))
 
 
-def _named_on_driver(
-    found: ListFile, ordered: np.ndarray, involved: np.ndarray
+def named_on_driver(
+    hashes: np.ndarray, gather: Callable[[np.ndarray], pa.Table]
 ) -> tuple[pa.Table, int, np.ndarray]:
-    """The rows whose stems meet, and those a renaming reaches, named as the whole list would
-    name them (each URI once); how many entries they were in the list; their stems' hashes."""
-    gathered = _gather(found, involved)
+    """From every row's stem hash (sorted here, in place) and `gather` (the rows of some hashes):
+    the rows whose stems meet, and those a renaming reaches, named as the whole list would name
+    them (each URI once); how many entries they were in the list; their stems' hashes."""
+    ordered = hashes
+    ordered.sort()  # stems that meet lie side by side
+    involved = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    gathered = gather(involved)
     while True:
         named = _first_of_each_uri(gathered)
         taken: set[str] = set()
@@ -128,7 +131,7 @@ def _named_on_driver(
         if not len(reached):
             return named.set_column(2, "key", keys), gathered.num_rows, involved
         involved = np.union1d(involved, reached)
-        gathered = pa.concat_tables([gathered, _gather(found, reached)])
+        gathered = pa.concat_tables([gathered, gather(reached)])
 
 
 def _found_in(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
