@@ -52,7 +52,7 @@ def stylized_rows(inputs: Inputs, plan: Plan, styles: StyleSet, stages: Stages) 
     concurrency = stages.scale.io_concurrency
     existing = plan.existing()  # one listing of the outputs, here: no request per output to ask if it is done
 
-    ds = inputs.dataset(batch)
+    ds = inputs.dataset(batch, stages.scale.io_cpus)
     decoding = {
         "plan": plan,
         "sizing": stages.sizing,

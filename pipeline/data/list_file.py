@@ -13,6 +13,7 @@ only make their rows be named on the driver, exactly.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 
@@ -20,9 +21,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import ray
+from ray.data.exceptions import UserCodeException
+from ray.exceptions import RayError
 
 from pipeline.data.listing import Inputs, ListFile, _absolute, _per_row
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, describe
 from pipeline.storage.index import name_hashes
 from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
 from pipeline.storage.uri import resolve
@@ -34,13 +37,31 @@ _BATCH_ROWS = 65_536  # list entries a task turns into listing rows at a time
 
 def read_inputs(found: ListFile) -> Inputs:
     """The list file's inputs as a Dataset, named as `list_inputs` names them; each URI once."""
-    hashes = _stem_hashes(found)
-    named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
+    try:
+        hashes = _stem_hashes(found)
+        named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
+    except (RayError, UserCodeException) as exc:  # a row the tasks cannot read: one line, no traceback
+        raise ConfigError(f"{found.uri}: the list file cannot be read: {_reason(exc)}") from None
     count = len(hashes) - gathered + named.num_rows
     if not count:
         raise ConfigError(f"{found.uri}: no input images (the list file names none)")
-    rows = _listed(found).map_batches(_kept, fn_kwargs={"found": found, "dropped": involved}, **_TASK)
-    return Inputs(count, rows=rows.union(ray.data.from_arrow(named)) if named.num_rows else rows)
+    return Inputs(count, rows=functools.partial(_job_rows, found, involved, named))
+
+
+def _job_rows(found: ListFile, dropped: np.ndarray, named: pa.Table, num_cpus: float) -> ray.data.Dataset:
+    """The job's listing rows: the stream less the rows named on the driver, and those once.
+    Its tasks take `num_cpus` each, the job's I/O share: the model actors hold the rest."""
+    rows = _listed(found, num_cpus).map_batches(
+        _kept, fn_kwargs={"found": found, "dropped": dropped}, num_cpus=num_cpus, **_TASK
+    )
+    return rows.union(ray.data.from_arrow(named)) if named.num_rows else rows
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a task's failure, in one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return describe(getattr(exc, "cause", None) or exc)
 
 
 _TASK = {"batch_format": "pyarrow", "batch_size": _BATCH_ROWS}
@@ -50,20 +71,23 @@ LISTING_SCHEMA = pa.schema(
 )  # fmt: skip
 
 
-def _listed(found: ListFile) -> ray.data.Dataset:
+def _listed(found: ListFile, num_cpus: float = 1.0) -> ray.data.Dataset:
     """The list file's entries (one column), read by Ray Data through the storage's filesystem."""
     filesystem, path = resolve(found.uri)
+    read = {"filesystem": filesystem, "num_cpus": num_cpus}
+    # The URI column is taken in the tasks: a projection would be an operator of its own, asking
+    # a whole CPU, which CPU model actors do not leave free.
     if found.column is None:
-        return ray.data.read_text(path, filesystem=filesystem)
+        return ray.data.read_text(path, **read)
     if found.uri.lower().endswith(".parquet"):
-        return ray.data.read_parquet(path, filesystem=filesystem).select_columns([found.column])
-    return ray.data.read_csv(path, filesystem=filesystem).select_columns([found.column])
+        return ray.data.read_parquet(path, **read)
+    return ray.data.read_csv(path, **read)
 
 
 def entries(batch: pa.Table, found: ListFile) -> pa.Table:
     """A batch of list-file entries -> listing rows, `key` the plain stem (the output name unless
     it meets another), and `inside`: under the output, left out."""
-    uris = batch.column(0).cast(pa.string())
+    uris = batch.column(found.column or "text").cast(pa.string())
     if found.column is None:  # text: one URI a line, '#' comments
         uris = pc.utf8_trim_whitespace(uris)
         uris = uris.filter(pc.invert(pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#"))))

@@ -111,7 +111,7 @@ class Inputs:
 
     count: int
     table: pa.Table | None = None
-    rows: ray.data.Dataset | None = None
+    rows: Callable[[float], ray.data.Dataset] | None = None  # the list file's rows, tasks of that many CPUs
 
     @classmethod
     def of(cls, found: pa.Table | ListFile) -> Inputs:
@@ -121,15 +121,19 @@ class Inputs:
 
         return read_inputs(found)
 
-    def dataset(self, batch_size: int) -> ray.data.Dataset:
-        """The inputs as the job's first Dataset, in blocks of `cluster.block_rows`."""
+    def dataset(self, batch_size: int, num_cpus: float = 1.0) -> ray.data.Dataset:
+        """The inputs as the job's first Dataset, in blocks of `cluster.block_rows`; a list
+        file's naming tasks take `num_cpus` each."""
         import ray
 
         from pipeline.data.cluster import block_rows, input_blocks
 
         if self.table is not None:
             return ray.data.from_arrow(input_blocks(self.table, batch_size))
-        return self.rows.repartition(target_num_rows_per_block=block_rows(self.count, batch_size))
+        # Made before the model actors start (in tasks, into the object store): some of Ray's
+        # read and repartition operators ask a whole CPU, which CPU model actors leave no node.
+        rows = block_rows(self.count, batch_size)
+        return self.rows(num_cpus).repartition(target_num_rows_per_block=rows).materialize()
 
 
 def list_inputs(
