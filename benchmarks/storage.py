@@ -136,7 +136,8 @@ def list_mode(args: argparse.Namespace, work: Path) -> None:
     write_list(list_file, n)
     size_mb, seconds = list_file.stat().st_size / 1e6, time.perf_counter() - start
     print(f"list file: {n:,} URIs, {size_mb:.0f} MB ({seconds:.0f} s to write)")
-    ray.init(address="local", log_to_driver=False)
+    if not ray.is_initialized():  # the tests' run has its session's
+        ray.init(address="local", log_to_driver=False)
     print(f"driver RSS at the start (Ray running): {driver_rss() / 1e6:.0f} MB")
 
     root = f"s3://{BUCKET}/photos"
