@@ -11,10 +11,12 @@ warm-up run (Ray's worker processes started) that is not counted. Printed per
 latency: the job's wall time, outputs/s, the ratio to the zero-latency time, and the requests
 the proxy saw per output, by kind (GET, PUT, HEAD, LIST = a GET with list-type, other).
 
-List mode: a list file of N URIs (nothing is read or stylized), then, each alone in this
-process, the driver's peak RSS over: reading it (`list_inputs`), cutting it into the job's input
-blocks and handing them to Ray Data (`--hand-off`; one `ray.put` per block), an index of N
-existing outputs (`ObjectIndex`, as a re-run lists them), and planning one block against it.
+List mode: a list file of N URIs (nothing is read or stylized), then, on one local Ray, each
+step's time and the driver's peak RSS over it: checking the list file (its schema, before Ray),
+`Inputs.of` (Ray Data reads it: pass 1, one stem hash per row to the driver, names that meet
+resolved), the job's input Dataset iterated to its end (each batch counted in the tasks), an
+index of N existing outputs (`ObjectIndex`, as a re-run lists them), and planning one block
+against it; last, the driver's peak RSS over the whole run (ru_maxrss).
 """
 
 from __future__ import annotations
@@ -35,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project (and
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # throughput.py and scale.py, next to this file
 
 import boto3
+import pyarrow as pa
 import ray
 from scale import driver_peak, driver_rss, reset_driver_peak
 from throughput import make_images, random_weights
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
-from pipeline.data.cluster import input_blocks
-from pipeline.data.listing import list_inputs
+from pipeline.data.listing import Inputs, find_inputs
 from pipeline.data.plan import EveryStyle, Plan, plan_inputs
 from pipeline.data.stylize import run_stylize
 from pipeline.data.writers import FileWriter
@@ -134,14 +136,16 @@ def list_mode(args: argparse.Namespace, work: Path) -> None:
     write_list(list_file, n)
     size_mb, seconds = list_file.stat().st_size / 1e6, time.perf_counter() - start
     print(f"list file: {n:,} URIs, {size_mb:.0f} MB ({seconds:.0f} s to write)")
-    print(f"driver RSS at the start: {driver_rss() / 1e6:.0f} MB")
-
-    table = measured("list_inputs (read, keys)", lambda: list_inputs(str(list_file), root=f"s3://{BUCKET}/photos"))
-    print(f"  table: {table.num_rows:,} rows, {table.get_total_buffer_size() / 1e6:.0f} MB of Arrow buffers")
-    if args.hand_off:
+    if not ray.is_initialized():  # the tests' run has its session's
         ray.init(address="local", log_to_driver=False)
-        ds = measured("input blocks to Ray Data", lambda: ray.data.from_arrow(input_blocks(table, args.batch_size)))
-        del ds
+    print(f"driver RSS at the start (Ray running): {driver_rss() / 1e6:.0f} MB")
+
+    root = f"s3://{BUCKET}/photos"
+    found = measured("check the list file (driver, before Ray)", lambda: find_inputs(str(list_file), root=root))
+    inputs = measured("pass 1 and names (Ray Data reads it)", lambda: Inputs.of(found))
+    print(f"  inputs: {inputs.count:,}")
+    listed = measured("the job's Dataset, every row counted in the tasks", lambda: counted(inputs, args.batch_size))
+    print(f"  rows: {listed:,}")
     # Every input's output there already, listed in pages of a thousand as S3 returns them.
     pages = (
         ([f"s0/part{i // 5000:05d}/img{i:08d}.jpg" for i in range(k, min(n, k + 1000))], [0] * min(1000, n - k))
@@ -150,13 +154,22 @@ def list_mode(args: argparse.Namespace, work: Path) -> None:
     index = measured("index of N existing outputs", lambda: ObjectIndex.from_pages(f"s3://{BUCKET}/out", pages))
     print(f"  index: {len(index):,} entries, {(index.high.nbytes * 3) / 1e6:.0f} MB")
     plan = Plan(EveryStyle(("s0",)), FileWriter(OutputSpec(f"s3://{BUCKET}/out", "jpg"), output_key))
-    block = input_blocks(table, args.batch_size)[0]
+    first = inputs.dataset(args.batch_size).limit(args.batch_size)
+    block = pa.concat_tables(first.iter_batches(batch_format="pyarrow", batch_size=None))
     start = time.perf_counter()
     planned = plan_inputs(block, plan, index)
     seconds = time.perf_counter() - start
     done = sum(all(row["done"]) for row in planned)
     print(f"planning one block against it: {len(planned)} rows ({done} done) in {seconds * 1e3:.0f} ms")
     print(f"driver peak RSS over the whole run: {peak_rss() / 1e6:.0f} MB")
+
+
+def counted(inputs: Inputs, batch_size: int) -> int:
+    """Iterate the job's input Dataset to its end, each block reduced to its row count in the tasks."""
+    sizes = inputs.dataset(batch_size).map_batches(
+        lambda block: {"rows": [block.num_rows]}, batch_format="pyarrow", batch_size=None
+    )
+    return sum(int(b["rows"].sum()) for b in sizes.iter_batches(batch_format="numpy", batch_size=None))
 
 
 def measured(what: str, action):
@@ -184,7 +197,6 @@ def write_list(path: Path, n: int) -> None:
             for k in range(0, n, 100_000):
                 handle.write("\n".join(next(uris) for _ in range(min(100_000, n - k))) + "\n")
         return
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     with pq.ParquetWriter(path, pa.schema([("uri", pa.string())])) as writer:
@@ -203,7 +215,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--list-entries", type=int, help="list mode: a list file of this many URIs")
     parser.add_argument("--list-format", default="txt", choices=["txt", "parquet"])
-    parser.add_argument("--hand-off", action="store_true", help="list mode: also hand the blocks to Ray Data")
     args = parser.parse_args()
     args.latencies = [int(ms) for ms in args.latencies.split(",")]
     work = Path(tempfile.mkdtemp(prefix="adain-storage-"))

@@ -33,10 +33,10 @@ from pipeline.imaging.codec import (
     encode,
     fit,
     format_of,
+    is_video,
     prepare,
 )
 from pipeline.imaging.tensors import batch_to_pixels, mask_tensor, to_image, to_tensor
-from pipeline.imaging.video import is_video
 from pipeline.imaging.video_write import stylize_video
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model

@@ -44,10 +44,10 @@ def test_training_mode_runs_on_tiny_inputs(
 
 
 def test_storage_list_mode_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    """benchmarks/storage.py --list-entries: a list file read, an index of its outputs, a block planned."""
+    """benchmarks/storage.py --list-entries: a list file read by Ray Data, an index of its outputs, a block planned."""
     harness = HARNESS.parent / "storage.py"
     monkeypatch.setattr(sys, "argv", [str(harness), "--list-entries", "3000"])
     runpy.run_path(str(harness), run_name="__main__")
     out = capsys.readouterr().out
-    assert "table: 3,000 rows" in out and "index: 3,000 entries" in out, out
+    assert "inputs: 3,000" in out and "rows: 3,000" in out and "index: 3,000 entries" in out, out
     assert re.search(r"planning one block against it: (\d+) rows \(\1 done\)", out), out

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline.config import AugmentConfig
-from pipeline.data.listing import list_inputs, split_videos
+from pipeline.data.listing import Inputs, list_inputs, split_videos
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values, table_bytes
 from pipeline.data.plan import RESUME_NEVER, RESUME_NEW_INPUTS, DrawnStyles, Plan
 from pipeline.data.preflight import check_address, check_weights
@@ -141,7 +141,7 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
         if cfg.shards and (orphans := remove_orphan_shards(cfg.output.uri)):
             log.warning("removed %d shards of a run that died before it finished", orphans)
         progress = Progress(todo.num_rows * cfg.per_image, "augment")
-        for rows in stylized_rows(todo, plan, styles, stages, plan.existing()):
+        for rows in stylized_rows(Inputs.of(todo), plan, styles, stages, plan.existing()):
             manifest.add(rows)
             progress.update(manifest.counts)
             failed.update(rows.filter(pc.equal(rows.column("status"), ERROR)).column("rel_path").to_pylist())

@@ -122,9 +122,14 @@ _MAX_BLOCK_ROWS = 1024
 _TARGET_BLOCKS = 200
 
 
+def block_rows(inputs: int, batch_size: int) -> int:
+    """Rows per input block for a listing of `inputs` rows."""
+    return max(batch_size, min(_MAX_BLOCK_ROWS, math.ceil(inputs / _TARGET_BLOCKS)))
+
+
 def input_blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
     """The listing cut into the blocks handed to Ray Data."""
-    rows = max(batch_size, min(_MAX_BLOCK_ROWS, math.ceil(table.num_rows / _TARGET_BLOCKS)))
+    rows = block_rows(table.num_rows, batch_size)
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
 

@@ -23,8 +23,9 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, Scale, Sizing
-from pipeline.data.cluster import input_blocks, jpeg_on_model, model_stage, unreserved_on_cpu
+from pipeline.data.cluster import jpeg_on_model, model_stage, unreserved_on_cpu
 from pipeline.data.decode import decode_inputs
+from pipeline.data.listing import Inputs
 from pipeline.data.model_actor import StyleModel
 from pipeline.data.plan import Plan
 from pipeline.data.styles import StyleSet
@@ -44,10 +45,11 @@ class Stages:
 
 
 def stylized_rows(
-    inputs: pa.Table, plan: Plan, styles: StyleSet, stages: Stages, existing: ObjectIndex | None
+    inputs: Inputs, plan: Plan, styles: StyleSet, stages: Stages, existing: ObjectIndex | None
 ) -> Iterator[pa.Table]:
-    """Run the pipeline over the listed `inputs`; yields manifest rows as outputs are written. `existing`
-    is `plan.existing()`, listed once by the job (on the driver): no request per output to ask if it is done."""
+    """Run the pipeline over `inputs` (a listed table, or a list file's Dataset); yields manifest rows as
+    outputs are written. `existing` is `plan.existing()`, listed once by the job (on the driver): no
+    request per output to ask if it is done."""
     batch = stages.scale.batch_size
     actor_args, threads = model_stage(stages.model, stages.scale)
     jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output, device_codec.unavailable())
@@ -55,7 +57,7 @@ def stylized_rows(
 
     concurrency = stages.scale.io_concurrency
 
-    ds = ray.data.from_arrow(input_blocks(inputs, batch))
+    ds = inputs.dataset(batch, stages.scale.io_cpus)
     decoding = {
         "plan": plan,
         "sizing": stages.sizing,

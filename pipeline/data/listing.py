@@ -7,17 +7,23 @@ import logging
 import posixpath
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug, unique_names
 from pipeline.storage.listing import list_files, stat_table
-from pipeline.storage.uri import exists, is_dir, read_bytes, storage_error
+from pipeline.storage.uri import exists, is_dir, read_bytes, resolve, retrying, storage_error
+
+if TYPE_CHECKING:
+    import ray.data
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +43,98 @@ def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     return column.filter(pc.invert(pc.or_kleene(pc.is_null(column), pc.equal(column, ""))))
 
 
+@dataclass(frozen=True)
+class ListFile:
+    """A list file checked on the driver (there, readable, its URI column), for Ray Data to read
+    once Ray runs (`list_file.read_inputs`): the driver never holds its rows."""
+
+    uri: str
+    column: str | None  # the URI column of a Parquet/CSV file; None for text, one URI a line
+    root: str | None
+    exclude: str | None
+
+
+def check_list_file(uri: str, root: str | None = None, exclude: str | None = None) -> ListFile:
+    """The list file's URI column, from its schema or header alone: a missing or unreadable file,
+    or one with no columns, fails here in seconds."""
+    filesystem, path = resolve(uri)
+    if uri.lower().endswith(".parquet"):
+        schema = retrying(lambda: _or_invalid(lambda: pq.read_schema(path, filesystem=filesystem), uri), uri)
+        names = schema.names
+    else:
+        head = retrying(lambda: _head(filesystem, path), uri)
+        if uri.lower().endswith(".txt"):
+            return ListFile(uri, None, root, exclude)
+        header = head.split(b"\n", 1)[0] + b"\n"
+        names = _or_invalid(lambda: pacsv.read_csv(io.BytesIO(header)).column_names, uri) if head.strip() else []
+    if not names:
+        raise ConfigError(f"{uri}: the list file has no columns; give a 'uri' column")
+    return ListFile(uri, "uri" if "uri" in names else names[0], root, exclude)
+
+
+_HEAD_BYTES = 1 << 16  # enough for any header line a list file has
+
+
+def _or_invalid(read: Callable[[], object], uri: str):
+    try:
+        return read()
+    except pa.ArrowInvalid as exc:
+        raise ConfigError(f"{uri}: not a list file this can read ({exc})") from None
+
+
+def _head(filesystem: pafs.FileSystem, path: str) -> bytes:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read(_HEAD_BYTES)
+
+
 def _absolute(uri: str, list_file: str) -> str:
     """Relative entries in a list file are relative to the list file's folder."""
     if "://" in uri or uri.startswith("/"):
         return uri
     base = list_file.rsplit("/", 1)[0] if "/" in list_file else "."
     return f"{base}/{uri}"
+
+
+def find_inputs(
+    source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None, exclude: str | None = None
+) -> pa.Table | ListFile:
+    """What a job processes, found on the driver before Ray starts: the `list_inputs` table, or
+    a checked list file (read later by Ray Data, as `Inputs.of` does)."""
+    if source.lower().endswith(LIST_FILE_EXTENSIONS) and not is_dir(source):
+        return check_list_file(source, root, exclude)
+    return list_inputs(source, extensions, root, exclude)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The inputs of a job once Ray runs: a listed table (directories, single images), or the
+    rows of a list file as a Ray Dataset (`list_file.read_inputs`); `count` of either."""
+
+    count: int
+    table: pa.Table | None = None
+    rows: Callable[[float], ray.data.Dataset] | None = None  # the list file's rows, tasks of that many CPUs
+
+    @classmethod
+    def of(cls, found: pa.Table | ListFile) -> Inputs:
+        if isinstance(found, pa.Table):
+            return cls(found.num_rows, table=found)
+        from pipeline.data.list_file import read_inputs
+
+        return read_inputs(found)
+
+    def dataset(self, batch_size: int, num_cpus: float = 1.0) -> ray.data.Dataset:
+        """The inputs as the job's first Dataset, in blocks of `cluster.block_rows`; a list
+        file's naming tasks take `num_cpus` each."""
+        import ray
+
+        from pipeline.data.cluster import block_rows, input_blocks
+
+        if self.table is not None:
+            return ray.data.from_arrow(input_blocks(self.table, batch_size))
+        # Made before the model actors start (in tasks, into the object store): some of Ray's
+        # read and repartition operators ask a whole CPU, which CPU model actors leave no node.
+        rows = block_rows(self.count, batch_size)
+        return self.rows(num_cpus).repartition(target_num_rows_per_block=rows).materialize()
 
 
 def list_inputs(
@@ -91,7 +183,7 @@ def list_inputs(
     )
 
 
-_VIDEO_NAME = "(" + "|".join(re.escape(e) for e in VIDEO_EXTENSIONS) + ")$"  # as `video.is_video` tells them
+_VIDEO_NAME = "(" + "|".join(re.escape(e) for e in VIDEO_EXTENSIONS) + ")$"  # as `codec.is_video` tells them
 
 
 def split_videos(inputs: pa.Table) -> tuple[pa.Table, pa.Table]:
@@ -115,7 +207,7 @@ def _first_of_each(stats: pa.Table) -> pa.Table:
         return stats
     order = stats.append_column("row", pa.array(range(stats.num_rows), pa.int64()))
     first = order.group_by("uri").aggregate([("row", "min")]).column("row_min")
-    return stats.take(pc.sort_indices(first))
+    return stats.take(pc.take(first, pc.sort_indices(first)))  # the first rows, in their order
 
 
 def _unlisted(uris: pa.ChunkedArray, rels: pa.ChunkedArray) -> pa.Table:

@@ -1,7 +1,8 @@
 """What a user can get wrong about a job's surroundings, checked in seconds before any Ray or torch work.
 
-The jobs check, in this order: the inputs (`listing.list_inputs`), the output (`uri.check_writable`),
-the weights and the cluster (here), then the styles; only then do they start Ray.
+The jobs check, in this order: the inputs (`listing.find_inputs`: of a list file, its schema only),
+the output (`uri.check_writable`), the weights and the cluster (here), then the styles; only then do
+they start Ray.
 """
 
 from __future__ import annotations

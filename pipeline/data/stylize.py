@@ -14,8 +14,10 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
+
 from pipeline.config import StylizeConfig
-from pipeline.data.listing import list_inputs, split_videos
+from pipeline.data.listing import Inputs, find_inputs, split_videos
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values
 from pipeline.data.plan import RESUME_EXISTING, RESUME_NEVER, EveryStyle, Plan
 from pipeline.data.preflight import check_address, check_weights
@@ -34,12 +36,14 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
     started = time.time()
     # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster, styles.
-    inputs = list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
+    found = find_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
-    images, videos = split_videos(inputs)
-    if videos.num_rows and cfg.controls.preserve_color == "coral":
+    # A listing's videos take the videos' pipeline; a list file names images (read by Ray Data).
+    images, videos = split_videos(found) if isinstance(found, pa.Table) else (found, None)
+    has_videos = videos is not None and videos.num_rows > 0
+    if has_videos and cfg.controls.preserve_color == "coral":
         raise ConfigError("--preserve-color coral recolours the styles to each image; for videos use luminance or none")
     # torch and Ray load only now: a mistake above is reported before they take seconds to import.
     from pipeline.data.cluster import connect_while
@@ -53,6 +57,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     from pipeline.data.job import Stages, stylized_rows
     from pipeline.data.video_job import Joins, video_rows
 
+    inputs = Inputs.of(images)  # a list file: read by Ray Data, its names resolved on hashes
     run_id = cfg.run_id or new_run_id()
     plan = Plan(
         EveryStyle(styles.ids, cfg.controls.alpha),
@@ -68,14 +73,14 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     manifest = ManifestWriter(cfg.output.uri, run_id, run_values(cfg.model, cfg.sizing, cfg.output, **job_values))
     stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.controls.preserve_color)
     # Images count in outputs, videos in frames, added to the total as the videos are probed.
-    unit = "frames" if not images.num_rows else "images+frames" if videos.num_rows else "images"
-    progress = Progress(images.num_rows * len(styles.ids), "stylize", unit)
+    unit = "frames" if not inputs.count else "images+frames" if has_videos else "images"
+    progress = Progress(inputs.count * len(styles.ids), "stylize", unit)
     existing = plan.existing()  # one listing of the outputs, images' and videos', for both pipelines
-    if images.num_rows:
-        for rows in stylized_rows(images, plan, styles, stages, existing):
+    if inputs.count:
+        for rows in stylized_rows(inputs, plan, styles, stages, existing):
             manifest.add(rows)
             progress.update(manifest.counts)
-    if videos.num_rows:
+    if has_videos:
         images_done = sum(manifest.counts.values())
         joins = Joins(cfg.scale.io_cpus)
         video_plan = replace(plan, writer=replace(plan.writer, extension=VIDEO_FORMAT))
@@ -94,7 +99,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
         started,
         input=cfg.input,
         output=cfg.output.uri,
-        inputs=inputs.num_rows,
+        inputs=inputs.count + (videos.num_rows if has_videos else 0),
         styles=list(styles.ids),
         style_sources=(sources := styles.source_map()),
     )

@@ -29,6 +29,11 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", "
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 VIDEO_QUALITY = 20  # x264 CRF: 0 lossless, 51 worst; 17-23 look like the source
 SEGMENT_SECONDS = 10.0  # videos are cut into keyframe-aligned segments of about this length
+
+
+def is_video(path: str) -> bool:
+    """A video by its name's extension (imaging/video.py reads them)."""
+    return path.lower().endswith(VIDEO_EXTENSIONS)
 FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 

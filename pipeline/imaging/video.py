@@ -20,17 +20,13 @@ import av
 import numpy as np
 
 from pipeline.errors import ImageError, VideoError, describe
-from pipeline.imaging.codec import MAX_PIXELS, SEGMENT_SECONDS, VIDEO_EXTENSIONS, check_pixels
+from pipeline.imaging.codec import MAX_PIXELS, SEGMENT_SECONDS, check_pixels
 
 # FFmpeg demuxers taken as video containers: FFmpeg also opens images, playlists and raw streams,
 # which are not videos to stylize (and a playlist would read other files).
 CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
 
 Source = str | os.PathLike | bytes | io.BufferedIOBase  # a path, the file's bytes, or a seekable file
-
-
-def is_video(path: str) -> bool:
-    return path.lower().endswith(VIDEO_EXTENSIONS)
 
 
 @dataclass(frozen=True)

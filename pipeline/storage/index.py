@@ -20,7 +20,7 @@ from pipeline.storage.listing import Page, iter_files
 _UNKNOWN = -1  # no modification time reported: the object counts as written at any time
 
 
-def _hashes(rels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def name_hashes(rels: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Each name's 128-bit hash as two uint64 arrays (high, low)."""
     digests = b"".join(hashlib.blake2b(rel.encode("utf-8", "surrogatepass"), digest_size=16).digest() for rel in rels)
     both = np.frombuffer(digests, dtype=">u8").astype(np.uint64).reshape(-1, 2)
@@ -46,7 +46,7 @@ class ObjectIndex:
         """The index of a listing's pages: (paths below `prefix`, their mtime_ns)."""
         highs, lows, mtimes = [], [], []
         for rels, stamps in pages:
-            high, low = _hashes(rels)
+            high, low = name_hashes(rels)
             highs.append(high)
             lows.append(low)
             mtimes.append(np.array([_UNKNOWN if t is None else t for t in stamps], np.int64))
@@ -70,7 +70,7 @@ class ObjectIndex:
         rows = [i for i, rel in enumerate(inside) if rel is not None]
         if not rows or not len(self):
             return found
-        high, low = _hashes([inside[i] for i in rows])
+        high, low = name_hashes([inside[i] for i in rows])
         at = np.searchsorted(self.high, high)
         for i, h, lo, k in zip(rows, high, low, at, strict=True):
             while k < len(self.high) and self.high[k] == h:  # equal highs: next to each other

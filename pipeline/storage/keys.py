@@ -69,8 +69,16 @@ def unique_names(names: Sequence[str], keys: Sequence[str]) -> list[str]:
 _EXTENSION = r"^((?:.*/)?\.*[^/.][^/]*?)\.[^./]*$"
 
 
+def plain_stems(rels: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Each path less its extension, as posixpath.splitext cuts it, in Arrow: the output names
+    of inputs whose names meet nobody's."""
+    return pc.replace_substring_regex(rels, _EXTENSION, r"\1")
+
+
 def output_stems(
-    rels: pa.ChunkedArray | Sequence[str], keys: pa.ChunkedArray | Sequence[str] | None = None
+    rels: pa.ChunkedArray | Sequence[str],
+    keys: pa.ChunkedArray | Sequence[str] | None = None,
+    taken: set[str] | None = None,
 ) -> pa.ChunkedArray:
     """Each input's output name without extension, from its safe relative path (`safe_relpath`,
     which the caller has made already), distinct for distinct inputs: the path minus the
@@ -80,15 +88,18 @@ def output_stems(
     URIs; by default the paths themselves).
 
     Clashes are found with Arrow, so ten million inputs become Python strings only when some
-    of them clash."""
+    of them clash. `taken`, when given, gets every name (lower-cased) a renamed input held on
+    the way: only inputs whose plain stem is one of those can be touched by the renaming.
+    """
     rels = _chunked(rels)
-    stems = pc.replace_substring_regex(rels, _EXTENSION, r"\1")  # posixpath.splitext's stem, in Arrow
+    stems = plain_stems(rels)
     if len(_clashing(stems)) == 0:
         return stems
     names = stems.to_pylist()
     for i in _rows_of(stems, _clashing(stems)):
         extension = posixpath.splitext(rels[i].as_py())[1].lstrip(".")
         names[i] = f"{names[i]}_{extension}" if extension else names[i]
+        _take(taken, names[i])
     named, keys = _chunked(names), rels if keys is None else _chunked(keys)
     for _ in range(4):  # a name made unique may meet one that was not: then that one too
         clashing = _clashing(named)
@@ -97,8 +108,14 @@ def output_stems(
         rows = _rows_of(named, clashing)
         for i, name in zip(rows, unique_names([names[i] for i in rows], keys.take(rows).to_pylist()), strict=True):
             names[i] = name
+            _take(taken, name)
         named = _chunked(names)
     raise ValueError("output names: inputs with the same key")
+
+
+def _take(taken: set[str] | None, name: str) -> None:
+    if taken is not None:
+        taken.add(name.lower())
 
 
 def _chunked(values: pa.ChunkedArray | Sequence[str]) -> pa.ChunkedArray:

@@ -1,0 +1,178 @@
+"""A list file's inputs read by Ray Data, the driver holding one hash per row at most.
+
+    read_parquet / read_csv / read_text -> map_batches(listing rows)     (the tasks)
+    pass 1: each row's hash of its lower-cased plain stem  -> the driver  (8 bytes a row)
+    stems that meet (each duplicated URI among them) -> those rows gathered and named on the
+    driver by `output_stems`, as the whole list would name them -> the job's Dataset: every
+    other row as it is, these rows dropped from the stream and their named table added once.
+
+A plain stem no other row has stays the output name, unless a renamed input takes it on the way
+(`output_stems`' `taken`): those rows are gathered too, until none is. Two stems sharing a hash
+only make their rows be named on the driver, exactly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import ray
+from ray.data.exceptions import UserCodeException
+from ray.exceptions import RayError
+
+from pipeline.data.listing import Inputs, ListFile, _absolute, _per_row
+from pipeline.errors import ConfigError, describe
+from pipeline.storage.index import name_hashes
+from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
+from pipeline.storage.uri import resolve
+
+log = logging.getLogger(__name__)
+
+_BATCH_ROWS = 65_536  # list entries a task turns into listing rows at a time
+
+
+def read_inputs(found: ListFile) -> Inputs:
+    """The list file's inputs as a Dataset, named as `list_inputs` names them; each URI once."""
+    try:
+        hashes = _stem_hashes(found)
+        named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
+    except (RayError, UserCodeException) as exc:  # a row the tasks cannot read: one line, no traceback
+        raise ConfigError(f"{found.uri}: the list file cannot be read: {_reason(exc)}") from None
+    count = len(hashes) - gathered + named.num_rows
+    if not count:
+        raise ConfigError(f"{found.uri}: no input images (the list file names none)")
+    return Inputs(count, rows=functools.partial(_job_rows, found, involved, named))
+
+
+def _job_rows(found: ListFile, dropped: np.ndarray, named: pa.Table, num_cpus: float) -> ray.data.Dataset:
+    """The job's listing rows: the stream less the rows named on the driver, and those once.
+    Its tasks take `num_cpus` each, the job's I/O share: the model actors hold the rest."""
+    rows = _listed(found, num_cpus).map_batches(
+        _kept, fn_kwargs={"found": found, "dropped": dropped}, num_cpus=num_cpus, **_TASK
+    )
+    return rows.union(ray.data.from_arrow(named)) if named.num_rows else rows
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost cause of a task's failure, in one line."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return describe(getattr(exc, "cause", None) or exc)
+
+
+_TASK = {"batch_format": "pyarrow", "batch_size": _BATCH_ROWS}
+LISTING_SCHEMA = pa.schema(
+    [("input_uri", pa.string()), ("rel_path", pa.string()), ("key", pa.string()),
+     ("size", pa.int64()), ("mtime_ns", pa.int64())]
+)  # fmt: skip
+
+
+def _listed(found: ListFile, num_cpus: float = 1.0) -> ray.data.Dataset:
+    """The list file's entries (one column), read by Ray Data through the storage's filesystem."""
+    filesystem, path = resolve(found.uri)
+    read = {"filesystem": filesystem, "num_cpus": num_cpus}
+    # The URI column is taken in the tasks: a projection would be an operator of its own, asking
+    # a whole CPU, which CPU model actors do not leave free.
+    if found.column is None:
+        return ray.data.read_text(path, **read)
+    if found.uri.lower().endswith(".parquet"):
+        return ray.data.read_parquet(path, **read)
+    return ray.data.read_csv(path, **read)
+
+
+def entries(batch: pa.Table, found: ListFile) -> pa.Table:
+    """A batch of list-file entries -> listing rows, `key` the plain stem (the output name unless
+    it meets another), and `inside`: under the output, left out."""
+    uris = batch.column(found.column or "text").cast(pa.string())
+    if found.column is None:  # text: one URI a line, '#' comments
+        uris = pc.utf8_trim_whitespace(uris)
+        uris = uris.filter(pc.invert(pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#"))))
+    else:
+        uris = uris.filter(pc.invert(pc.or_kleene(pc.is_null(uris), pc.equal(uris, ""))))
+    uris = _per_row(lambda u: _absolute(u, found.uri), uris)
+    rels = _per_row(safe_relpath, _per_row(lambda u: relative_to(u, found.root or ""), uris))
+    nulls = pa.nulls(len(uris), pa.int64())
+    inside = pc.starts_with(uris, found.exclude.rstrip("/") + "/") if found.exclude else pa.nulls(len(uris), pa.bool_())
+    columns = {"input_uri": uris, "rel_path": rels, "key": plain_stems(rels), "size": nulls, "mtime_ns": nulls}
+    return pa.table(columns | {"inside": pc.fill_null(inside, False)})
+
+
+def hashed(rows: pa.Table) -> np.ndarray:
+    """The high 64 bits of each row's lower-cased plain stem's hash."""
+    return name_hashes(pc.utf8_lower(rows.column("key")).to_pylist())[0]
+
+
+def _hash_rows(batch: pa.Table, found: ListFile) -> dict[str, np.ndarray]:
+    rows = entries(batch, found)
+    return {"hash": hashed(rows), "inside": rows.column("inside").to_numpy(zero_copy_only=False)}
+
+
+def _stem_hashes(found: ListFile) -> np.ndarray:
+    """Pass 1: the stem hash of every entry not under the output, in the driver as NumPy."""
+    batches = _listed(found).map_batches(_hash_rows, fn_kwargs={"found": found}, **_TASK)
+    parts, inside = [], 0
+    for part in batches.iter_batches(batch_format="numpy", batch_size=None):
+        parts.append(part["hash"][~part["inside"]])  # a copy: the block itself is let go
+        inside += int(part["inside"].sum())
+    if inside:
+        log.warning("%s: left out %d files under the output %s", found.uri, inside, found.exclude)
+    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
+
+
+def _kept(batch: pa.Table, found: ListFile, dropped: np.ndarray) -> pa.Table:
+    """The listing rows the job takes from the stream: not under the output, not named on the driver."""
+    rows = entries(batch, found)
+    keep = pc.invert(rows.column("inside"))
+    if len(dropped):
+        keep = pc.and_(keep, pa.array(~np.isin(hashed(rows), dropped)))
+    return rows.filter(keep).drop_columns(["inside"])
+
+
+def _gathered(batch: pa.Table, found: ListFile, wanted: np.ndarray) -> pa.Table:
+    rows = _kept(batch, found, np.empty(0, np.uint64))
+    return rows.filter(pa.array(np.isin(hashed(rows), wanted)))
+
+
+def named_on_driver(
+    hashes: np.ndarray, gather: Callable[[np.ndarray], pa.Table]
+) -> tuple[pa.Table, int, np.ndarray]:
+    """From every row's stem hash (sorted here, in place) and `gather` (the rows of some hashes):
+    the rows whose stems meet, and those a renaming reaches, named as the whole list would name
+    them (each URI once); how many entries they were in the list; their stems' hashes."""
+    ordered = hashes
+    ordered.sort()  # stems that meet lie side by side
+    involved = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
+    gathered = gather(involved)
+    while True:
+        named = _first_of_each_uri(gathered)
+        taken: set[str] = set()
+        keys = output_stems(named.column("rel_path"), named.column("input_uri"), taken)
+        reached = np.setdiff1d(_found_in(name_hashes(sorted(taken))[0], ordered), involved)
+        if not len(reached):
+            return named.set_column(2, "key", keys), gathered.num_rows, involved
+        involved = np.union1d(involved, reached)
+        gathered = pa.concat_tables([gathered, gather(reached)])
+
+
+def _found_in(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """The `values` that the sorted array `ordered` holds (no copy of it)."""
+    at = np.minimum(np.searchsorted(ordered, values), max(len(ordered) - 1, 0))
+    return values[ordered[at] == values] if len(ordered) else values[:0]
+
+
+def _gather(found: ListFile, wanted: np.ndarray) -> pa.Table:
+    """The listing rows whose stem hash is one of `wanted` (a filtered pass; none if none is)."""
+    if not len(wanted):
+        return LISTING_SCHEMA.empty_table()
+    rows = _listed(found).map_batches(_gathered, fn_kwargs={"found": found, "wanted": wanted}, **_TASK)
+    return pa.concat_tables([LISTING_SCHEMA.empty_table(), *rows.iter_batches(batch_format="pyarrow", batch_size=None)])
+
+
+def _first_of_each_uri(rows: pa.Table) -> pa.Table:
+    """Each URI once (a list file may name one twice)."""
+    numbered = rows.append_column("row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    return rows.take(numbered.group_by("input_uri").aggregate([("row", "min")]).column("row_min"))

@@ -1,0 +1,141 @@
+"""List files read by Ray Data: the same inputs and names as the driver's table, the driver
+holding a hash per row; checked before Ray starts; on S3 through the storage's filesystem."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from pipeline.data import list_file
+from pipeline.data.listing import Inputs, ListFile, find_inputs, list_inputs
+from pipeline.errors import AdainError, ConfigError
+from tests.conftest import S3Server
+
+COLUMNS = ("input_uri", "rel_path", "key")
+
+
+def write_list(path: Path, entries: list[str]) -> None:
+    """The entries as the list file `path`'s extension says (text, CSV with a `uri` column, Parquet)."""
+    if path.suffix == ".parquet":
+        pq.write_table(pa.table({"n": list(range(len(entries))), "uri": entries}), path)
+    elif path.suffix == ".csv":
+        path.write_text("n,uri\n" + "".join(f"{i},{e}\n" for i, e in enumerate(entries)))
+    else:
+        path.write_text("# inputs\n" + "\n".join(entries) + "\n")
+
+
+def named(table: pa.Table) -> set[tuple[str, str, str]]:
+    return set(zip(*(table.column(c).to_pylist() for c in COLUMNS), strict=True))
+
+
+def dataset_rows(source: str, root: str | None = None, exclude: str | None = None) -> tuple[int, pa.Table]:
+    inputs = Inputs.of(find_inputs(source, root=root, exclude=exclude))
+    batches = list(inputs.dataset(4).iter_batches(batch_format="pyarrow", batch_size=None))
+    return inputs.count, pa.concat_tables(batches)
+
+
+segment = st.sampled_from(["", ".", "..", "a", "A", "a.b", "_", "a_png", "a_jpg", "b", "日本", "x-y"])
+extension = st.sampled_from(["jpg", "JPG", "png", "PNG", ""])
+entry = st.builds(
+    lambda base, parts, ext: base + "/".join(parts) + (f".{ext}" if ext else ""),
+    st.sampled_from(["", "d/", "s3://aaa/", "s3://bbb/", "/abs/", "out/"]),
+    st.lists(segment, min_size=1, max_size=3),
+    extension,
+)
+NAMED_CASES = ["a.png", "a.jpg", "a_png.jpg", "A.PNG", "a.png", "d/../y.jpg", "d/y.jpg", "a_jpg.png", "a.JPG"]
+
+
+def named_in_memory(found: ListFile, entries: list[str]) -> pa.Table:
+    """The list file path's naming with the tasks' functions, and all rows in memory for `gather`."""
+    rows = list_file.entries(pa.table({"uri": pa.array(entries, pa.string())}), found)
+    rows = rows.filter(pc.invert(rows.column("inside"))).drop_columns(["inside"])
+    hashes = list_file.hashed(rows)
+    gather = lambda wanted: rows.filter(pa.array(np.isin(hashes, wanted)))  # noqa: E731
+    named, _, dropped = list_file.named_on_driver(hashes.copy(), gather)
+    return pa.concat_tables([rows.filter(pa.array(~np.isin(hashes, dropped))), named])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(entry, min_size=1, max_size=40), st.booleans())
+@example(NAMED_CASES, False)
+def test_names_resolved_on_hashes_are_the_tables_names(entries: list[str], rooted: bool) -> None:
+    """The rows named on the driver from hashes, with the rest as the tasks name them, equal
+    `list_inputs`' table: the whole list's names, each URI once."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / "inputs.parquet"
+        write_list(source, entries)
+        root, exclude = (folder if rooted else None), f"{folder}/out"
+        try:
+            table = list_inputs(str(source), root=root, exclude=exclude)
+        except ConfigError:
+            return  # nothing left to name
+        rows = named_in_memory(ListFile(str(source), "uri", root, exclude), entries)
+    assert named(rows) == named(table) and rows.num_rows == table.num_rows
+
+
+@settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(entry, min_size=0, max_size=24), st.sampled_from(["txt", "csv", "parquet"]), st.booleans())
+@example([*NAMED_CASES, "s3://aaa/a.png", "/abs/a.png", "out/z.jpg"], "txt", False)
+@example(NAMED_CASES, "parquet", True)
+def test_the_dataset_names_inputs_as_the_table_does(
+    ray_cluster: str, entries: list[str], kind: str, rooted: bool
+) -> None:
+    """Duplicates, case, one stem with two extensions, `a_png.jpg` beside `a.png`, '..'
+    segments, entries under the output: the same (input_uri, rel_path, key) set, each URI once."""
+    with tempfile.TemporaryDirectory() as folder:
+        source = Path(folder) / f"inputs.{kind}"
+        write_list(source, entries)
+        root, exclude = (folder if rooted else None), f"{folder}/out"
+        try:
+            table = list_inputs(str(source), root=root, exclude=exclude)
+        except ConfigError:  # no entries (or all under the output): the Dataset path says so too
+            with pytest.raises(ConfigError, match="no input images"):
+                dataset_rows(str(source), root, exclude)
+            return
+        count, rows = dataset_rows(str(source), root, exclude)
+    assert named(rows) == named(table)
+    assert count == rows.num_rows == table.num_rows == len(set(rows.column("input_uri").to_pylist()))
+    assert rows.column("size").null_count == rows.num_rows  # list entries are named, not listed
+
+
+def test_list_files_on_s3_are_read_by_ray_data(ray_cluster: str, s3_server: S3Server, bucket: str) -> None:
+    """Text and CSV list files in a bucket, read by the tasks through AWS_ENDPOINT_URL (a Parquet
+    one is test_stylize_job's, end to end)."""
+    entries = ["photos/a.jpg", "photos/a.png", f"s3://{bucket}/photos/a.jpg", "photos/sub/b.jpg", "../c.jpg"]
+    s3 = s3_server.client()
+    with tempfile.TemporaryDirectory() as folder:
+        for kind in ("txt", "csv"):
+            local = Path(folder) / f"inputs.{kind}"
+            write_list(local, entries)
+            s3.put_object(Bucket=bucket, Key=f"lists/inputs.{kind}", Body=local.read_bytes())
+            source = f"s3://{bucket}/lists/inputs.{kind}"
+            count, rows = dataset_rows(source, root=f"s3://{bucket}/lists")
+            assert named(rows) == named(list_inputs(source, root=f"s3://{bucket}/lists")), kind
+            assert count == 5 and f"s3://{bucket}/lists/photos/a.jpg" in rows.column("input_uri").to_pylist()
+
+
+def test_a_bad_list_file_fails_before_ray(tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
+    """Missing, empty or not what its name says: one line, from its first bytes, no Ray needed."""
+    (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    buffer = io.BytesIO()
+    pq.write_table(pa.table({"uri": ["a.jpg"]}), buffer)
+    (tmp_path / "ok.parquet").write_bytes(buffer.getvalue())
+    for source, reason in (
+        (str(tmp_path / "missing.txt"), "not found"),
+        (f"s3://{bucket}/missing.parquet", "not found"),
+        (str(tmp_path / "empty.csv"), "no columns"),
+        (str(tmp_path / "bad.parquet"), "not a list file"),
+    ):
+        with pytest.raises(AdainError, match=reason):
+            find_inputs(source)
+    assert find_inputs(str(tmp_path / "ok.parquet")).column == "uri"
