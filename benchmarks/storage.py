@@ -43,6 +43,7 @@ from scale import driver_peak, driver_rss, reset_driver_peak
 from throughput import make_images, random_weights
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.data.cluster import connect
 from pipeline.data.listing import Inputs, find_inputs
 from pipeline.data.plan import EveryStyle, Plan, plan_inputs
 from pipeline.data.stylize import run_stylize
@@ -94,7 +95,7 @@ def latency_mode(args: argparse.Namespace, work: Path) -> None:
     encoder, decoder = random_weights(work)
     proxy = FaultProxy(endpoint).start()
     os.environ["AWS_ENDPOINT_URL"] = proxy.endpoint  # before Ray starts: its workers inherit it
-    ray.init(address="local", log_to_driver=False)
+    connect("local")  # a Ray of its own, started as the jobs start one
 
     print(f"{args.images} images {args.size}x{args.size}, 1 style, --io-concurrency {args.io_concurrency}")
     header = f"{'latency':>8} {'seconds':>8} {'outputs/s':>10} {'x zero':>7} " + " ".join(f"{k:>6}" for k in KINDS)
@@ -137,7 +138,7 @@ def list_mode(args: argparse.Namespace, work: Path) -> None:
     size_mb, seconds = list_file.stat().st_size / 1e6, time.perf_counter() - start
     print(f"list file: {n:,} URIs, {size_mb:.0f} MB ({seconds:.0f} s to write)")
     if not ray.is_initialized():  # the tests' run has its session's
-        ray.init(address="local", log_to_driver=False)
+        connect("local")  # a Ray of its own, started as the jobs start one
     print(f"driver RSS at the start (Ray running): {driver_rss() / 1e6:.0f} MB")
 
     root = f"s3://{BUCKET}/photos"
