@@ -31,16 +31,6 @@ from tests.faults import FaultProxy
 
 SMOOTHING = "0.5"
 FLAGS = ["--content-size", "32", "--style-size", "32", "--device", "cpu", "--segment-seconds", "0.5"]
-BAD = {  # bad_videos' names -> words of their error rows
-    "truncated": "not a video FFmpeg can read",
-    "truncated-indexed": "truncated or corrupt video",
-    "no video stream": "no video stream",
-    "zero frames": "no frames",
-    "unsupported codec": "unsupported video codec",
-    "corrupt mid-file": "corrupt",
-    "not a video": "not a video container",
-    "empty": "empty file",
-}
 
 
 @pytest.fixture(scope="module")
@@ -108,8 +98,8 @@ def test_images_videos_and_bad_videos_in_one_run(
     assert stylize(weights, str(src), style, str(out), "--temporal-smoothing", SMOOTHING, "--format", "png") == 3
 
     rows = {r["rel_path"]: r for r in manifest(out)}
-    assert len(rows) == 4 + len(BAD)
-    for name, words in BAD.items():
+    assert len(rows) == 4 + len(videos.BAD_VIDEO_ERRORS)
+    for name, words in videos.BAD_VIDEO_ERRORS.items():
         row = rows[f"bad/{name.replace(' ', '-')}.mp4"]
         assert row["status"] == "error" and words in row["error"] and "\n" not in row["error"], (name, row)
     for name in ("a.jpg", "b.png"):

@@ -122,6 +122,18 @@ def decoded(path: Path) -> tuple[list[np.ndarray], list[float]]:
     return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames]
 
 
+BAD_VIDEO_ERRORS = {  # bad_videos' names -> words of the one-line error each gives
+    "truncated": "not a video FFmpeg can read",
+    "truncated-indexed": "truncated or corrupt video",
+    "no video stream": "no video stream",
+    "zero frames": "no frames",
+    "unsupported codec": "unsupported video codec",
+    "corrupt mid-file": "corrupt",
+    "not a video": "not a video container (jpeg_pipe)",
+    "empty": "empty file",
+}
+
+
 def bad_videos(root: Path) -> dict[str, bytes]:
     """Files with a video's name that are not usable videos, by what is wrong with them (made in `root`)."""
     clip = make_clip(root / "clip.mp4", frames=24, gop=6).read_bytes()
