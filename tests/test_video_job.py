@@ -39,6 +39,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {
         "long": videos.make_clip(root / "long.mp4", frames=40, gop=6, audio=True),  # 3 segments of 0.5 s
         "turned": videos.make_clip(root / "turned.mov", frames=12, rotation=90),
+        "variable": videos.make_clip(root / "variable.mkv", frames=16, variable=True),  # 1, 2, 1, ... ticks apart
     }
 
 
@@ -84,6 +85,12 @@ def check_video(output: Path | bytes, source: Path, like: list[np.ndarray] | Non
         assert distance.diagonal().max() < 3  # and the segments join as one pass
 
 
+def seconds(path: Path) -> list[float]:
+    """Each frame's presentation time, from the first frame's."""
+    info = video.probe(path)
+    return [float((pts - info.pts[0]) * info.time_base) for pts in info.pts]
+
+
 def test_images_videos_and_bad_videos_in_one_run(
     ray_cluster: str, weights: WeightFiles, clips: dict[str, Path], style: Path, tmp_path: Path
 ) -> None:
@@ -92,13 +99,14 @@ def test_images_videos_and_bad_videos_in_one_run(
     images.write(src / "b.png", images.encoded(40, 48, "PNG", seed=2))
     images.write(src / "clips" / "long.mp4", clips["long"].read_bytes())
     images.write(src / "turned.mov", clips["turned"].read_bytes())
+    images.write(src / "variable.mkv", clips["variable"].read_bytes())
     (tmp_path / "bad").mkdir()
     for name, data in videos.bad_videos(tmp_path / "bad").items():
         images.write(src / "bad" / f"{name.replace(' ', '-')}.mp4", data)
     assert stylize(weights, str(src), style, str(out), "--temporal-smoothing", SMOOTHING, "--format", "png") == 3
 
     rows = {r["rel_path"]: r for r in manifest(out)}
-    assert len(rows) == 4 + len(videos.BAD_VIDEO_ERRORS)
+    assert len(rows) == 5 + len(videos.BAD_VIDEO_ERRORS)
     for name, words in videos.BAD_VIDEO_ERRORS.items():
         row = rows[f"bad/{name.replace(' ', '-')}.mp4"]
         assert row["status"] == "error" and words in row["error"] and "\n" not in row["error"], (name, row)
@@ -115,6 +123,11 @@ def test_images_videos_and_bad_videos_in_one_run(
     one_pass = reference(weights, clips["long"], style, tmp_path / "ref.mp4")
     check_video(out / "wave" / "clips" / "long.mp4", clips["long"], one_pass)
     check_video(out / "wave" / "turned.mp4", clips["turned"])
+    assert (rows["variable.mkv"]["status"], rows["variable.mkv"]["frames"]) == ("ok", 16)
+    # A variable rate: the nominal rate is the container's say, the frames' own times are what is kept.
+    made, source = video.probe(out / "wave" / "variable.mp4"), video.probe(clips["variable"])
+    assert made.frames == source.frames and abs(made.duration - source.duration) < 1 / 24
+    assert np.allclose(seconds(out / "wave" / "variable.mp4"), seconds(clips["variable"]), atol=1e-3)  # each frame's
     assert not [p for p in (out / "_parts").rglob("*") if p.is_file()]  # joined parts are deleted
 
 
