@@ -89,6 +89,11 @@ def connect_while(address: str | None, work: Callable[[], T]) -> T:
         return working.result()
 
 
+def fetched(value: T | ray.ObjectRef) -> T:
+    """`value`, or what it refers to when it is in the object store (what a task or actor was handed by `ray.put`)."""
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
 def model_stage(model: ModelConfig, scale: Scale) -> tuple[dict[str, Any], int | None]:
     """The model actors' Ray arguments and their torch threads (None: torch's default, on GPUs)."""
     resources = actor_resources(model, scale)

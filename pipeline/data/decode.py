@@ -18,6 +18,7 @@ import ray
 from PIL import Image
 
 from pipeline.config import Sizing
+from pipeline.data.cluster import fetched
 from pipeline.data.plan import Plan, plan_inputs
 from pipeline.data.rows import DECODED_SCHEMA, elapsed_ms
 from pipeline.errors import VideoError, describe
@@ -74,7 +75,7 @@ def decode_inputs(
     """The listing's rows -> DECODED rows: planned against what `existing` (the plan's listing of
     its outputs) holds, and decoded where an output is still to make. Reads run `concurrency` at a
     time while the inputs read already are decoded, one at a time (the task's CPU share)."""
-    existing = ray.get(existing) if isinstance(existing, ray.ObjectRef) else existing
+    existing = fetched(existing)
     rows = plan_inputs(batch, plan, existing)  # no Arrow round trip between planning and decoding
     todo = [row for row in rows if not all(row["done"])]
     for row, read in zip(todo, read_all([row["input_uri"] for row in todo], concurrency), strict=True):

@@ -23,7 +23,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, Scale, Sizing
-from pipeline.data.cluster import jpeg_on_model, model_stage, unreserved_on_cpu
+from pipeline.data.cluster import fetched, jpeg_on_model, model_stage, unreserved_on_cpu
 from pipeline.data.decode import decode_inputs
 from pipeline.data.listing import Inputs
 from pipeline.data.model_actor import StyleModel
@@ -101,7 +101,7 @@ class OnOneNode:
 
     def __init__(self, *, decoding: dict[str, Any], model: dict[str, Any], writing: dict[str, Any]) -> None:
         existing = decoding["existing"]  # fetched once here, not again for every batch
-        self.decoding = decoding | {"existing": ray.get(existing) if isinstance(existing, ray.ObjectRef) else existing}
+        self.decoding = decoding | {"existing": fetched(existing)}
         self.writing = writing
         self.model = StyleModel(**model)
         self.model_turn = threading.Lock()  # two model calls at once would only share the same cores

@@ -22,6 +22,7 @@ import ray
 import torch
 
 from pipeline.config import ModelConfig, Sizing
+from pipeline.data.cluster import fetched
 from pipeline.data.decode import prepare_content
 from pipeline.data.rows import ERROR, PENDING, SKIPPED, STYLIZED_SCHEMA, elapsed_ms
 from pipeline.data.styles import StyleSet
@@ -146,7 +147,7 @@ class StyleModel:
         self.io = ModelIO(self.model.device, sizing, jpeg_quality)
         self.per_call = functools.partial(self.model.images_per_call, batch_size=batch_size)
         self.luminance = preserve_color == "luminance"
-        self.styles: StyleSet = ray.get(styles) if isinstance(styles, ray.ObjectRef) else styles
+        self.styles: StyleSet = fetched(styles)
         self.index = {style_id: i for i, style_id in enumerate(self.styles.ids)}
         if self.styles.coral:  # recoloured per content image: kept as pixels
             assert self.styles.images is not None

@@ -26,7 +26,7 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import VideoSpec
-from pipeline.data.cluster import input_blocks, model_stage, unreserved_on_cpu
+from pipeline.data.cluster import fetched, input_blocks, model_stage, unreserved_on_cpu
 from pipeline.data.job import Stages
 from pipeline.data.plan import RESUME_NEVER, Plan, plan_inputs
 from pipeline.data.rows import ERROR, OK, ROW_SCHEMA, SEGMENT_SCHEMA, SKIPPED, elapsed_ms
@@ -67,8 +67,8 @@ def plan_segments(
     """The listed videos -> SEGMENT rows: each video probed and cut into segments, one row per segment
     with the styles still to make; the done styles, or an unreadable video's, in one row of the video's.
     Each row is a table of its own: a block of its own (see `video_rows`), for any actor to take."""
-    existing = ray.get(existing) if isinstance(existing, ray.ObjectRef) else existing
-    parts = ray.get(parts) if isinstance(parts, ray.ObjectRef) else parts
+    existing = fetched(existing)
+    parts = fetched(parts)
     for video_plan in plan_inputs(batch, plan, existing):
         for row in _segments(video_plan, plan, spec, max_pixels, parts):
             yield pa.Table.from_pylist([row], schema=SEGMENT_SCHEMA)
