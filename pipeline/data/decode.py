@@ -10,7 +10,8 @@ these tasks start in a fraction of a second without it.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future, wait
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -63,6 +64,38 @@ def read_all(uris: list[str], concurrency: int) -> list[Future[bytes]]:
     return [pool.submit(read_bytes, uri) for uri in uris]
 
 
+@dataclass
+class Reading:
+    """A batch planned, and the reads of its inputs with work left under way."""
+
+    rows: list[dict[str, Any]]
+    todo: list[dict[str, Any]]
+    reads: list[Future[bytes]]
+
+    def wait(self) -> None:
+        """Until every read is in (or failed: `decoded` makes a failure that row's error)."""
+        wait(self.reads)
+
+    def decoded(self, sizing: Sizing, jpeg_to_model: bool = False, cores: Executor | None = None) -> pa.Table:
+        """The DECODED rows: each read decoded and sized as it comes in, on `cores`' threads
+        (Pillow decodes without the GIL), or one at a time here."""
+        def one(pair: tuple[dict[str, Any], Future[bytes]]) -> dict[str, Any]:
+            return decode_one(pair[0]["input_uri"], sizing, jpeg_to_model, pair[1])
+
+        pairs = list(zip(self.todo, self.reads, strict=True))
+        for row, decoded in zip(self.todo, map(one, pairs) if cores is None else cores.map(one, pairs), strict=True):
+            row.update(decoded)
+        return pa.Table.from_pylist(self.rows, schema=DECODED_SCHEMA)
+
+
+def start_reading(batch: pa.Table, plan: Plan, existing: ObjectIndex | None, concurrency: int) -> Reading:
+    """Plan the listing's rows against what `existing` (the plan's listing of its outputs) holds, and
+    start reading the inputs with an output still to make, `concurrency` at a time."""
+    rows = plan_inputs(batch, plan, existing)  # no Arrow round trip between planning and decoding
+    todo = [row for row in rows if not all(row["done"])]
+    return Reading(rows, todo, read_all([row["input_uri"] for row in todo], concurrency))
+
+
 def decode_inputs(
     batch: pa.Table,
     *,
@@ -72,12 +105,6 @@ def decode_inputs(
     existing: ObjectIndex | ray.ObjectRef | None = None,
     concurrency: int = 1,
 ) -> pa.Table:
-    """The listing's rows -> DECODED rows: planned against what `existing` (the plan's listing of
-    its outputs) holds, and decoded where an output is still to make. Reads run `concurrency` at a
-    time while the inputs read already are decoded, one at a time (the task's CPU share)."""
-    existing = fetched(existing)
-    rows = plan_inputs(batch, plan, existing)  # no Arrow round trip between planning and decoding
-    todo = [row for row in rows if not all(row["done"])]
-    for row, read in zip(todo, read_all([row["input_uri"] for row in todo], concurrency), strict=True):
-        row.update(decode_one(row["input_uri"], sizing, jpeg_to_model, read))
-    return pa.Table.from_pylist(rows, schema=DECODED_SCHEMA)
+    """The decoding stage: the listing's rows -> DECODED rows, planned and read (`start_reading`),
+    the inputs read already decoded one at a time (the task's CPU share) while the rest arrive."""
+    return start_reading(batch, plan, fetched(existing), concurrency).decoded(sizing, jpeg_to_model)

@@ -15,6 +15,7 @@ import tarfile
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -58,6 +59,24 @@ def output_file(row: dict[str, Any], encoded: bool, output: OutputSpec) -> bytes
     return encode(image, output.format, output.quality)
 
 
+def not_written(row: dict[str, Any], exc: Exception) -> None:
+    """Mark a stylized row's output as failed to write, with the reason."""
+    row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}")
+
+
+def encode_outputs(rows: list[dict[str, Any]], output: OutputSpec, cores: Executor) -> None:
+    """The pending rows' pixels encoded into their output files, in place, on `cores`' threads
+    (Pillow encodes without the GIL); a row that cannot be encoded is not written, with the reason."""
+
+    def one(row: dict[str, Any]) -> None:
+        try:
+            row["pixels"] = output_file(row, False, output)
+        except Exception as exc:
+            not_written(row, exc)
+
+    list(cores.map(one, [row for row in rows if row["status"] == PENDING]))
+
+
 VIDEO_FORMAT = "mp4"  # what videos are written as, whatever the images' --format
 
 
@@ -81,7 +100,8 @@ class FileWriter:
     def write(self, rows: list[dict[str, Any]], encoded: bool, concurrency: int = 1) -> None:
         # Encoded here one at a time (the task's CPU share), uploaded `concurrency` at a time.
         def failed(row: dict[str, Any], exc: Exception, start: float) -> None:
-            row.update(status=ERROR, error=f"writing {row['target']}: {describe(exc)}", write_ms=elapsed_ms(start))
+            not_written(row, exc)
+            row["write_ms"] = elapsed_ms(start)
 
         def upload(row: dict[str, Any], data: bytes, start: float) -> None:
             try:
@@ -185,6 +205,10 @@ def remove_orphan_shards(output: str) -> int:
 
 def write_outputs(batch: pa.Table, *, writer: Writer, encoded: bool, concurrency: int = 1) -> pa.Table:
     """The writing stage: write the batch's pending outputs; the rows become manifest rows."""
-    rows = batch.to_pylist()
+    return written(batch.to_pylist(), writer, encoded, concurrency)
+
+
+def written(rows: list[dict[str, Any]], writer: Writer, encoded: bool, concurrency: int = 1) -> pa.Table:
+    """Write the pending ones of STYLIZED `rows`: the manifest rows."""
     writer.write([row for row in rows if row["status"] == PENDING], encoded, concurrency)
     return pa.Table.from_pylist(rows, schema=WRITTEN_SCHEMA)
