@@ -7,7 +7,8 @@ Measures, on the same generated JPEGs and the same weights:
                   PIL decode and resize, the style image encoded again for every pair, fp32,
                   output encoded with PIL;
   2. model only - the project's encoder + AdaIN + decoder on preloaded tensors at the chosen
-                  batch size and precision: the compute ceiling of this machine for this model;
+                  batch size and precision: the compute ceiling of this machine for this model,
+                  timed in two halves, just before the job and just after it;
   3. job        - `adain stylize` end to end through Ray: encoded files in, encoded files and
                   the manifest out.
 Prints a table and, last, `speedup X.XX` (the job's images/s over the baseline's).
@@ -384,12 +385,10 @@ def main() -> None:
 
         nets = load_encoder(encoder).module, load_decoder(decoder).module
         model = StyleTransfer(*nets, device, args.precision, compile=args.compile)
+        # Model only runs in two halves, just before the job and just after it: the machine's
+        # speed drifts, and the job is compared with the model at the same time.
         with PeakRss() as memory:
-            n, seconds = model_only(model, args.size, args.batch_size, args.images // 2)
-        model_rate, peak = n / seconds, memory.peak
-        per_call = model.images_per_call(args.size, args.size, args.batch_size)
-        compiled = ", compiled" if args.compile else ""
-        rows.append((f"model only ({args.precision}, {per_call} a call{compiled})", model_rate, peak))
+            before = model_only(model, args.size, args.batch_size, args.images // 4)
 
         from pipeline.data.cluster import connect
         from pipeline.data.stylize import run_stylize
@@ -403,15 +402,24 @@ def main() -> None:
             sizing=Sizing(content_size=args.size, style_size=args.size),
             scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, jpeg_codec=args.jpeg_codec),
         )
-        seconds, n, peak = timed(lambda: run_stylize(cfg)["ok"])
+        seconds, n, job_peak = timed(lambda: run_stylize(cfg)["ok"])
         job_rate = n / seconds
-        rows.append(("job (adain stylize through Ray)", job_rate, peak))
+        with PeakRss() as after_memory:
+            after = model_only(model, args.size, args.batch_size, args.images // 4)
+        model_rate = (before[0] + after[0]) / (before[1] + after[1])
+        per_call = model.images_per_call(args.size, args.size, args.batch_size)
+        compiled = ", compiled" if args.compile else ""
+        halves = f"{before[0] / before[1]:.2f} before the job and {after[0] / after[1]:.2f} after"
+        peak = max(memory.peak, after_memory.peak)
+        rows.append((f"model only ({args.precision}, {per_call} a call{compiled})", model_rate, peak))
+        rows.append(("job (adain stylize through Ray)", job_rate, job_peak))
 
         print(f"\n{len(files)} images {args.size}x{args.size}, device {device}, {os.cpu_count()} CPUs")
         print(f"{'':36} {'images/s':>9} {'ms/image':>9} {'peak RSS':>9}  of model")
         for name, rate, peak in rows:
             share = f"{rate / model_rate:7.0%}" if name.startswith("job") else ""
             print(f"{name:36} {rate:9.2f} {1000 / rate:9.1f} {peak / 2**30:7.2f}GB  {share}")
+        print(f"model only, images/s: {halves}")
         tflops = model_rate * args.size**2 * MFLOP_PER_PIXEL * 1e6 / 1e12
         peak = args.peak_tflops or peak_tflops(device, args.precision)
         roofline = f", {tflops / peak:.0%} of {peak:g} TFLOP/s peak" if peak else ""

@@ -25,6 +25,7 @@ def test_throughput_harness_runs_on_tiny_inputs(
     for row in ("baseline", "model only", "job"):
         assert re.search(rf"^{row}.*\d+\.\d+\s+\d+\.\d+", table, re.MULTILINE), table
     assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1]), lines[-1]
+    assert re.search(r"^model only, images/s: \d+\.\d\d before the job and \d+\.\d\d after$", table, re.MULTILINE)
     psnr = re.search(r"^bf16 outputs vs fp32: PSNR (\d+\.\d) dB$", table, re.MULTILINE)
     assert psnr and float(psnr.group(1)) >= 30.0, table
 
