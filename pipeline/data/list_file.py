@@ -24,7 +24,7 @@ import ray
 from ray.data.exceptions import UserCodeException
 from ray.exceptions import RayError
 
-from pipeline.data.listing import Inputs, ListFile, _absolute, _per_row
+from pipeline.data.listing import Inputs, ListFile, entry_uri, per_row
 from pipeline.errors import ConfigError, describe
 from pipeline.storage.index import name_hashes
 from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
@@ -93,8 +93,8 @@ def entries(batch: pa.Table, found: ListFile) -> pa.Table:
         uris = uris.filter(pc.invert(pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#"))))
     else:
         uris = uris.filter(pc.invert(pc.or_kleene(pc.is_null(uris), pc.equal(uris, ""))))
-    uris = _per_row(lambda u: _absolute(u, found.uri), uris)
-    rels = _per_row(safe_relpath, _per_row(lambda u: relative_to(u, found.root or ""), uris))
+    uris = per_row(lambda u: entry_uri(u, found.uri), uris)
+    rels = per_row(safe_relpath, per_row(lambda u: relative_to(u, found.root or ""), uris))
     nulls = pa.nulls(len(uris), pa.int64())
     inside = pc.starts_with(uris, found.exclude.rstrip("/") + "/") if found.exclude else pa.nulls(len(uris), pa.bool_())
     columns = {"input_uri": uris, "rel_path": rels, "key": plain_stems(rels), "size": nulls, "mtime_ns": nulls}

@@ -87,7 +87,7 @@ def _head(filesystem: pafs.FileSystem, path: str) -> bytes:
         return stream.read(_HEAD_BYTES)
 
 
-def _absolute(uri: str, list_file: str) -> str:
+def entry_uri(uri: str, list_file: str) -> str:
     """Relative entries in a list file are relative to the list file's folder."""
     if "://" in uri or uri.startswith("/"):
         return uri
@@ -154,10 +154,10 @@ def list_inputs(
     if is_dir(source):
         stats = stat_table(source, extensions)
         if root is not None:
-            stats = stats.set_column(1, "rel", _per_row(lambda u: relative_to(u, root), stats.column("uri")))
+            stats = stats.set_column(1, "rel", per_row(lambda u: relative_to(u, root), stats.column("uri")))
     elif source.lower().endswith(LIST_FILE_EXTENSIONS):
-        uris = _per_row(lambda u: _absolute(u, source), _uris_from_list_file(source))
-        stats = _unlisted(uris, _per_row(lambda u: relative_to(u, root or ""), uris))
+        uris = per_row(lambda u: entry_uri(u, source), _uris_from_list_file(source))
+        stats = _unlisted(uris, per_row(lambda u: relative_to(u, root or ""), uris))
     elif exists(source):
         rel = relative_to(source, root or posixpath.dirname(source))
         stats = _unlisted(pa.chunked_array([[source]], pa.string()), pa.chunked_array([[rel]], pa.string()))
@@ -171,7 +171,7 @@ def list_inputs(
             stats = stats.filter(pc.invert(inside))
     if not stats.num_rows:
         raise ConfigError(f"{source}: no input images (extensions {', '.join(extensions)})")
-    rels = _per_row(safe_relpath, stats.column("rel"))
+    rels = per_row(safe_relpath, stats.column("rel"))
     return pa.table(
         {
             "input_uri": stats.column("uri"),
@@ -195,8 +195,8 @@ def split_videos(inputs: pa.Table) -> tuple[pa.Table, pa.Table]:
 _CHUNK_ROWS = 65_536  # rows turned into Python strings at a time
 
 
-def _per_row(fn: Callable[[str], str], column: pa.ChunkedArray) -> pa.ChunkedArray:
-    """`fn` of each string, _CHUNK_ROWS at a time: never the whole column as Python strings."""
+def per_row(fn: Callable[[str], str], column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`fn` of each string of `column`, _CHUNK_ROWS at a time: never the whole column as Python strings."""
     chunks = (column.slice(i, _CHUNK_ROWS).to_pylist() for i in range(0, len(column), _CHUNK_ROWS))
     return pa.chunked_array([pa.array([fn(v) for v in chunk], pa.string()) for chunk in chunks], pa.string())
 
