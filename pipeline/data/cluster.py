@@ -74,7 +74,9 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
     # A Ray this process starts runs its workers at the driver's priority, not niced to 15 as Ray's
     # default: the model actors are the job's work, and `adain transfer` computes at that priority too.
     os.environ.setdefault("RAY_worker_niceness", "0")
-    ray.init(address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO))
+    # A Ray this process starts has no dashboard (the job reports its own progress): its processes
+    # only slow the start on a small machine. Joining a cluster, Ray ignores the flag.
+    ray.init(address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO), include_dashboard=False)
     ray.data.DataContext.get_current().enable_progress_bars = verbose
 
 
