@@ -24,7 +24,7 @@ import ray
 from ray.data.exceptions import UserCodeException
 from ray.exceptions import RayError
 
-from pipeline.data.listing import Inputs, ListFile, entry_uri, per_row
+from pipeline.data.listing import Inputs, ListFile, entry_uri, first_of_each, per_row
 from pipeline.errors import ConfigError, describe
 from pipeline.storage.index import name_hashes
 from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
@@ -148,7 +148,7 @@ def named_on_driver(
     involved = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
     gathered = gather(involved)
     while True:
-        named = _first_of_each_uri(gathered)
+        named = first_of_each(gathered, "input_uri")
         taken: set[str] = set()
         keys = output_stems(named.column("rel_path"), named.column("input_uri"), taken)
         reached = np.setdiff1d(_found_in(name_hashes(sorted(taken))[0], ordered), involved)
@@ -170,9 +170,3 @@ def _gather(found: ListFile, wanted: np.ndarray) -> pa.Table:
         return LISTING_SCHEMA.empty_table()
     rows = _listed(found).map_batches(_gathered, fn_kwargs={"found": found, "wanted": wanted}, **_TASK)
     return pa.concat_tables([LISTING_SCHEMA.empty_table(), *rows.iter_batches(batch_format="pyarrow", batch_size=None)])
-
-
-def _first_of_each_uri(rows: pa.Table) -> pa.Table:
-    """Each URI once (a list file may name one twice)."""
-    numbered = rows.append_column("row", pa.array(np.arange(rows.num_rows, dtype=np.int64)))
-    return rows.take(numbered.group_by("input_uri").aggregate([("row", "min")]).column("row_min"))

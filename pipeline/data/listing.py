@@ -163,7 +163,7 @@ def list_inputs(
         stats = _unlisted(pa.chunked_array([[source]], pa.string()), pa.chunked_array([[rel]], pa.string()))
     else:
         raise storage_error(FileNotFoundError(source), source)  # says so if the bucket is missing
-    stats = _first_of_each(stats)
+    stats = first_of_each(stats)
     if exclude is not None:
         inside = pc.starts_with(stats.column("uri"), exclude.rstrip("/") + "/")
         if pc.any(inside).as_py():
@@ -201,13 +201,13 @@ def per_row(fn: Callable[[str], str], column: pa.ChunkedArray) -> pa.ChunkedArra
     return pa.chunked_array([pa.array([fn(v) for v in chunk], pa.string()) for chunk in chunks], pa.string())
 
 
-def _first_of_each(stats: pa.Table) -> pa.Table:
-    """Each URI once (a list file may name one twice), in listing order."""
-    if pc.count_distinct(stats.column("uri")).as_py() == stats.num_rows:
-        return stats
-    order = stats.append_column("row", pa.array(range(stats.num_rows), pa.int64()))
-    first = order.group_by("uri").aggregate([("row", "min")]).column("row_min")
-    return stats.take(pc.take(first, pc.sort_indices(first)))  # the first rows, in their order
+def first_of_each(rows: pa.Table, column: str = "uri") -> pa.Table:
+    """Each URI in `column` once (a list file may name one twice): its first row, in their order."""
+    if pc.count_distinct(rows.column(column)).as_py() == rows.num_rows:
+        return rows
+    order = rows.append_column("row", pa.array(range(rows.num_rows), pa.int64()))
+    first = order.group_by(column).aggregate([("row", "min")]).column("row_min")
+    return rows.take(pc.take(first, pc.sort_indices(first)))
 
 
 def _unlisted(uris: pa.ChunkedArray, rels: pa.ChunkedArray) -> pa.Table:
