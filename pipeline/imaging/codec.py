@@ -30,11 +30,12 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 VIDEO_QUALITY = 20  # x264 CRF: 0 lossless, 51 worst; 17-23 look like the source
 SEGMENT_SECONDS = 10.0  # videos are cut into keyframe-aligned segments of about this length
 
+FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
 
 def is_video(path: str) -> bool:
     """A video by its name's extension (imaging/video.py reads them)."""
     return path.lower().endswith(VIDEO_EXTENSIONS)
-FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
 
 
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
