@@ -44,6 +44,19 @@ def test_training_mode_runs_on_tiny_inputs(
     assert re.fullmatch(r"speedup \d+\.\d\d", lines[-1]), lines[-1]
 
 
+def test_arena_harness_runs(
+    ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/arena.py times the model in the driver and in both actors, each against the driver's."""
+    harness = HARNESS.parent / "arena.py"
+    argv = [str(harness), "--size", "32", "--batch-size", "1", "--passes", "1", "--rounds", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(harness), run_name="__main__")
+    out = capsys.readouterr().out
+    for row in ("driver", "actor", "one arena"):
+        assert re.search(rf"^{row} +ms/image +\d+ +median +\d+\.\d +\d+\.\d\dx the driver's$", out, re.MULTILINE), out
+
+
 def test_storage_list_mode_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/storage.py --list-entries: a list file read by Ray Data, an index of its outputs, a block planned."""
     harness = HARNESS.parent / "storage.py"

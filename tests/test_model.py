@@ -226,14 +226,41 @@ def test_cpu_model_reuses_freed_activation_memory(model: StyleTransfer) -> None:
     and each pass faults its activations in again."""
     assert reuse_freed_memory()  # already applied by the CPU model; applying it again is harmless
 
-    def forward_like() -> int:  # page faults of a pass through three 40 MiB activations
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        first = torch.ones(40 << 18)
-        second = torch.ones(40 << 18)
-        del first
-        third = torch.ones(40 << 18)
-        del second, third
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    faults = [forward_like() for _ in range(12)]  # the heap settles within a few passes
+    faults = [forward_like(40) for _ in range(12)]  # the heap settles within a few passes
     assert max(faults[-4:]) < 3 * 10240 // 10, faults  # 10,240 4 KiB pages a block when mapped afresh
+
+
+def forward_like(mib: int) -> int:
+    """This thread's page faults in a pass through three activations of `mib` MiB each."""
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    first = torch.ones(mib << 18)
+    second = torch.ones(mib << 18)
+    del first
+    third = torch.ones(mib << 18)
+    del second, third
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's allocator")
+def test_cpu_model_actor_reuses_freed_memory_on_the_threads_that_take_its_calls(ray_cluster: str) -> None:
+    """A CPU model actor computes on the threads that take its calls. glibc gives each such
+    thread an arena whose heaps hold at most 64 MB and maps larger blocks afresh, so the actor's
+    process starts with one arena (its Ray arguments' runtime env): 80 MiB activations on a
+    pool thread there are reused as on the main thread."""
+    import ray
+
+    from pipeline.config import ModelConfig, Scale
+    from pipeline.data.cluster import actor_resources
+
+    runtime_env = actor_resources(ModelConfig(encoder="e", decoder="d", device="cpu"), Scale())["runtime_env"]
+
+    @ray.remote(num_cpus=0, runtime_env=runtime_env)
+    def faults_on_a_pool_thread() -> list[int]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        reuse_freed_memory()  # as the model does when it loads
+        with ThreadPoolExecutor(1) as pool:
+            return pool.submit(lambda: [forward_like(80) for _ in range(12)]).result()
+
+    faults = ray.get(faults_on_a_pool_thread.remote())
+    assert max(faults[-4:]) < 3 * 20480 // 10, faults  # 20,480 pages a block when mapped afresh

@@ -16,6 +16,7 @@ from ray.data import ActorPoolStrategy
 from pipeline.config import ModelConfig, OutputSpec, Scale
 from pipeline.data.preflight import WAIT_S, check_address
 from pipeline.errors import ConfigError
+from pipeline.model.host import ONE_ARENA
 
 T = TypeVar("T")
 
@@ -29,7 +30,8 @@ def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
     one actor per node by default, holding the node's CPUs less two decoding/writing tasks'
     share (--io-cpus, for shards, whose writing stays a task of its own), and running one
     torch thread per CPU of the node; it decodes and writes in turn with the model
-    (`job.OnOneNode`), so the cores are not oversubscribed.
+    (`job.OnOneNode`), so the cores are not oversubscribed. Its process starts with one
+    malloc arena (`host.ONE_ARENA`).
     """
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0.0)
@@ -40,7 +42,7 @@ def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
         return {"compute": pool, "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}
     cpus = scale.cpus_per_actor or max(1.0, worker_node_cpus() - 2 * scale.io_cpus)
     actors = scale.actors or max(1, int(resources.get("CPU", 1.0) // (cpus + 2 * scale.io_cpus)))
-    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus}
+    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus, "runtime_env": {"env_vars": ONE_ARENA}}
 
 
 def torch_threads(scale: Scale) -> int | None:

@@ -34,6 +34,7 @@ from pipeline.config import TrainConfig
 from pipeline.data.cluster import connect
 from pipeline.errors import AdainError, ConfigError
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
+from pipeline.model.host import ONE_ARENA
 from pipeline.model.nets import Decoder
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
@@ -203,6 +204,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 storage_path=cfg.storage,
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
+                # Ray Train runs the loop on a thread of the worker's own: on CPUs it needs one malloc arena.
+                worker_runtime_env=None if cfg.gpus_per_worker else {"env_vars": ONE_ARENA},
             ),
             datasets={
                 "content": image_dataset(content_uris, cfg, skipped, cpus),
