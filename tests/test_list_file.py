@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipeline.data import list_file
-from pipeline.data.listing import Inputs, ListFile, find_inputs, list_inputs
+from pipeline.data.list_file import LISTING_SCHEMA
+from pipeline.data.listing import Inputs, ListFile, find_inputs, list_inputs, split_videos
 from pipeline.errors import AdainError, ConfigError
 from tests.conftest import S3Server
 
@@ -37,14 +38,16 @@ def named(table: pa.Table) -> set[tuple[str, str, str]]:
     return set(zip(*(table.column(c).to_pylist() for c in COLUMNS), strict=True))
 
 
-def dataset_rows(source: str, root: str | None = None, exclude: str | None = None) -> tuple[int, pa.Table]:
+def dataset_rows(source: str, root: str | None = None, exclude: str | None = None) -> tuple[int, pa.Table, pa.Table]:
+    """The list file's image count, its images' rows as the job's Dataset holds them, and its videos."""
     inputs = Inputs.of(find_inputs(source, root=root, exclude=exclude))
     batches = list(inputs.dataset(4).iter_batches(batch_format="pyarrow", batch_size=None))
-    return inputs.count, pa.concat_tables(batches)
+    assert inputs.videos is not None
+    return inputs.count, pa.concat_tables([LISTING_SCHEMA.empty_table(), *batches]), inputs.videos
 
 
 segment = st.sampled_from(["", ".", "..", "a", "A", "a.b", "_", "a_png", "a_jpg", "b", "日本", "x-y"])
-extension = st.sampled_from(["jpg", "JPG", "png", "PNG", ""])
+extension = st.sampled_from(["jpg", "JPG", "png", "PNG", "", "mp4", "MOV"])
 entry = st.builds(
     lambda base, parts, ext: base + "/".join(parts) + (f".{ext}" if ext else ""),
     st.sampled_from(["", "d/", "s3://aaa/", "s3://bbb/", "/abs/", "out/"]),
@@ -84,13 +87,15 @@ def test_names_resolved_on_hashes_are_the_tables_names(entries: list[str], roote
 
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(entry, min_size=0, max_size=24), st.sampled_from(["txt", "csv", "parquet"]), st.booleans())
-@example([*NAMED_CASES, "s3://aaa/a.png", "/abs/a.png", "out/z.jpg"], "txt", False)
-@example(NAMED_CASES, "parquet", True)
+@example([*NAMED_CASES, "s3://aaa/a.png", "/abs/a.png", "out/z.jpg", "v.mp4", "a.mp4", "d/V.MOV"], "txt", False)
+@example([*NAMED_CASES, "a.MP4", "a.MP4"], "parquet", True)
+@example(["clip.mp4", "d/clip.mov"], "csv", False)
 def test_the_dataset_names_inputs_as_the_table_does(
     ray_cluster: str, entries: list[str], kind: str, rooted: bool
 ) -> None:
     """Duplicates, case, one stem with two extensions, `a_png.jpg` beside `a.png`, '..'
-    segments, entries under the output: the same (input_uri, rel_path, key) set, each URI once."""
+    segments, entries under the output, videos among the images: the same (input_uri, rel_path,
+    key) set, each URI once, its videos split off for the videos' pipeline."""
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / f"inputs.{kind}"
         write_list(source, entries)
@@ -101,9 +106,11 @@ def test_the_dataset_names_inputs_as_the_table_does(
             with pytest.raises(ConfigError, match="no input images"):
                 dataset_rows(str(source), root, exclude)
             return
-        count, rows = dataset_rows(str(source), root, exclude)
-    assert named(rows) == named(table)
-    assert count == rows.num_rows == table.num_rows == len(set(rows.column("input_uri").to_pylist()))
+        count, rows, videos = dataset_rows(str(source), root, exclude)
+    images, listed_videos = split_videos(table)
+    assert named(rows) == named(images) and named(videos) == named(listed_videos)
+    assert count == rows.num_rows == images.num_rows == len(set(rows.column("input_uri").to_pylist()))
+    assert videos.num_rows == listed_videos.num_rows == len(set(videos.column("input_uri").to_pylist()))
     assert rows.column("size").null_count == rows.num_rows  # list entries are named, not listed
 
 
@@ -118,7 +125,7 @@ def test_list_files_on_s3_are_read_by_ray_data(ray_cluster: str, s3_server: S3Se
             write_list(local, entries)
             s3.put_object(Bucket=bucket, Key=f"lists/inputs.{kind}", Body=local.read_bytes())
             source = f"s3://{bucket}/lists/inputs.{kind}"
-            count, rows = dataset_rows(source, root=f"s3://{bucket}/lists")
+            count, rows, _ = dataset_rows(source, root=f"s3://{bucket}/lists")
             assert named(rows) == named(list_inputs(source, root=f"s3://{bucket}/lists")), kind
             assert count == 5 and f"s3://{bucket}/lists/photos/a.jpg" in rows.column("input_uri").to_pylist()
 

@@ -131,6 +131,27 @@ def test_images_videos_and_bad_videos_in_one_run(
     assert not [p for p in (out / "_parts").rglob("*") if p.is_file()]  # joined parts are deleted
 
 
+def test_a_list_files_videos_take_the_videos_pipeline(
+    ray_cluster: str, weights: WeightFiles, clips: dict[str, Path], style: Path, tmp_path: Path
+) -> None:
+    """A list file naming an image, a video twice and a video whose stem meets the image's: the
+    image through the images' pipeline, each video once through the videos' (not an error row)."""
+    src, out, listing = tmp_path / "in", tmp_path / "out", tmp_path / "inputs.txt"
+    images.write(src / "a.png", images.encoded(40, 32, "PNG", seed=1))
+    images.write(src / "clip.mov", clips["turned"].read_bytes())
+    images.write(src / "a.mkv", clips["variable"].read_bytes())
+    listing.write_text("\n".join(str(src / name) for name in ("a.png", "clip.mov", "a.mkv", "clip.mov")))
+    assert stylize(weights, str(listing), style, str(out), "--input-root", str(src)) == 0
+    rows = {Path(row["input_uri"]).name: row for row in manifest(out)}
+    assert sorted(rows) == ["a.mkv", "a.png", "clip.mov"] and {r["status"] for r in rows.values()} == {"ok"}
+    outputs = {name: Path(row["output_uri"]) for name, row in rows.items()}
+    suffixes = {name: path.suffix for name, path in outputs.items()}
+    assert suffixes == {"a.png": ".jpg", "clip.mov": ".mp4", "a.mkv": ".mp4"}
+    assert outputs["a.png"].stem != outputs["a.mkv"].stem  # the stems met: named apart, as the whole list names them
+    check_video(outputs["clip.mov"], clips["turned"])
+    assert video.probe(outputs["a.mkv"]).frames == video.probe(clips["variable"]).frames
+
+
 def test_parts_of_an_unfinished_video_are_reused(
     ray_cluster: str, weights: WeightFiles, clips: dict[str, Path], style: Path, tmp_path: Path
 ) -> None:

@@ -22,8 +22,8 @@ from pipeline.config import Sizing
 from pipeline.data.cluster import fetched
 from pipeline.data.plan import Plan, plan_inputs
 from pipeline.data.rows import DECODED_SCHEMA, elapsed_ms
-from pipeline.errors import VideoError, describe
-from pipeline.imaging.codec import check_pixels, is_video, plain_jpeg_size, prepare
+from pipeline.errors import describe
+from pipeline.imaging.codec import check_pixels, plain_jpeg_size, prepare
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.uri import io_pool, read_bytes
 
@@ -41,8 +41,6 @@ def decode_one(
     start = time.perf_counter()
     row: dict[str, Any] = {}
     try:
-        if is_video(uri):  # a list file's video: videos take their own pipeline, from a listed prefix
-            raise VideoError("a video in a list file: list files name images; give videos as a prefix or directory")
         data = read_bytes(uri) if read is None else read.result()
         size = plain_jpeg_size(data, sizing.max_pixels) if jpeg_to_model else None
         if size is not None:

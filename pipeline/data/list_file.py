@@ -4,7 +4,8 @@
     pass 1: each row's hash of its lower-cased plain stem  -> the driver  (8 bytes a row)
     stems that meet (each duplicated URI among them) -> those rows gathered and named on the
     driver by `output_stems`, as the whole list would name them -> the job's Dataset: every
-    other row as it is, these rows dropped from the stream and their named table added once.
+    other image's row as it is, these rows dropped from the stream and their named images added
+    once; its videos (by extension) gathered in a filtered pass, for the videos' pipeline.
 
 A plain stem no other row has stays the output name, unless a renamed input takes it on the way
 (`output_stems`' `taken`): those rows are gathered too, until none is. Two stems sharing a hash
@@ -16,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -24,7 +26,7 @@ import ray
 from ray.data.exceptions import UserCodeException
 from ray.exceptions import RayError
 
-from pipeline.data.listing import Inputs, ListFile, entry_uri, first_of_each, per_row
+from pipeline.data.listing import Inputs, ListFile, entry_uri, first_of_each, names_video, per_row, split_videos
 from pipeline.errors import ConfigError, describe
 from pipeline.storage.index import name_hashes
 from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
@@ -36,20 +38,25 @@ _BATCH_ROWS = 65_536  # list entries a task turns into listing rows at a time
 
 
 def read_inputs(found: ListFile) -> Inputs:
-    """The list file's inputs as a Dataset, named as `list_inputs` names them; each URI once."""
+    """The list file's images as a Dataset and its videos as a table, named as `list_inputs`
+    names them; each URI once."""
     try:
-        hashes = _stem_hashes(found)
+        hashes, videos = _stem_hashes(found)
         named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
+        images, named_videos = split_videos(named)
+        listed_videos = _videos(found, involved) if videos else LISTING_SCHEMA.empty_table()
     except (RayError, UserCodeException) as exc:  # a row the tasks cannot read: one line, no traceback
         raise ConfigError(f"{found.uri}: the list file cannot be read: {_reason(exc)}") from None
-    count = len(hashes) - gathered + named.num_rows
-    if not count:
+    gathered_images = gathered.num_rows - pc.sum(names_video(gathered.column("input_uri")), min_count=0).as_py()
+    count = len(hashes) - videos - gathered_images + images.num_rows
+    all_videos = pa.concat_tables([listed_videos, named_videos])
+    if not count and not all_videos.num_rows:
         raise ConfigError(f"{found.uri}: no input images (the list file names none)")
-    return Inputs(count, rows=functools.partial(_job_rows, found, involved, named))
+    return Inputs(count, rows=functools.partial(_job_rows, found, involved, images), videos=all_videos)
 
 
 def _job_rows(found: ListFile, dropped: np.ndarray, named: pa.Table, num_cpus: float) -> ray.data.Dataset:
-    """The job's listing rows: the stream less the rows named on the driver, and those once.
+    """The job's listing rows: the stream's images less those named on the driver, and those once.
     Its tasks take `num_cpus` each, the job's I/O share: the model actors hold the rest."""
     rows = _listed(found, num_cpus).map_batches(
         _kept, fn_kwargs={"found": found, "dropped": dropped}, num_cpus=num_cpus, **_TASK
@@ -108,41 +115,47 @@ def hashed(rows: pa.Table) -> np.ndarray:
 
 def _hash_rows(batch: pa.Table, found: ListFile) -> dict[str, np.ndarray]:
     rows = entries(batch, found)
-    return {"hash": hashed(rows), "inside": rows.column("inside").to_numpy(zero_copy_only=False)}
+    inside = rows.column("inside").to_numpy(zero_copy_only=False)
+    video = names_video(rows.column("input_uri")).to_numpy(zero_copy_only=False)
+    return {"hash": hashed(rows), "inside": inside, "video": video}
 
 
-def _stem_hashes(found: ListFile) -> np.ndarray:
-    """Pass 1: the stem hash of every entry not under the output, in the driver as NumPy."""
+def _stem_hashes(found: ListFile) -> tuple[np.ndarray, int]:
+    """Pass 1: the stem hash of every entry not under the output, in the driver as NumPy, and
+    how many of those entries are videos."""
     batches = _listed(found).map_batches(_hash_rows, fn_kwargs={"found": found}, **_TASK)
-    parts, inside = [], 0
+    parts, inside, videos = [], 0, 0
     for part in batches.iter_batches(batch_format="numpy", batch_size=None):
         parts.append(part["hash"][~part["inside"]])  # a copy: the block itself is let go
         inside += int(part["inside"].sum())
+        videos += int((part["video"] & ~part["inside"]).sum())
     if inside:
         log.warning("%s: left out %d files under the output %s", found.uri, inside, found.exclude)
-    return np.concatenate(parts) if parts else np.empty(0, np.uint64)
+    return (np.concatenate(parts) if parts else np.empty(0, np.uint64)), videos
 
 
-def _kept(batch: pa.Table, found: ListFile, dropped: np.ndarray) -> pa.Table:
-    """The listing rows the job takes from the stream: not under the output, not named on the driver."""
+def _kept(batch: pa.Table, found: ListFile, dropped: np.ndarray, videos: bool = False) -> pa.Table:
+    """The listing rows the job takes from the stream: not under the output, not named on the
+    driver; its images, or (`videos`) its videos."""
     rows = entries(batch, found)
-    keep = pc.invert(rows.column("inside"))
+    keep = pc.and_(pc.invert(rows.column("inside")), pc.equal(names_video(rows.column("input_uri")), videos))
     if len(dropped):
         keep = pc.and_(keep, pa.array(~np.isin(hashed(rows), dropped)))
     return rows.filter(keep).drop_columns(["inside"])
 
 
 def _gathered(batch: pa.Table, found: ListFile, wanted: np.ndarray) -> pa.Table:
-    rows = _kept(batch, found, np.empty(0, np.uint64))
+    rows = entries(batch, found)
+    rows = rows.filter(pc.invert(rows.column("inside"))).drop_columns(["inside"])
     return rows.filter(pa.array(np.isin(hashed(rows), wanted)))
 
 
 def named_on_driver(
     hashes: np.ndarray, gather: Callable[[np.ndarray], pa.Table]
-) -> tuple[pa.Table, int, np.ndarray]:
+) -> tuple[pa.Table, pa.Table, np.ndarray]:
     """From every row's stem hash (sorted here, in place) and `gather` (the rows of some hashes):
     the rows whose stems meet, and those a renaming reaches, named as the whole list would name
-    them (each URI once); how many entries they were in the list; their stems' hashes."""
+    them (each URI once); the entries they were in the list; their stems' hashes."""
     ordered = hashes
     ordered.sort()  # stems that meet lie side by side
     involved = np.unique(ordered[1:][ordered[1:] == ordered[:-1]])
@@ -153,7 +166,7 @@ def named_on_driver(
         keys = output_stems(named.column("rel_path"), named.column("input_uri"), taken)
         reached = np.setdiff1d(_found_in(name_hashes(sorted(taken))[0], ordered), involved)
         if not len(reached):
-            return named.set_column(2, "key", keys), gathered.num_rows, involved
+            return named.set_column(2, "key", keys), gathered, involved
         involved = np.union1d(involved, reached)
         gathered = pa.concat_tables([gathered, gather(reached)])
 
@@ -166,7 +179,15 @@ def _found_in(values: np.ndarray, ordered: np.ndarray) -> np.ndarray:
 
 def _gather(found: ListFile, wanted: np.ndarray) -> pa.Table:
     """The listing rows whose stem hash is one of `wanted` (a filtered pass; none if none is)."""
-    if not len(wanted):
-        return LISTING_SCHEMA.empty_table()
-    rows = _listed(found).map_batches(_gathered, fn_kwargs={"found": found, "wanted": wanted}, **_TASK)
+    return _collected(found, _gathered, wanted=wanted) if len(wanted) else LISTING_SCHEMA.empty_table()
+
+
+def _videos(found: ListFile, dropped: np.ndarray) -> pa.Table:
+    """The list's videos but those whose stem hash is one of `dropped` (named on the driver): a filtered pass."""
+    return _collected(found, _kept, dropped=dropped, videos=True)
+
+
+def _collected(found: ListFile, fn: Callable[..., pa.Table], **kwargs: Any) -> pa.Table:
+    """What `fn` keeps of the list file's entries, read by the tasks, as one table on the driver."""
+    rows = _listed(found).map_batches(fn, fn_kwargs={"found": found, **kwargs}, **_TASK)
     return pa.concat_tables([LISTING_SCHEMA.empty_table(), *rows.iter_batches(batch_format="pyarrow", batch_size=None)])

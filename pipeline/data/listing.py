@@ -113,6 +113,7 @@ class Inputs:
     count: int
     table: pa.Table | None = None
     rows: Callable[[float], ray.data.Dataset] | None = None  # the list file's rows, tasks of that many CPUs
+    videos: pa.Table | None = None  # a list file's videos, for the videos' pipeline (a table's are split off)
 
     @classmethod
     def of(cls, found: pa.Table | ListFile) -> Inputs:
@@ -186,9 +187,14 @@ def list_inputs(
 _VIDEO_NAME = "(" + "|".join(re.escape(e) for e in VIDEO_EXTENSIONS) + ")$"  # as `codec.is_video` tells them
 
 
+def names_video(uris: pa.ChunkedArray | pa.Array) -> pa.BooleanArray | pa.ChunkedArray:
+    """Which of `uris` name videos (by extension), in Arrow: no Python string per input."""
+    return pc.match_substring_regex(pc.utf8_lower(uris), _VIDEO_NAME)
+
+
 def split_videos(inputs: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """The listing's images and its videos (by extension), in Arrow: no Python string per input."""
-    videos = pc.match_substring_regex(pc.utf8_lower(inputs.column("input_uri")), _VIDEO_NAME)
+    """The listing's images and its videos."""
+    videos = names_video(inputs.column("input_uri"))
     return inputs.filter(pc.invert(videos)), inputs.filter(videos)
 
 

@@ -32,6 +32,12 @@ if TYPE_CHECKING:
     from pipeline.data.styles import StyleSet
 
 
+def check_videos(videos: pa.Table | None, cfg: StylizeConfig) -> None:
+    """Refuse controls that the run's videos cannot take."""
+    if videos is not None and videos.num_rows and cfg.controls.preserve_color == "coral":
+        raise ConfigError("--preserve-color coral recolours the styles to each image; for videos use luminance or none")
+
+
 def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
     started = time.time()
@@ -40,11 +46,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
-    # A listing's videos take the videos' pipeline; a list file names images (read by Ray Data).
+    # A listing's videos take the videos' pipeline (a list file's are split off as Ray Data reads it).
     images, videos = split_videos(found) if isinstance(found, pa.Table) else (found, None)
-    has_videos = videos is not None and videos.num_rows > 0
-    if has_videos and cfg.controls.preserve_color == "coral":
-        raise ConfigError("--preserve-color coral recolours the styles to each image; for videos use luminance or none")
+    check_videos(videos, cfg)
     # torch and Ray load only now: a mistake above is reported before they take seconds to import.
     from pipeline.data.cluster import connect_while
 
@@ -58,6 +62,10 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     from pipeline.data.video_job import Joins, video_rows
 
     inputs = Inputs.of(images)  # a list file: read by Ray Data, its names resolved on hashes
+    if inputs.videos is not None:
+        videos = inputs.videos
+        check_videos(videos, cfg)
+    has_videos = videos is not None and videos.num_rows > 0
     run_id = cfg.run_id or new_run_id()
     plan = Plan(
         EveryStyle(styles.ids, cfg.controls.alpha),
