@@ -10,8 +10,8 @@ same forward passes, on the same tensors, in turn and `--rounds` times over (the
 speed drifts; alternating keeps the comparison fair):
   1. driver      - this process's main thread;
   2. actor       - a Ray actor's call thread, its process started as Ray starts any;
-  3. one arena   - the same in an actor whose process starts with `host.ONE_ARENA`, as the
-                   model actors' and Ray Train's CPU workers' do.
+  3. one arena   - the same in an actor started with `cluster.ONE_ARENA_RUNTIME_ENV`, as the
+                   model actors and Ray Train's CPU workers are.
 Prints ms an image in each round, the median of each, and their ratios to the driver's.
 """
 
@@ -31,8 +31,8 @@ import ray
 import torch
 
 from benchmarks.throughput import random_weights
-from pipeline.data.cluster import connect
-from pipeline.model.host import ONE_ARENA, set_threads
+from pipeline.data.cluster import ONE_ARENA_RUNTIME_ENV, connect
+from pipeline.model.host import set_threads
 from pipeline.model.loader import load_model
 
 
@@ -72,7 +72,7 @@ def main() -> None:
     places = {
         "driver": Passes(*shape).ms_per_image,
         "actor": actor.remote(*shape).ms_per_image.remote,
-        "one arena": actor.options(runtime_env={"env_vars": ONE_ARENA}).remote(*shape).ms_per_image.remote,
+        "one arena": actor.options(runtime_env=ONE_ARENA_RUNTIME_ENV).remote(*shape).ms_per_image.remote,
     }
     ms: dict[str, list[float]] = {name: [] for name in places}
     for _ in range(args.rounds):

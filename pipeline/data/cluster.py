@@ -20,6 +20,8 @@ from pipeline.model.host import ONE_ARENA
 
 T = TypeVar("T")
 
+ONE_ARENA_RUNTIME_ENV = {"env_vars": ONE_ARENA}  # for Ray processes whose model runs off the main thread
+
 
 def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
     """Ray arguments for the model actor pool.
@@ -42,7 +44,7 @@ def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
         return {"compute": pool, "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}
     cpus = scale.cpus_per_actor or max(1.0, worker_node_cpus() - 2 * scale.io_cpus)
     actors = scale.actors or max(1, int(resources.get("CPU", 1.0) // (cpus + 2 * scale.io_cpus)))
-    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus, "runtime_env": {"env_vars": ONE_ARENA}}
+    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus, "runtime_env": ONE_ARENA_RUNTIME_ENV}
 
 
 def torch_threads(scale: Scale) -> int | None:

@@ -31,10 +31,9 @@ import torch
 from ray.util.queue import Empty
 
 from pipeline.config import TrainConfig
-from pipeline.data.cluster import connect
+from pipeline.data.cluster import ONE_ARENA_RUNTIME_ENV, connect
 from pipeline.errors import AdainError, ConfigError
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
-from pipeline.model.host import ONE_ARENA
 from pipeline.model.nets import Decoder
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
@@ -205,7 +204,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                 failure_config=FailureConfig(max_failures=cfg.max_failures),
                 # Ray Train runs the loop on a thread of the worker's own: on CPUs it needs one malloc arena.
-                worker_runtime_env=None if cfg.gpus_per_worker else {"env_vars": ONE_ARENA},
+                worker_runtime_env=None if cfg.gpus_per_worker else ONE_ARENA_RUNTIME_ENV,
             ),
             datasets={
                 "content": image_dataset(content_uris, cfg, skipped, cpus),
