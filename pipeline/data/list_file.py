@@ -47,8 +47,8 @@ def read_inputs(found: ListFile) -> Inputs:
         listed_videos = _videos(found, involved) if videos else LISTING_SCHEMA.empty_table()
     except (RayError, UserCodeException) as exc:  # a row the tasks cannot read: one line, no traceback
         raise ConfigError(f"{found.uri}: the list file cannot be read: {_reason(exc)}") from None
-    gathered_images = gathered.num_rows - pc.sum(names_video(gathered.column("input_uri")), min_count=0).as_py()
-    count = len(hashes) - videos - gathered_images + images.num_rows
+    # The stream's images are the list's less those gathered to the driver, which come back named, each once.
+    count = len(hashes) - videos - split_videos(gathered)[0].num_rows + images.num_rows
     all_videos = pa.concat_tables([listed_videos, named_videos])
     if not count and not all_videos.num_rows:
         raise ConfigError(f"{found.uri}: no input images (the list file names none)")
