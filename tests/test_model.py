@@ -260,7 +260,9 @@ def test_cpu_model_actor_reuses_freed_memory_on_the_threads_that_take_its_calls(
 
         reuse_freed_memory()  # as the model does when it loads
         with ThreadPoolExecutor(1) as pool:
-            return pool.submit(lambda: [forward_like(80) for _ in range(12)]).result()
+            return pool.submit(lambda: [forward_like(80) for _ in range(16)]).result()
 
     faults = ray.get(faults_on_a_pool_thread.remote())
-    assert max(faults[-4:]) < 3 * 20480 // 10, faults  # 20,480 pages a block when mapped afresh
+    # 20,480 pages a block when mapped afresh: 61,440 every pass without one arena. Ray's own
+    # threads share the arena, so a pass now and then grows the heap by a block.
+    assert sum(faults[-8:]) < 3 * 20480, faults
