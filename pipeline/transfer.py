@@ -95,8 +95,9 @@ def _load(uri: str, size: int, sizing: Sizing) -> Tensor:
 
 
 def _stems(files: list[tuple[str, str]]) -> list[str]:
-    """Output names without extension of (uri, relative path) pairs."""
-    return output_stems([safe_relpath(rel) for _, rel in files]).to_pylist()
+    """Output names without extension of (uri, relative path) pairs, told apart by their URIs
+    where the paths meet once made safe (`.jpg` and `/.jpg`)."""
+    return output_stems([safe_relpath(rel) for _, rel in files], [uri for uri, _ in files]).to_pylist()
 
 
 def pair_names(contents: list[tuple[str, str]], suffixes: list[str]) -> dict[tuple[int, int], str]:
