@@ -23,7 +23,7 @@ from pipeline.imaging.tensors import to_image, to_tensor
 from pipeline.model.functional import blend_stats
 from pipeline.model.loader import load_model
 from tests import images
-from tests.conftest import WeightFiles
+from tests.conftest import S3Server, WeightFiles
 
 SIZE = 32  # --content-size / --style-size for every run
 WIDE = (64, 48)  # content as stored: width x height
@@ -455,6 +455,23 @@ def test_relative_directories_keep_subfolders(
     assert transfer(weights, "photos", "style.png", "-o", "out", "--format", "png") == 0
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png"))
     assert written == ["a/x_stylized_style.png", "b/x_stylized_style.png"]
+
+
+def test_object_keys_that_meet_once_made_safe_are_written_apart(
+    weights: WeightFiles, s3_server: S3Server, bucket: str, tmp_path: Path
+) -> None:
+    """Distinct S3 keys whose paths are one once '.', '..' and empty segments are dropped each
+    get an output of their own, and none is written outside the output prefix."""
+    s3 = s3_server.client()
+    keys = ["in/a.png", "in//a.png", "in/./a.png", "in/d/../a.png", "in/d/a.png"]
+    for i, key in enumerate(keys):
+        s3.put_object(Bucket=bucket, Key=key, Body=images.encoded(40, 32, "PNG", seed=i))
+    style = images.write(tmp_path / "style.png", images.encoded(40, 40, "PNG", seed=9))
+
+    assert transfer(weights, f"s3://{bucket}/in", style, "-o", f"s3://{bucket}/out/", "--format", "png") == 0
+    written = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="out/")["Contents"]]
+    assert len(written) == len(keys) and len({k.lower() for k in written}) == len(keys), written
+    assert all(k.startswith("out/") and "/../" not in k and "//" not in k for k in written), written
 
 
 def test_single_pair_into_a_directory_uses_the_pair_name(
