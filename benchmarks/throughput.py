@@ -405,10 +405,6 @@ def main() -> None:
         )
         seconds, n, job_peak = timed(lambda: run_stylize(cfg)["ok"])
         job_rate = n / seconds
-        # The model calls' own time inside the job, from the manifest: the same minutes as the job,
-        # so the job's share of it is its overhead alone, whatever the machine's speed did meanwhile.
-        rows_ms = pq.read_table(work / "out" / "_manifest", columns=["status", "model_ms"]).to_pydict()
-        in_job_ms = sum(ms for status, ms in zip(rows_ms["status"], rows_ms["model_ms"], strict=True) if status == "ok")
         after = model_only(model, args.size, args.batch_size, args.images // 4)
         model_rate = (before[0] + after[0]) / (before[1] + after[1])
         per_call = model.images_per_call(args.size, args.size, args.batch_size)
@@ -425,6 +421,10 @@ def main() -> None:
             print(f"{name:36} {rate:9.2f} {1000 / rate:9.1f} {peak / 2**30:7.2f}GB  {share}")
         print(f"model only, images/s: {halves}")
         if device.type == "cpu" and (args.actors or 1) == 1:  # one actor, one call at a time on the cores
+            # The model calls' own time inside the job, from the manifest: the same minutes as the job,
+            # so the job's share of it is its overhead alone, whatever the machine's speed did meanwhile.
+            rows_ms = pq.read_table(work / "out" / "_manifest", columns=["status", "model_ms"]).to_pydict()
+            in_job_ms = sum(ms for st, ms in zip(rows_ms["status"], rows_ms["model_ms"], strict=True) if st == "ok")
             in_job = n / (in_job_ms / 1000)
             share = job_rate / in_job
             print(f"the model calls inside the job: {in_job:.2f} images/s; the job, start to end, {share:.0%} of that")
