@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 
 from pipeline.cli import main
@@ -239,3 +240,46 @@ def test_ray_job_submit_runs_after_the_readme_install(tmp_path: Path) -> None:
             os.killpg(head.pid, signal.SIGKILL)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+class _TakesTurns:
+    """A model stage's shape: two calls at once, one at a time holding the lock. The first call
+    returns at once; every later one waits, inside the lock, for the driver to say (a marker
+    file) that it has the first call's rows."""
+
+    def __init__(self, marker: str) -> None:
+        import threading
+
+        self.marker, self.turn, self.calls = Path(marker), threading.Lock(), 0
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        with self.turn:
+            self.calls += 1
+            seen = self.calls == 1
+            deadline = time.monotonic() + 20
+            while not seen and time.monotonic() < deadline:
+                seen = self.marker.exists()
+                time.sleep(0.05)
+        return batch.append_column("driver_had_first_rows", pa.array([seen] * batch.num_rows))
+
+
+def test_each_calls_rows_reach_the_driver_while_the_next_call_runs(ray_cluster: str, tmp_path: Path) -> None:
+    """The first output is on the driver as soon as its call is done, not one call later."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from pipeline.data.cluster import rows_as_made
+    from pipeline.data.job import two_calls
+
+    marker = tmp_path / "driver-has-first-rows"
+    blocks = [pa.table({"i": [2 * b, 2 * b + 1]}) for b in range(4)]
+    actor_args = {"compute": two_calls(ActorPoolStrategy(size=1)), "num_cpus": 1}
+    ds = ray.data.from_arrow(blocks).map_batches(
+        _TakesTurns, fn_constructor_kwargs={"marker": str(marker)}, batch_size=2, batch_format="pyarrow", **actor_args
+    )
+    seen = []
+    for rows in rows_as_made(ds, actor_args):
+        marker.touch()
+        seen += rows["driver_had_first_rows"].to_pylist()
+    assert len(seen) == 8
+    assert all(seen), "a call ended before the rows of the call before it reached the driver"

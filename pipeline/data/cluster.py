@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -144,15 +144,19 @@ def input_blocks(table: pa.Table, batch_size: int) -> list[pa.Table]:
     return [table.slice(i, rows) for i in range(0, table.num_rows, rows)]
 
 
-def unreserved_on_cpu(ds: ray.data.Dataset, actor_args: dict[str, Any]) -> ray.data.Dataset:
-    """Turn off Ray Data's per-stage CPU reservation for this pipeline when its model actors are CPU actors.
+def rows_as_made(ds: ray.data.Dataset, actor_args: dict[str, Any]) -> Iterator[pa.Table]:
+    """The job's rows (`ds`'s blocks) on the driver, each as soon as its call is done.
 
-    The reservation sets aside a share of the CPUs for each stage, upstream first. A CPU model
-    actor holds all but two I/O tasks' share of the node, so the writing stage got less than one
-    task's CPUs while decoding had inputs left, and outputs waited until every input was decoded
-    (most of the run passed before the first output). Without it, outputs flow from the start.
-    The setting is the dataset's own context, so other datasets in the process keep theirs.
+    No block is prefetched: Ray Data's iterator holds a block back until the one after it is
+    ready too, so each call's rows (and the first output) reached the manifest and the progress
+    one model call late. The driver only counts and records rows; prefetching gains it nothing.
+
+    On CPU model actors, Ray Data's per-stage CPU reservation is off. It sets aside a share of the
+    CPUs for each stage, upstream first; a CPU model actor holds all but two I/O tasks' share of
+    the node, so the writing stage got less than one task's CPUs while decoding had inputs left,
+    and outputs waited until every input was decoded. The setting is the dataset's own context,
+    so other datasets in the process keep theirs.
     """
     if "num_gpus" not in actor_args:
         ds.context.op_resource_reservation_ratio = 0.0
-    return ds
+    yield from ds.iter_batches(batch_format="pyarrow", batch_size=None, prefetch_batches=0)

@@ -24,7 +24,7 @@ import ray
 from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, Scale, Sizing
-from pipeline.data.cluster import fetched, jpeg_on_model, model_stage, unreserved_on_cpu
+from pipeline.data.cluster import fetched, jpeg_on_model, model_stage, rows_as_made
 from pipeline.data.decode import decode_inputs, start_reading
 from pipeline.data.listing import Inputs
 from pipeline.data.model_actor import StyleModel
@@ -84,7 +84,7 @@ def stylized_rows(
         ds = ds.map_batches(decode_inputs, fn_kwargs=decoding, batch_size=batch, **io)
         ds = ds.map_batches(StyleModel, fn_constructor_kwargs=model, batch_size=batch, **io | actor_args)
         ds = ds.map_batches(write_outputs, fn_kwargs=writing, batch_size=plan.writer.rows_per_call or batch, **io)
-    yield from unreserved_on_cpu(ds, actor_args).iter_batches(batch_format="pyarrow", batch_size=None)
+    yield from rows_as_made(ds, actor_args)
 
 
 def two_calls(pool: ActorPoolStrategy) -> ActorPoolStrategy:

@@ -26,7 +26,7 @@ import pyarrow as pa
 import ray
 
 from pipeline.config import VideoSpec
-from pipeline.data.cluster import fetched, input_blocks, model_stage, unreserved_on_cpu
+from pipeline.data.cluster import fetched, input_blocks, model_stage, rows_as_made
 from pipeline.data.job import Stages
 from pipeline.data.plan import RESUME_NEVER, Plan, plan_inputs
 from pipeline.data.rows import ERROR, OK, ROW_SCHEMA, SEGMENT_SCHEMA, SKIPPED, elapsed_ms
@@ -256,6 +256,6 @@ def video_rows(
     ds.context.target_max_block_size = 1
     ds = ds.map_batches(plan_segments, fn_kwargs=planning, batch_size=1, **io)
     ds = ds.map_batches(VideoModel, fn_constructor_kwargs=model, batch_size=1, **io | actor_args)
-    for parts in unreserved_on_cpu(ds, actor_args).iter_batches(batch_format="pyarrow", batch_size=None):
+    for parts in rows_as_made(ds, actor_args):
         yield pa.Table.from_pylist(joins.add(parts), schema=ROW_SCHEMA)
     yield pa.Table.from_pylist(joins.collect(), schema=ROW_SCHEMA)
