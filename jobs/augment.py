@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the working dir, when not pip-installed
 
-from pipeline.cli import main
+from pipeline.cli import command
 
 if __name__ == "__main__":
-    sys.exit(main(["augment", *sys.argv[1:]]))
+    sys.exit(command(["augment", *sys.argv[1:]]))

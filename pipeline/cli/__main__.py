@@ -2,6 +2,6 @@
 
 import sys
 
-from pipeline.cli import main
+from pipeline.cli import command
 
-sys.exit(main())
+sys.exit(command())
