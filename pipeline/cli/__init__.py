@@ -63,9 +63,10 @@ def command(argv: Sequence[str] | None = None) -> int:
     """The `adain` command (and the jobs' entrypoints), as a process of its own: `main`, then a quick exit.
 
     Every object still alive is frozen out of the garbage collector before the interpreter exits:
-    its last collections would walk the millions of objects torch, Ray and Arrow made, for about a
-    second, to free memory the exit frees anyway. Everything the command wrote is closed by then,
-    and Ray's shutdown (at exit) runs as before. Not in `main`, which tests and jobs call in-process.
+    its last collections would walk the hundreds of thousands of objects torch, Ray and Arrow made,
+    for about a second, to free memory the exit frees anyway. Everything the command wrote is
+    closed by then, and Ray's shutdown (at exit) runs as before. Not in `main`, which tests call
+    in-process.
     """
     status = main(argv)
     gc.freeze()
