@@ -8,7 +8,9 @@ Measures, on the same generated JPEGs and the same weights:
                   output encoded with PIL;
   2. model only - the project's encoder + AdaIN + decoder on preloaded tensors at the chosen
                   batch size and precision: the compute ceiling of this machine for this model,
-                  timed in two halves, just before the job and just after it;
+                  timed in two halves, just before the job and just after it. On the CPU it runs
+                  in the job's layout: as many processes side by side as the job has actors, on
+                  as many torch threads each (by default one per core, one thread each);
   3. job        - `adain stylize` end to end through Ray: encoded files in, encoded files and
                   the manifest out.
 Prints a table and, last, `speedup X.XX` (the job's images/s over the baseline's).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -34,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 from typing import TypeVar
 
@@ -46,6 +50,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.config import JPEG_CODECS, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig, TrainConfig
+from pipeline.data.cluster import cpu_pool
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import batch_to_pixels, to_tensor
 from pipeline.model.checkpoint import load_decoder, load_encoder
@@ -225,7 +230,51 @@ def precision_psnr(
     return 10 * np.log10(255.0**2 / mse)
 
 
-def model_only(model: StyleTransfer, size: int, batch: int, images: int) -> tuple[int, float]:
+def model_only_side_by_side(
+    processes: int, threads: int, nets: tuple[str, str], precision: str, size: int, batch: int, images: int
+) -> tuple[int, float]:
+    """`model_only` in `processes` processes of `threads` torch threads each, timed together (they
+    start when all are warm): (images, seconds) with the rate their rates' sum."""
+    from benchmarks.throughput import model_only_child  # by its module's name, not __main__'s: spawn imports it
+
+    context = multiprocessing.get_context("spawn")
+    start, results = context.Barrier(processes), context.Queue()
+    args = (start, results, threads, nets, precision, size, batch, max(1, images // processes))
+    children = [context.Process(target=model_only_child, args=args) for _ in range(processes)]
+    for child in children:
+        child.start()
+    rates = [results.get() for _ in children]
+    for child in children:
+        child.join()
+    made = sum(n for n, _ in rates)
+    return made, made / sum(n / s for n, s in rates)
+
+
+def model_only_child(start, results, threads, nets, precision, size, batch, images) -> None:
+    torch.set_num_threads(threads)
+    model = StyleTransfer(load_encoder(nets[0]).module, load_decoder(nets[1]).module, torch.device("cpu"), precision)
+    results.put(model_only(model, size, batch, images, start.wait))  # timed once all are warm
+
+
+def actors_gone(timeout: float = 20.0) -> None:
+    """Wait until the job's actor processes have exited (Ray ends them a second or two after the
+    job), so that the model's second half runs on a machine as idle as the first's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        names = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                names.append(Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                continue
+        if not any(b"ray::MapWorker" in name for name in names):
+            return
+        time.sleep(0.2)
+
+
+def model_only(
+    model: StyleTransfer, size: int, batch: int, images: int, warm: Callable[[], object] = lambda: None
+) -> tuple[int, float]:
     """`images` stylized in calls of the size the job makes them (`images_per_call`), after a
     warm-up call (allocations, autotuning, compiling): (images, seconds)."""
     batch = model.images_per_call(size, size, batch)
@@ -235,6 +284,7 @@ def model_only(model: StyleTransfer, size: int, batch: int, images: int) -> tupl
     model.stylize(content, stats)  # warm-up: first-call allocations, autotuning
     if model.device.type == "cuda":
         torch.cuda.synchronize()
+    warm()
     start = time.perf_counter()
     for _ in range(batches):
         model.stylize(content, stats)
@@ -386,10 +436,23 @@ def main() -> None:
 
         nets = load_encoder(encoder).module, load_decoder(decoder).module
         model = StyleTransfer(*nets, device, args.precision, compile=args.compile)
+        scale = Scale(args.actors, args.batch_size, args.cpus_per_actor, jpeg_codec=args.jpeg_codec)
+        cores = float(os.cpu_count() or 1)
+        layout = (1, 0) if device.type == "cuda" else astuple(cpu_pool([cores], cores, scale))[::2]
+        if device.type == "cpu":
+            torch.set_num_threads(layout[1])  # this process's model: as many threads as an actor's
+
+        def model_alone() -> tuple[int, float]:
+            if layout[0] == 1 or args.compile:  # --compile: this process's compiled model
+                return model_only(model, args.size, args.batch_size, args.images // 4)
+            return model_only_side_by_side(
+                *layout, (encoder, decoder), args.precision, args.size, args.batch_size, args.images // 4
+            )
+
         # Model only runs in two halves, just before the job and just after it: the machine's
         # speed drifts, and the job is compared with the model at the same time.
         with PeakRss() as memory:
-            before = model_only(model, args.size, args.batch_size, args.images // 4)
+            before = model_alone()
 
         from pipeline.data.cluster import connect
         from pipeline.data.stylize import run_stylize
@@ -401,31 +464,34 @@ def main() -> None:
             output=OutputSpec(str(work / "out"), "jpg", 90),
             model=ModelConfig(encoder, decoder, args.device, args.precision, args.compile),
             sizing=Sizing(content_size=args.size, style_size=args.size),
-            scale=Scale(args.actors, args.batch_size, args.cpus_per_actor, jpeg_codec=args.jpeg_codec),
+            scale=scale,
         )
         seconds, n, job_peak = timed(lambda: run_stylize(cfg)["ok"])
         job_rate = n / seconds
-        after = model_only(model, args.size, args.batch_size, args.images // 4)
+        actors_gone()
+        after = model_alone()
         model_rate = (before[0] + after[0]) / (before[1] + after[1])
         per_call = model.images_per_call(args.size, args.size, args.batch_size)
         compiled = ", compiled" if args.compile else ""
         halves = f"{before[0] / before[1]:.2f} before the job and {after[0] / after[1]:.2f} after"
         # The peak of the half before Ray started: after the job, the process tree holds Ray's processes too.
-        rows.append((f"model only ({args.precision}, {per_call} a call{compiled})", model_rate, memory.peak))
+        side_by_side = f", {layout[0]} processes" if layout[0] > 1 else ""
+        name = f"model only ({args.precision}, {per_call} a call{compiled}{side_by_side})"
+        rows.append((name, model_rate, memory.peak))
         rows.append(("job (adain stylize through Ray)", job_rate, job_peak))
 
         print(f"\n{len(files)} images {args.size}x{args.size}, device {device}, {os.cpu_count()} CPUs")
-        print(f"{'':36} {'images/s':>9} {'ms/image':>9} {'peak RSS':>9}  of model")
+        print(f"{'':44} {'images/s':>9} {'ms/image':>9} {'peak RSS':>9}  of model")
         for name, rate, peak in rows:
             share = f"{rate / model_rate:7.0%}" if name.startswith("job") else ""
-            print(f"{name:36} {rate:9.2f} {1000 / rate:9.1f} {peak / 2**30:7.2f}GB  {share}")
+            print(f"{name:44} {rate:9.2f} {1000 / rate:9.1f} {peak / 2**30:7.2f}GB  {share}")
         print(f"model only, images/s: {halves}")
-        if device.type == "cpu" and (args.actors or 1) == 1:  # one actor, one call at a time on the cores
+        if device.type == "cpu":  # each actor makes one call at a time on its cores
             # The model calls' own time inside the job, from the manifest: the same minutes as the job,
             # so the job's share of it is its overhead alone, whatever the machine's speed did meanwhile.
             rows_ms = pq.read_table(work / "out" / "_manifest", columns=["status", "model_ms"]).to_pydict()
             in_job_ms = sum(ms for st, ms in zip(rows_ms["status"], rows_ms["model_ms"], strict=True) if st == "ok")
-            in_job = n / (in_job_ms / 1000)
+            in_job = n / (in_job_ms / 1000 / layout[0])
             share = job_rate / in_job
             print(f"the model calls inside the job: {in_job:.2f} images/s; the job, start to end, {share:.0%} of that")
         tflops = model_rate * args.size**2 * MFLOP_PER_PIXEL * 1e6 / 1e12

@@ -96,9 +96,9 @@ class Sizing:
 class Scale:
     """How the job maps onto the cluster."""
 
-    actors: int | None = None  # model actors; default: one per GPU, or one per node on CPU clusters
+    actors: int | None = None  # model actors; default: one per GPU, or one per core on CPU clusters
     batch_size: int = 16
-    cpus_per_actor: float | None = None  # default: 1 with a GPU; on CPU, the node's CPUs less the I/O share
+    cpus_per_actor: float | None = None  # default: 1 with a GPU; on CPU, a core's share less the I/O tasks'
     gpus_per_actor: float = 1.0
     io_cpus: float = 0.25  # CPUs asked by each decoding and writing task
     jpeg_codec: str = "auto"  # JPEGs decoded/encoded in the CPU tasks, or on the model's device; auto: model on GPUs

@@ -14,7 +14,7 @@ from pathlib import Path
 import ray
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
-from pipeline.data.cluster import actor_resources, jpeg_on_model
+from pipeline.data.cluster import jpeg_on_model, model_stage
 from pipeline.data.stylize import run_stylize
 
 # run name -> (ModelConfig.device, Scale.jpeg_codec): the CPU actor pool with JPEGs coded on the
@@ -34,7 +34,7 @@ def main(vgg: str, decoder: str, src: str, style: str, out: str) -> None:
             sizing=Sizing(content_size=32, style_size=32),
             scale=Scale(batch_size=4, jpeg_codec=codec),
         )
-        pool = actor_resources(cfg.model, cfg.scale)
+        pool, _ = model_stage(cfg.model, cfg.scale)
         summary = run_stylize(cfg)
         report[name] = {
             "ok": summary["ok"],

@@ -250,9 +250,9 @@ def test_cpu_model_actor_reuses_freed_memory_on_the_threads_that_take_its_calls(
     import ray
 
     from pipeline.config import ModelConfig, Scale
-    from pipeline.data.cluster import actor_resources
+    from pipeline.data.cluster import model_stage
 
-    runtime_env = actor_resources(ModelConfig(encoder="e", decoder="d", device="cpu"), Scale())["runtime_env"]
+    runtime_env = model_stage(ModelConfig(encoder="e", decoder="d", device="cpu"), Scale())[0]["runtime_env"]
 
     @ray.remote(num_cpus=0, runtime_env=runtime_env)
     def faults_on_a_pool_thread() -> list[int]:

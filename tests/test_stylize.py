@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.config import ModelConfig, OutputSpec, Sizing, StylizeConfig
-from pipeline.data.cluster import input_blocks
+from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
+from pipeline.data.cluster import CpuPool, cpu_pool, input_blocks
 from pipeline.data.stylize import run_stylize
 from tests import images
 from tests.conftest import S3Server, WeightFiles
@@ -77,3 +79,50 @@ def test_input_blocks_cover_the_listing_in_bounded_blocks() -> None:
     assert all(16 <= b.num_rows <= 1024 for b in blocks[:-1]) and len(blocks) <= 200
     small = input_blocks(table.slice(0, 40), batch_size=8)
     assert [b.num_rows for b in small] == [8] * 5
+
+
+def fits(node: float, actors: int, cpus: float, io_cpus: float) -> bool:
+    """`actors` of `cpus` CPUs each fit on a node of `node` CPUs beside two I/O tasks."""
+    return actors * cpus + 2 * io_cpus <= node + 1e-9
+
+
+@given(
+    nodes=st.lists(st.integers(1, 96), min_size=1, max_size=5),
+    io_cpus=st.sampled_from([0.1, 0.25, 0.5]),
+    actors=st.none() | st.integers(1, 64),
+    calls=st.none() | st.integers(1, 64),
+)
+def test_cpu_actors_fit_their_nodes_beside_the_io_tasks(
+    nodes: list[int], io_cpus: float, actors: int | None, calls: int | None
+) -> None:
+    """CPU actor pools: by default one single-thread actor per core of every node; with --actors N,
+    an even share of a node's cores each; never more actors than the job's calls at once. Every
+    node keeps two I/O tasks' CPUs (list files are read by tasks), and the actors never ask for
+    more threads than their node has cores."""
+    pool = cpu_pool([float(n) for n in nodes], float(sum(nodes)), Scale(actors=actors, io_cpus=io_cpus), calls)
+    smallest = min(nodes)
+    assert pool.threads >= 1 and pool.cpus > 0
+    assert pool.actors == min(actors or sum(nodes), calls or sum(nodes) + 64)
+    if pool.actors == sum(nodes):
+        assert pool.threads == 1
+    if 2 * io_cpus > smallest / 2:
+        return  # a node too small to keep the I/O share: the model takes half of it, at least
+    # Ray can place them all: each node takes as many as fit beside its I/O tasks.
+    room = sum(max(k for k in range(n + 1) if fits(n, k, pool.cpus, io_cpus)) for n in nodes)
+    assert room >= min(pool.actors, sum(nodes) // pool.threads)
+    per_node = -(-pool.actors // len(nodes))
+    if per_node <= smallest:  # not more actors than cores: their threads share the cores, no more
+        assert per_node * pool.threads <= smallest
+        assert fits(smallest, per_node, pool.cpus, io_cpus)
+    if actors == 1 and len(nodes) == 1:  # one actor holds the node, less the I/O share
+        assert pool.threads == smallest and abs(pool.cpus - (smallest - 2 * io_cpus)) < 1e-9
+
+
+def test_cpu_actors_sized_by_hand() -> None:
+    """--cpus-per-actor C: C CPUs and ceil(C) torch threads each, as many as fit with their I/O share."""
+    pool = cpu_pool([16.0, 16.0], 32.0, Scale(cpus_per_actor=3.5))
+    assert (pool.actors, pool.cpus, pool.threads) == (8, 3.5, 4)
+    assert cpu_pool([16.0], 16.0, Scale(actors=2, cpus_per_actor=4)).actors == 2
+    assert cpu_pool([16.0], 16.0, Scale(cpus_per_actor=4), calls=2).actors == 2
+    # A job of one call on a 2-CPU node: one actor, on both cores.
+    assert cpu_pool([2.0], 2.0, Scale(), calls=1) == CpuPool(1, 1.5, 2)

@@ -87,10 +87,12 @@ def _sizes(parser: argparse.ArgumentParser, content: bool = True) -> None:
 
 def _scale(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, or per spare CPU)")
+    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, or per CPU core)")
     parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
     parser.add_argument(
-        "--cpus-per-actor", type=float, help="CPUs per model actor (default: 1 with a GPU; on CPU, the node's)"
+        "--cpus-per-actor",
+        type=float,
+        help="CPUs per model actor; on CPU, its torch threads too (default: 1 with a GPU, a core's share on CPU)",
     )
     parser.add_argument("--io-cpus", type=float, default=0.25, help="CPUs per decoding/writing task (default 0.25)")
     parser.add_argument(

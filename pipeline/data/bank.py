@@ -232,7 +232,7 @@ def index_styles(
         connect(address)
         table = pa.Table.from_pylist(todo, schema=BANK_SCHEMA)
         blocks = [table.slice(i, scale.batch_size) for i in range(0, table.num_rows, scale.batch_size)]
-        actor_args, threads = model_stage(model, scale)
+        actor_args, threads = model_stage(model, scale, len(blocks))
         ds = ray.data.from_arrow(blocks).map_batches(
             StyleEncoder,
             fn_constructor_kwargs={"model": model, "sizing": sizing, "threads": threads},

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import pyarrow as pa
@@ -23,41 +25,67 @@ T = TypeVar("T")
 ONE_ARENA_RUNTIME_ENV = {"env_vars": ONE_ARENA}  # for Ray processes whose model runs off the main thread
 
 
-def actor_resources(model: ModelConfig, scale: Scale) -> dict[str, Any]:
-    """Ray arguments for the model actor pool.
+def model_stage(model: ModelConfig, scale: Scale, calls: int | None = None) -> tuple[dict[str, Any], int | None]:
+    """The model actors' Ray arguments and their torch threads (None: torch's default, on GPUs).
+    No more actors than `calls`, the most the job can make at once (its input blocks, where known):
+    any more would start, load the model and wait.
 
     GPU actors when the cluster has GPUs (or --device cuda asks for them), each taking two
     calls at once on threads of its own, so that one batch's host work (Arrow to tensors, the
-    upload, the download, JPEG bytes) overlaps the other's kernels. On CPU clusters,
-    one actor per node by default, holding the node's CPUs less two decoding/writing tasks'
-    share (--io-cpus, for shards, whose writing stays a task of its own), and running one
-    torch thread per CPU of the node; it decodes and writes in turn with the model
-    (`job.OnOneNode`), so the cores are not oversubscribed. Its process starts with one
-    malloc arena (`host.ONE_ARENA`).
+    upload, the download, JPEG bytes) overlaps the other's kernels. On CPU clusters, actors
+    sized by `cpu_pool`, each decoding and writing in turn with its model (`job.OnOneNode`), so
+    the cores are not oversubscribed; their processes start with one malloc arena
+    (`host.ONE_ARENA`).
     """
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0.0)
     if model.device.startswith("cuda") or (model.device == "auto" and gpus > 0):
         cpus = scale.cpus_per_actor or 1.0
-        actors = scale.actors or max(1, int(gpus / scale.gpus_per_actor))
+        actors = min(scale.actors or max(1, int(gpus / scale.gpus_per_actor)), calls or math.inf)
         pool = ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
-        return {"compute": pool, "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}
-    cpus = scale.cpus_per_actor or max(1.0, worker_node_cpus() - 2 * scale.io_cpus)
-    actors = scale.actors or max(1, int(resources.get("CPU", 1.0) // (cpus + 2 * scale.io_cpus)))
-    return {"compute": ActorPoolStrategy(size=actors), "num_cpus": cpus, "runtime_env": ONE_ARENA_RUNTIME_ENV}
+        return {"compute": pool, "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}, None
+    sized = cpu_pool(worker_nodes_cpus(), resources.get("CPU", 1.0), scale, calls)
+    pool = ActorPoolStrategy(size=sized.actors)
+    return {"compute": pool, "num_cpus": sized.cpus, "runtime_env": ONE_ARENA_RUNTIME_ENV}, sized.threads
 
 
-def torch_threads(scale: Scale) -> int | None:
-    """Torch threads for a CPU model actor: every core of its node, unless sized by hand."""
+@dataclass(frozen=True)
+class CpuPool:
+    actors: int
+    cpus: float  # asked of Ray by each actor
+    threads: int  # torch threads of each actor
+
+
+def cpu_pool(node_cpus: list[float], total_cpus: float, scale: Scale, calls: int | None = None) -> CpuPool:
+    """CPU model actors for worker nodes of `node_cpus` CPUs each (`total_cpus` in the cluster).
+
+    By default one actor per core, each computing on one torch thread. A model on several
+    threads meets them at the end of every operation, so work beside it (Ray's own processes,
+    the other call's I/O) stalls every thread it preempts; single-thread actors only lose the
+    time taken from them. With --actors N each actor gets an even share of a node's cores as
+    threads; with --cpus-per-actor C, C CPUs and ceil(C) threads. Each node keeps two decoding
+    or writing tasks' CPUs (--io-cpus) beside its actors, for the tasks that read list files
+    and, with shards, decode and write. No more actors than `calls`; fewer actors take more
+    threads each.
+    """
+    io = 2 * scale.io_cpus
     if scale.cpus_per_actor is not None:
-        return max(1, math.ceil(scale.cpus_per_actor))
-    return max(1, int(worker_node_cpus()))
+        cpus = scale.cpus_per_actor
+        actors = min(scale.actors or max(1, int(total_cpus // (cpus + io))), calls or math.inf)
+        return CpuPool(actors, cpus, max(1, math.ceil(cpus)))
+    node = min(node_cpus, default=1.0)  # the smallest node sizes the actors: every node must fit them
+    actors = min(scale.actors or max(1, int(total_cpus)), calls or math.inf)
+    per_node = math.ceil(actors / max(1, len(node_cpus)))
+    threads = max(1, int(node) // per_node)
+    # Each actor's share of the node once the I/O tasks' is set aside (at least half of it).
+    cpus = threads * max(node - io, node / 2) / max(1, int(node))
+    return CpuPool(actors, cpus, threads)
 
 
-def worker_node_cpus() -> float:
-    """CPUs of the smallest live node that has any: a head started with CPU 0 (as cluster.yaml's)
+def worker_nodes_cpus() -> list[float]:
+    """CPUs of each live node that has any: a head started with CPU 0 (as cluster.yaml's)
     runs no actors, so it must not size them."""
-    return min((n["Resources"]["CPU"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")), default=1.0)
+    return [n["Resources"]["CPU"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU")]
 
 
 def connect(address: str | None, wait_s: float = WAIT_S) -> None:
@@ -75,6 +103,9 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
     if not verbose:  # notices that a local Ray turned token authentication on, and that bars are off, as asked
         for name in ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # Ray Data's advice when a pool has more actors than a job has blocks: a video job's
+        # segments are known only as the job runs, and a short video leaves actors idle.
+        warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
     # A Ray this process starts runs its workers at the driver's priority, not niced to 15 as Ray's
     # default: the model actors are the job's work, and `adain transfer` computes at that priority too.
     os.environ.setdefault("RAY_worker_niceness", "0")
@@ -98,12 +129,6 @@ def connect_while(address: str | None, work: Callable[[], T]) -> T:
 def fetched(value: T | ray.ObjectRef) -> T:
     """`value`, or what it refers to when it is in the object store (what a task or actor was handed by `ray.put`)."""
     return ray.get(value) if isinstance(value, ray.ObjectRef) else value
-
-
-def model_stage(model: ModelConfig, scale: Scale) -> tuple[dict[str, Any], int | None]:
-    """The model actors' Ray arguments and their torch threads (None: torch's default, on GPUs)."""
-    resources = actor_resources(model, scale)
-    return resources, None if "num_gpus" in resources else torch_threads(scale)
 
 
 def jpeg_on_model(
@@ -152,8 +177,8 @@ def rows_as_made(ds: ray.data.Dataset, actor_args: dict[str, Any]) -> Iterator[p
     one model call late. The driver only counts and records rows; prefetching gains it nothing.
 
     On CPU model actors, Ray Data's per-stage CPU reservation is off. It sets aside a share of the
-    CPUs for each stage, upstream first; a CPU model actor holds all but two I/O tasks' share of
-    the node, so the writing stage got less than one task's CPUs while decoding had inputs left,
+    CPUs for each stage, upstream first; the CPU model actors hold all but two I/O tasks' share of
+    each node, so the writing stage got less than one task's CPUs while decoding had inputs left,
     and outputs waited until every input was decoded. The setting is the dataset's own context,
     so other datasets in the process keep theirs.
     """

@@ -4,8 +4,8 @@
             -> manifest rows, streamed back to the driver
 
 On GPU actors the decoding and writing stages are CPU tasks beside them. On CPU actors the
-three stages run in turn inside each actor (`OnOneNode`): the model holds the node's cores, and
-tasks decoding and encoding beside it would only take cores from its threads.
+three stages run in turn inside each actor (`OnOneNode`): the actors hold the node's cores, and
+tasks decoding and encoding beside them would only take cores from their threads.
 
 `adain stylize` and `adain augment` differ only in what they hand it: the plan (which styles
 and alphas per input, which writer, when an existing output counts as done) and the styles.
@@ -52,7 +52,7 @@ def stylized_rows(
     outputs are written. `existing` is `plan.existing()`, listed once by the job (on the driver): no
     request per output to ask if it is done."""
     batch = stages.scale.batch_size
-    actor_args, threads = model_stage(stages.model, stages.scale)
+    actor_args, threads = model_stage(stages.model, stages.scale, inputs.blocks(batch))
     jpeg_in, jpeg_quality = jpeg_on_model(stages.scale, actor_args, plan.writer.output, device_codec.unavailable())
     io = {"batch_format": "pyarrow", "num_cpus": stages.scale.io_cpus}
 
@@ -96,12 +96,11 @@ class OnOneNode:
     """The decoding, model and writing stages in turn, in one CPU model actor: no process hops,
     and no task competing with the model's threads for the node's cores.
 
-    The actor takes two calls at once, and one call at a time has the cores: while one decodes,
-    stylizes and encodes (the decoding and encoding on as many threads as the model's), the
-    other's reads or uploads wait on the network (`--io-concurrency` requests in flight each).
-    So the object store's latency is hidden, and nothing runs beside the model's threads: work
-    beside them costs the model about twice its own time, as each of its operations waits for
-    the thread that was preempted."""
+    The actor takes two calls at once, and one call at a time has its cores (one, by default:
+    `cluster.cpu_pool`): while one decodes, stylizes and encodes (the decoding and encoding on
+    as many threads as the model's), the other's reads or uploads wait on the network
+    (`--io-concurrency` requests in flight each). So the object store's latency is hidden, and
+    the actor's own work never runs beside its model's threads."""
 
     def __init__(self, *, decoding: dict[str, Any], model: dict[str, Any], writing: dict[str, Any]) -> None:
         self.plan, self.sizing, self.jpeg_to_model = decoding["plan"], decoding["sizing"], decoding["jpeg_to_model"]

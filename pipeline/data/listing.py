@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import math
 import posixpath
 import re
 from collections.abc import Callable
@@ -122,6 +123,12 @@ class Inputs:
         from pipeline.data.list_file import read_inputs
 
         return read_inputs(found)
+
+    def blocks(self, batch_size: int) -> int:
+        """How many blocks `dataset` makes: the most model calls a job over them runs at once."""
+        from pipeline.data.cluster import block_rows
+
+        return math.ceil(self.count / block_rows(self.count, batch_size))
 
     def dataset(self, batch_size: int, num_cpus: float = 1.0) -> ray.data.Dataset:
         """The inputs as the job's first Dataset, in blocks of `cluster.block_rows`; a list

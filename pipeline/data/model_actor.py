@@ -40,7 +40,7 @@ _local = threading.local()
 @contextmanager
 def device_stream(device: torch.device) -> Iterator[None]:
     """Run on a CUDA stream of this thread's own. A GPU actor takes two calls at once (see
-    `cluster.actor_resources`), so one call's uploads, decoding and host work overlap the other's
+    `cluster.model_stage`), so one call's uploads, decoding and host work overlap the other's
     kernels. On the CPU, nothing changes."""
     if device.type != "cuda":
         yield
