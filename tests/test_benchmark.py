@@ -68,3 +68,19 @@ def test_storage_list_mode_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     out = capsys.readouterr().out
     assert "inputs: 3,000" in out and "rows: 3,000" in out and "index: 3,000 entries" in out, out
     assert re.search(r"planning one block against it: (\d+) rows \(\1 done\)", out), out
+
+
+def test_actors_harness_alternates_the_layouts(
+    ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/actors.py: each layout's run in turn, with its actors and threads, and each one's mean."""
+    harness = HARNESS.parent / "actors.py"
+    argv = [str(harness), "--images", "4", "--size", "32", "--batch-size", "2", "--repeat", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    runpy.run_path(str(harness), run_name="__main__")
+    out = capsys.readouterr().out
+    # This session's Ray has 2 CPUs: --actors 1 takes both cores, the default an actor per core.
+    assert re.search(r"^ +1 +1 +2 +\d+\.\d\d +\d+$", out, re.MULTILINE), out
+    assert re.search(r"^ +default +2 +1 +\d+\.\d\d +\d+$", out, re.MULTILINE), out
+    assert re.search(r"^1: \d+\.\d\d images/s, 1\.00x$", out, re.MULTILINE), out
+    assert re.search(r"^default: \d+\.\d\d images/s, \d+\.\d\dx$", out, re.MULTILINE), out
