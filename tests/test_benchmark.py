@@ -9,18 +9,25 @@ from pathlib import Path
 
 import pytest
 
-HARNESS = Path(__file__).resolve().parents[1] / "benchmarks" / "throughput.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_harness(
+    name: str, argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """Run benchmarks/NAME as its command line would, in this process; what it printed."""
+    harness = BENCHMARKS / name
+    monkeypatch.setattr(sys, "argv", [str(harness), *argv])
+    runpy.run_path(str(harness), run_name="__main__")
+    return capsys.readouterr().out
 
 
 def test_throughput_harness_runs_on_tiny_inputs(
     ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """All three measurements run and the last line is the speedup, as the README promises."""
-    argv = [str(HARNESS), "--images", "4", "--distinct", "2", "--size", "32", "--batch-size", "2"]
-    argv += ["--precision", "bf16"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(HARNESS), run_name="__main__")
-    lines = capsys.readouterr().out.strip().splitlines()
+    argv = ["--images", "4", "--distinct", "2", "--size", "32", "--batch-size", "2", "--precision", "bf16"]
+    lines = run_harness("throughput.py", argv, monkeypatch, capsys).strip().splitlines()
     table = "\n".join(lines)
     for row in ("baseline", "model only", "job"):
         assert re.search(rf"^{row}.*\d+\.\d+\s+\d+\.\d+", table, re.MULTILINE), table
@@ -37,10 +44,8 @@ def test_training_mode_runs_on_tiny_inputs(
     ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """--train measures the reference loop and one `adain train` worker, speedup last."""
-    argv = [str(HARNESS), "--train", "--images", "4", "--size", "32", "--batch-size", "2", "--steps", "2"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(HARNESS), run_name="__main__")
-    lines = capsys.readouterr().out.strip().splitlines()
+    argv = ["--train", "--images", "4", "--size", "32", "--batch-size", "2", "--steps", "2"]
+    lines = run_harness("throughput.py", argv, monkeypatch, capsys).strip().splitlines()
     table = "\n".join(lines)
     for row in ("reference loop", "adain train, 1 worker"):
         assert re.search(rf"^{row}.*\s\d+\.\d\d$", table, re.MULTILINE), table
@@ -51,21 +56,15 @@ def test_arena_harness_runs(
     ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """benchmarks/arena.py times the model in the driver and in both actors, each against the driver's."""
-    harness = HARNESS.parent / "arena.py"
-    argv = [str(harness), "--size", "32", "--batch-size", "1", "--passes", "1", "--rounds", "1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(harness), run_name="__main__")
-    out = capsys.readouterr().out
+    argv = ["--size", "32", "--batch-size", "1", "--passes", "1", "--rounds", "1"]
+    out = run_harness("arena.py", argv, monkeypatch, capsys)
     for row in ("driver", "actor", "one arena"):
         assert re.search(rf"^{row} +ms/image +\d+ +median +\d+\.\d +\d+\.\d\dx the driver's$", out, re.MULTILINE), out
 
 
 def test_storage_list_mode_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """benchmarks/storage.py --list-entries: a list file read by Ray Data, an index of its outputs, a block planned."""
-    harness = HARNESS.parent / "storage.py"
-    monkeypatch.setattr(sys, "argv", [str(harness), "--list-entries", "3000"])
-    runpy.run_path(str(harness), run_name="__main__")
-    out = capsys.readouterr().out
+    out = run_harness("storage.py", ["--list-entries", "3000"], monkeypatch, capsys)
     assert "inputs: 3,000" in out and "rows: 3,000" in out and "index: 3,000 entries" in out, out
     assert re.search(r"planning one block against it: (\d+) rows \(\1 done\)", out), out
 
@@ -74,11 +73,8 @@ def test_actors_harness_alternates_the_layouts(
     ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """benchmarks/actors.py: each layout's run in turn, with its actors and threads, and each one's mean."""
-    harness = HARNESS.parent / "actors.py"
-    argv = [str(harness), "--images", "4", "--size", "32", "--batch-size", "2", "--repeat", "1"]
-    monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(harness), run_name="__main__")
-    out = capsys.readouterr().out
+    argv = ["--images", "4", "--size", "32", "--batch-size", "2", "--repeat", "1"]
+    out = run_harness("actors.py", argv, monkeypatch, capsys)
     # This session's Ray has 2 CPUs: --actors 1 takes both cores, the default an actor per core.
     assert re.search(r"^ +1 +1 +2 +\d+\.\d\d +\d+$", out, re.MULTILINE), out
     assert re.search(r"^ +default +2 +1 +\d+\.\d\d +\d+$", out, re.MULTILINE), out
