@@ -391,44 +391,7 @@ def test_short_run_learns_and_exports_a_decoder_that_transfer_loads(
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. stop and resume; a worker dies and is replaced
-
-
-def test_resume_continues_at_the_saved_iteration_and_learning_rate(
-    ray_cluster: str, weights: WeightFiles, tmp_path: Path
-) -> None:
-    content, style = write_image_sets(tmp_path / "data", bad=0)
-    storage = tmp_path / "runs"
-    argv = [
-        "train", "--content", str(content), "--style", str(style), "--storage", str(storage), "--name", "stop",
-        "--workers", "1", "--batch-size", "2", "--resize", "64", "--crop", "32", "--checkpoint-every", "2",
-        "--log-every", "1", "--lr", "1e-3", "--lr-decay", "0.25", "--encoder", str(weights.vgg),
-    ]  # fmt: skip
-    first = parse([*argv, "--max-iter", "4"])
-    assert first.run(first) == 0
-
-    again = parse([*argv, "--max-iter", "8"])  # the same name without --resume: refused, nothing touched
-    with pytest.raises(ConfigError, match="already holds a run named stop; pass --resume"):
-        again.run(again)
-    missing = parse([*argv, "--max-iter", "8", "--resume", "--name", "never"])
-    with pytest.raises(ConfigError, match="no run named never"):
-        missing.run(missing)
-
-    resumed = parse([*argv, "--max-iter", "8", "--resume"])
-    assert resumed.run(resumed) == 0
-
-    run = storage / "stop"
-    rows = metrics_rows((run / "metrics.jsonl").read_text())
-    assert [r["iteration"] for r in rows] == [1, 2, 3, 4, 5, 6, 7, 8]
-    assert [r["resumed_from"] for r in rows] == [0, 0, 0, 0, 4, 4, 4, 4]
-    for row in rows:  # step i (0-based) runs at lr / (1 + lr_decay * i), across the stop
-        assert row["lr"] == pytest.approx(1e-3 / (1 + 0.25 * (row["iteration"] - 1)))
-    state = checkpoint_state(run / "checkpoint_00000008")
-    assert state["iteration"] == 8
-    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {8}  # Adam's moments carried over
-    sessions = json.loads((run / "run.json").read_text())["sessions"]
-    assert [(s["resume"], s["config"]["max_iter"]) for s in sessions] == [(False, 4), (True, 8)]
-    assert load_decoder(str(run / "decoder.pth")).meta["iteration"] == 8
+# 4. a worker dies and is replaced
 
 
 def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
@@ -455,23 +418,35 @@ def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
 
 
 # ---------------------------------------------------------------------------------------------
-# 5. the same on object storage
+# 5. on object storage: data, checkpoints and metrics in s3://, a stop and a resume from there
 
 
-def test_data_and_checkpoints_on_s3(ray_cluster: str, weights: WeightFiles, s3_server: S3Server, bucket: str) -> None:
-    """Images read from s3:// prefixes; checkpoints, metrics and the decoder written to s3://; resume from there."""
+def test_a_run_on_s3_stops_and_resumes_at_the_saved_iteration_and_learning_rate(
+    ray_cluster: str, weights: WeightFiles, s3_server: S3Server, bucket: str
+) -> None:
+    """Images read from s3:// prefixes; checkpoints, metrics and the decoder written to s3://. A
+    second session needs --resume, and goes on from the checkpoint there: the iteration, the
+    learning-rate schedule and Adam's moments carry over."""
     s3 = s3_server.client()
     for i in range(4):
         s3.put_object(Bucket=bucket, Key=f"coco/c{i}.jpg", Body=images.encoded(48, 40, seed=i))
         s3.put_object(Bucket=bucket, Key=f"wikiart/s{i}.png", Body=images.encoded(40, 48, "PNG", seed=50 + i))
     s3.put_object(Bucket=bucket, Key="coco/broken.jpg", Body=b"not an image")
     storage = f"s3://{bucket}/runs"
-    cfg = small_config(weights, f"s3://{bucket}/coco/", f"s3://{bucket}/wikiart/", storage, "s3run")
-    first = run_training(cfg)
+
+    def config(**kw: Any) -> TrainConfig:
+        options = {"name": "s3run", "lr": 1e-3, "lr_decay": 0.25, **kw}
+        return small_config(weights, f"s3://{bucket}/coco/", f"s3://{bucket}/wikiart/", storage, **options)
+
+    first = run_training(config(max_iter=4))
     assert first["decoder"] == f"{storage}/s3run/decoder.pth"
     assert first["skipped_images"] == 1 and "s3://" in next(iter(first["skipped"]))
 
-    second = run_training(small_config(weights, cfg.content, cfg.style, storage, "s3run", max_iter=6, resume=True))
+    with pytest.raises(ConfigError, match="already holds a run named s3run; pass --resume"):
+        run_training(config(max_iter=6))  # the same name without --resume: refused, nothing touched
+    with pytest.raises(ConfigError, match="no run named never"):
+        run_training(config(max_iter=6, resume=True, name="never"))
+    second = run_training(config(max_iter=6, resume=True))
     assert second["iteration"] == 6
 
     def body(key: str) -> bytes:
@@ -482,9 +457,13 @@ def test_data_and_checkpoints_on_s3(ray_cluster: str, weights: WeightFiles, s3_s
         assert {f"runs/s3run/checkpoint_{it:08d}/state.pt", f"runs/s3run/checkpoint_{it:08d}/samples.jpg"} <= keys
         state = load_training_state(body(f"runs/s3run/checkpoint_{it:08d}/state.pt"))
         assert state["iteration"] == it
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {6}  # Adam's moments carried over
     rows = metrics_rows(body("runs/s3run/metrics.jsonl").decode())
     assert [(r["iteration"], r["resumed_from"]) for r in rows] == [(1, 0), (2, 0), (3, 0), (4, 0), (5, 4), (6, 4)]
+    for row in rows:  # step i (0-based) runs at lr / (1 + lr_decay * i), across the stop
+        assert row["lr"] == pytest.approx(1e-3 / (1 + 0.25 * (row["iteration"] - 1)))
+    sessions = json.loads(body("runs/s3run/run.json"))["sessions"]
+    assert [(s["resume"], s["config"]["max_iter"]) for s in sessions] == [(False, 4), (True, 6)]
     with Image.open(io.BytesIO(body("runs/s3run/checkpoint_00000006/samples.jpg"))) as grid:
         assert grid.size == (96, 64)
-    decoder = load_decoder(f"{storage}/s3run/decoder.pth")
-    assert decoder.meta["iteration"] == 6
+    assert load_decoder(f"{storage}/s3run/decoder.pth").meta["iteration"] == 6
