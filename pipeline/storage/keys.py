@@ -44,16 +44,23 @@ def _short_hash(key: str, digits: int) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:digits]
 
 
+def folded(names: Sequence[str]) -> list[str]:
+    """Names lower-cased as Arrow's `utf8_lower` does, for every comparison of names here:
+    Python's `str.lower` differs on some ('İ' -> 'i̇', not 'i'), and two foldings would let
+    renamed names meet again."""
+    return pc.utf8_lower(pa.array(list(names), pa.string())).to_pylist()
+
+
 def unique_names(names: Sequence[str], keys: Sequence[str]) -> list[str]:
-    """`names` made distinct, compared case-insensitively (outputs may land on a filesystem that
-    ignores case): each name that several keys share gets '-' and a short hash of its own key,
+    """`names` made distinct, compared case-insensitively (`folded`: outputs may land on a
+    filesystem that ignores case): each name that several keys share gets '-' and a short hash of its own key,
     longer until all are distinct. A pure function of (names, keys): the same on every run and
     machine. The keys must be distinct: they are what tells the items apart."""
     out = list(names)
     for digits in (8, 16, 64, 0):
         groups: dict[str, list[int]] = {}
-        for i, name in enumerate(out):
-            groups.setdefault(name.lower(), []).append(i)
+        for i, name in enumerate(folded(out)):
+            groups.setdefault(name, []).append(i)
         shared = [i for group in groups.values() if len(group) > 1 for i in group]
         if not shared:
             return out
@@ -88,7 +95,7 @@ def output_stems(
     URIs; by default the paths themselves).
 
     Clashes are found with Arrow, so ten million inputs become Python strings only when some
-    of them clash. `taken`, when given, gets every name (lower-cased) a renamed input held on
+    of them clash. `taken`, when given, gets every name (`folded`) a renamed input held on
     the way: only inputs whose plain stem is one of those can be touched by the renaming.
     """
     rels = _chunked(rels)
@@ -115,7 +122,7 @@ def output_stems(
 
 def _take(taken: set[str] | None, name: str) -> None:
     if taken is not None:
-        taken.add(name.lower())
+        taken.update(folded([name]))
 
 
 def _chunked(values: pa.ChunkedArray | Sequence[str]) -> pa.ChunkedArray:
