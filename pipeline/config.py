@@ -11,6 +11,7 @@ from pipeline.imaging.codec import (
     FORMATS,
     IMAGE_EXTENSIONS,
     MAX_PIXELS,
+    MIN_SIDE,
     SEGMENT_SECONDS,
     VIDEO_EXTENSIONS,
     VIDEO_QUALITY,
@@ -55,8 +56,9 @@ class Controls:
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ConfigError(f"--alpha {self.alpha}: must be between 0 and 1")
-        if self.style_weights is not None and (any(w < 0 for w in self.style_weights) or sum(self.style_weights) <= 0):
-            raise ConfigError("--style-weights: weights must be non-negative and not all zero")
+        weights = self.style_weights
+        if weights is not None and not (all(0 <= w < math.inf for w in weights) and 0 < sum(weights) < math.inf):
+            raise ConfigError("--style-weights: weights must be finite, non-negative and not all zero")
         if self.preserve_color not in (None, *PRESERVE_COLOR):
             raise ConfigError(f"--preserve-color {self.preserve_color}: expected coral or luminance")
 
@@ -329,6 +331,8 @@ class TrainConfig:
         for flag, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"{flag} {value}: must not be negative")
+        if self.crop < MIN_SIDE:
+            raise ConfigError(f"--crop {self.crop}: the model takes {MIN_SIDE} pixels a side at least")
         if self.crop > self.resize:
             raise ConfigError(f"--crop {self.crop} is larger than --resize {self.resize}; crops are cut from it")
         if self.precision not in TRAINING_PRECISIONS:

@@ -56,3 +56,36 @@ def test_yaml_mistakes_are_one_line_config_errors(tmp_path: Path, options: dict,
     with pytest.raises(ConfigError, match=words) as caught:
         parse(["stylize", "--config", _config(tmp_path, options)])
     assert "\n" not in str(caught.value)
+
+
+def _number_flags() -> list[tuple[tuple[str, ...], str]]:
+    """Every flag of every command that takes a number with a fraction."""
+    from pipeline.cli.flags import _alpha_range, _weights, build_parsers, number
+
+    return [
+        (words, action.option_strings[-1])
+        for words, parser in build_parsers()[1].items()
+        for action in parser._actions
+        if action.type in (number, _weights, _alpha_range)
+    ]
+
+
+@pytest.mark.parametrize(("words", "flag"), _number_flags(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else v)
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN", "1e309"])
+def test_numbers_that_are_not_finite_are_refused(
+    words: tuple[str, ...], flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """nan passes every `<` check a config makes (a NaN style weight made black images); inf and
+    overflowing sums pass `> 0`: refused where they enter, on the command line and in YAML."""
+    command = [*words, "content.jpg", "style.jpg", "-o", "out.jpg"] if words == ("transfer",) else list(words)
+    text = f"{value},1" if flag in ("--style-weights", "--alpha-range") else value
+    for given in (text, "1e308,1e308") if flag == "--style-weights" else (text,):  # each finite, not their sum
+        with pytest.raises(SystemExit) as exited:
+            parse([*command, flag, given])
+        assert exited.value.code == 2 and f"{flag}: " in capsys.readouterr().err
+    if words == ("transfer",):
+        return  # no --config
+    key = flag.lstrip("-").replace("-", "_")
+    with pytest.raises(ConfigError, match=f"{key}: ") as caught:
+        parse([*command, "--config", _config(tmp_path, {key: text})])
+    assert "\n" not in str(caught.value)

@@ -108,7 +108,8 @@ def test_resizing_never_makes_an_image_over_the_limit(tmp_path: Path, width, hei
     assert row.get("pixels") is None and "resizing would make it" in row["error"], row
     with pytest.raises(ImageError, match="over the limit"):
         prepare(path.read_bytes(), 512, max_pixels=10_000_000)
-    assert prepare(path.read_bytes(), 0, max_pixels=10_000_000).size == (width, height)  # kept as it is: fine
+    with pytest.raises(ImageError, match="too small, each side needs 9 pixels"):  # kept as it is: too thin for VGG
+        prepare(path.read_bytes(), 0, max_pixels=10_000_000)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from pipeline.errors import ConfigError, StorageError, WeightsError
 from pipeline.model.checkpoint import load_decoder, save_checkpoint
 from pipeline.model.nets import ARCH_VERSION, Decoder
 from pipeline.storage.keys import output_key
+from pipeline.storage.listing import iter_files
 from pipeline.storage.lock import LeaseKeeper, acquire, release, renew
 from tests import images
 from tests.conftest import S3Server, WeightFiles
@@ -93,6 +94,20 @@ def test_symlinks_inside_the_input_only_and_loops_once(tmp_path: Path) -> None:
     (src / "again.png").symlink_to(src / "a.png")  # inside: a file of its own name
     listed = list_inputs(str(src)).column("rel_path").to_pylist()
     assert sorted(listed) == ["a.png", "again.png", "sub/b.png"]
+
+
+def test_names_that_are_not_utf8_are_left_out_with_a_warning(tmp_path: Path, caplog) -> None:
+    """A file or folder whose name is not UTF-8 (Latin-1 from an old camera, say) cannot be an
+    Arrow string, an object key or a manifest row: left out, counted in a warning, never a crash."""
+    src = inputs(tmp_path / "in", ["a.png", "sub/b.png"])
+    for name in (b"caf\xe9.png", b"\xff\xfe.png", b"d\xe9j\xe0/c.png"):
+        images.write(src / os.fsdecode(name), images.encoded(40, 32, "PNG"))  # a folder's too: d\xe9j\xe0/
+    with caplog.at_level("WARNING"):
+        listed = list_inputs(str(src)).column("rel_path").to_pylist()
+    assert sorted(listed) == ["a.png", "sub/b.png"]
+    assert "left out 3 names that are not UTF-8" in caplog.text
+    pages = list(iter_files(str(src), (".png",)))
+    assert sorted(rel for rels, _ in pages for rel in rels) == ["a.png", "sub/b.png"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.imaging.codec import MIN_SIDE
 from pipeline.model import functional as fn
 from pipeline.model.checkpoint import load_decoder, load_encoder
 from pipeline.model.host import reuse_freed_memory
@@ -116,6 +117,17 @@ def test_mask_of_all_foreground_is_plain_adain() -> None:
     fg, bg = fn.mean_std(torch.randn(1, 8, 4, 4) + 1), fn.mean_std(torch.randn(1, 8, 4, 4) - 1)
     out = fn.masked_adain(content, torch.ones(2, 1, 5, 5), fg, bg)
     torch.testing.assert_close(out, fn.adain(content, *fg), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(("height", "width"), [(MIN_SIDE, MIN_SIDE), (MIN_SIDE, 40), (40, MIN_SIDE)])
+def test_the_smallest_side_the_model_takes_is_min_side(model: StyleTransfer, height: int, width: int) -> None:
+    """The sizing refuses images under `codec.MIN_SIDE` on a side, as too small (an error row):
+    the model takes MIN_SIDE, at its own size, and fails one pixel below it."""
+    stats = model.style_stats(torch.rand(1, 3, MIN_SIDE, MIN_SIDE))
+    assert model.stylize(torch.rand(1, 3, height, width), stats, 1.0).shape[-2:] == (height, width)
+    smaller = (height - 1, width) if height == MIN_SIDE else (height, width - 1)
+    with pytest.raises(RuntimeError):
+        model.stylize(torch.rand(1, 3, *smaller), stats, 1.0)
 
 
 def test_alpha_zero_returns_content_features(model: StyleTransfer) -> None:

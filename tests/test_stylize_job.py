@@ -47,6 +47,7 @@ def make_config(
     *,
     fmt: str = "png",
     overwrite: bool = False,
+    max_side: int = 0,
     **kw: Any,
 ) -> StylizeConfig:
     """A small, CPU-only job over 32 px images with the test weights."""
@@ -55,7 +56,7 @@ def make_config(
         styles=styles,
         output=OutputSpec(output, fmt, overwrite=overwrite),
         model=ModelConfig(str(weights.vgg), str(weights.decoder), "cpu"),
-        sizing=Sizing(content_size=32, style_size=32),
+        sizing=Sizing(content_size=32, style_size=32, max_side=max_side),
         **kw,
     )
 
@@ -133,7 +134,10 @@ BAD_INPUTS = {  # name -> (bytes, words the error reason must contain)
     "empty.jpg": (b"", "empty"),
     "text.jpg": (b"this is not an image, just text named .jpg\n", "not an image"),
     "bomb.png": (images.huge_header_png(), "30000x30000"),
+    # 32x1600 once its shorter side is 32, 1x64 once its longer is at most BAD_MAX_SIDE: too small for VGG
+    "strip.jpg": (images.encoded(8, 400), "too small"),
 }
+BAD_MAX_SIDE = 64  # --max-side for the runs over BAD_INPUTS (ODD_INPUTS are smaller)
 ODD_INPUTS = {  # name -> (bytes, expected output (width, height))
     "gray.png": (images.encoded(48, 40, "PNG", "L"), (38, 32)),
     "la.png": (images.encoded(48, 40, "PNG", "LA"), (38, 32)),
@@ -192,12 +196,14 @@ def test_bad_and_odd_inputs_in_a_directory(
     for name, (data, _) in {**BAD_INPUTS, **ODD_INPUTS}.items():
         images.write(src / name, data)
     images.write(src / "notes.txt", b"not an input\n")
+    images.write(src / os.fsdecode(b"caf\xe9.jpg"), images.encoded(40, 32))  # not UTF-8: left out, as listed
     styles = [
         images.write(tmp_path / "styles" / "wave.png", images.encoded(32, 32, "PNG", seed=10)),
         images.write(tmp_path / "styles" / "ink.jpg", images.encoded(40, 32, seed=11)),
     ]
     out = tmp_path / "out"
-    cfg = make_config(weights, str(src), tuple(map(str, styles)), str(out), fmt=fmt, scale=Scale(jpeg_codec=codec))
+    scale = Scale(jpeg_codec=codec)
+    cfg = make_config(weights, str(src), tuple(map(str, styles)), str(out), fmt=fmt, scale=scale, max_side=BAD_MAX_SIDE)
     summary = run_stylize(cfg)
 
     rows = local_manifest(out)
@@ -219,7 +225,8 @@ def test_bad_inputs_on_s3(ray_cluster: str, weights: WeightFiles, s3_server: S3S
         s3.put_object(Bucket=bucket, Key=f"photos/{name}", Body=data)
     s3.put_object(Bucket=bucket, Key="photos/notes.txt", Body=b"not an input")
     s3.put_object(Bucket=bucket, Key="styles/wave.png", Body=images.encoded(32, 32, "PNG", seed=10))
-    cfg = make_config(weights, f"s3://{bucket}/photos/", (f"s3://{bucket}/styles/wave.png",), f"s3://{bucket}/out")
+    styles = (f"s3://{bucket}/styles/wave.png",)
+    cfg = make_config(weights, f"s3://{bucket}/photos/", styles, f"s3://{bucket}/out", max_side=BAD_MAX_SIDE)
     summary = run_stylize(cfg)
 
     rows = s3_manifest(s3, bucket, "out")

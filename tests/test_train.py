@@ -213,6 +213,7 @@ def test_learning_rate_follows_pytorch_adain() -> None:
     ("options", "words"),
     [
         ({"crop": 600}, "--crop 600 is larger than --resize 512"),
+        ({"crop": 8}, "--crop 8: the model takes 9 pixels a side at least"),
         ({"name": "../escape"}, "--name"),
         ({"name": ""}, "--name"),
         ({"precision": "fp16"}, "--precision fp16"),

@@ -622,7 +622,7 @@ def test_alpha_zero_ignores_the_style(
     assert_differ(tmp_path / "a05.png", tmp_path / "a0_0.png", levels=0.2)
 
 
-@pytest.mark.parametrize("alpha", ["1.5", "-0.1", "nan"])
+@pytest.mark.parametrize("alpha", ["1.5", "-0.1"])  # nan: test_cli's non-finite numbers
 def test_alpha_out_of_range_is_a_clear_error(
     alpha: str,
     weights: WeightFiles,

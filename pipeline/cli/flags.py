@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,17 +24,31 @@ Parsers = dict[tuple[str, ...], argparse.ArgumentParser]  # command words -> tha
 Commands = Any  # what ArgumentParser.add_subparsers returns (argparse gives it no public type)
 
 
+def number(text: str) -> float:
+    """A flag's number: finite, since nan and inf pass every `<` and `<=` check the configs make."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a finite number")
+    return value
+
+
+number.__name__ = "float"  # argparse's "invalid float value: 'x'" for what is not a number at all
+
+
 def _weights(text: str) -> tuple[float, ...]:
     try:
-        return tuple(float(w) for w in text.split(","))
+        weights = tuple(float(w) for w in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers, e.g. 1,1,2") from None
+    if not math.isfinite(sum(weights)):  # nan, inf, or finite weights whose sum overflows
+        raise argparse.ArgumentTypeError(f"{text!r}: expected finite numbers, e.g. 1,1,2")
+    return weights
 
 
 def _alpha_range(text: str) -> tuple[float, float]:
     try:
-        low, high = (float(v) for v in text.split(","))
-    except ValueError:
+        low, high = (number(v) for v in text.split(","))
+    except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"{text!r}: expected LO,HI, e.g. 0.5,1") from None
     return low, high
 
@@ -70,7 +85,7 @@ def _model(parser: argparse.ArgumentParser, decoder: bool = True) -> None:
 
 
 def _controls(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--alpha", type=float, default=1.0, help="content-style trade-off, 0..1 (default 1)")
+    parser.add_argument("--alpha", type=number, default=1.0, help="content-style trade-off, 0..1 (default 1)")
     parser.add_argument("--style-weights", type=_weights, help="interpolate the styles with these weights")
     parser.add_argument("--preserve-color", choices=PRESERVE_COLOR, help="keep the content's colours")
 
@@ -91,14 +106,14 @@ def _scale(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
     parser.add_argument(
         "--cpus-per-actor",
-        type=float,
+        type=number,
         help="CPUs per model actor; on CPU, its torch threads too (default: 1 with a GPU, a core's share on CPU)",
     )
-    parser.add_argument("--io-cpus", type=float, default=0.25, help="CPUs per decoding/writing task (default 0.25)")
+    parser.add_argument("--io-cpus", type=number, default=0.25, help="CPUs per decoding/writing task (default 0.25)")
     parser.add_argument(
         "--io-concurrency", type=int, default=16, help="reads/writes each decoding/writing task keeps in flight (16)"
     )
-    parser.add_argument("--gpus-per-actor", type=float, default=1.0, help="GPUs per actor on GPU clusters")
+    parser.add_argument("--gpus-per-actor", type=number, default=1.0, help="GPUs per actor on GPU clusters")
 
 
 def _job(parser: argparse.ArgumentParser) -> None:
@@ -124,7 +139,7 @@ def _job(parser: argparse.ArgumentParser) -> None:
 
 def _video(parser: argparse.ArgumentParser, segments: bool = False) -> None:
     parser.add_argument(
-        "--temporal-smoothing", type=float, default=0.0, metavar="S",
+        "--temporal-smoothing", type=number, default=0.0, metavar="S",
         help="videos: smooth the content statistics over frames, an EMA weight in [0, 1) (default 0: off)",
     )  # fmt: skip
     parser.add_argument(
@@ -133,7 +148,7 @@ def _video(parser: argparse.ArgumentParser, segments: bool = False) -> None:
     )  # fmt: skip
     if segments:
         parser.add_argument(
-            "--segment-seconds", type=float, default=SEGMENT_SECONDS, metavar="N",
+            "--segment-seconds", type=number, default=SEGMENT_SECONDS, metavar="N",
             help=f"videos: keyframe-aligned segments of about N s, made in parallel (default {SEGMENT_SECONDS:g})",
         )  # fmt: skip
         parser.add_argument(
@@ -201,13 +216,13 @@ def _augment(commands: Commands, parsers: Parsers, **options: bool) -> None:
     _config(augment)
     augment.add_argument("--style", "--styles", help="style images (a prefix or an image) or a style bank (.parquet)")
     augment.add_argument("--per-image", type=int, default=1, help="stylized copies per input (default 1)")
-    augment.add_argument("--alpha", type=float, default=1.0, help="fixed content-style trade-off (default 1)")
+    augment.add_argument("--alpha", type=number, default=1.0, help="fixed content-style trade-off (default 1)")
     augment.add_argument("--alpha-range", type=_alpha_range, help="draw alpha per output from LO,HI instead")
     augment.add_argument("--seed", type=int, default=0, help="seed of the style and alpha draws (default 0)")
     augment.add_argument("--preserve-color", choices=["luminance"], help="keep the content's colours")
     augment.add_argument("--shards", action="store_true", help="write WebDataset-style tar shards, not files")
     augment.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
-    augment.add_argument("--lock-ttl", type=float, default=24 * 3600.0, help="seconds a run's lock lasts")
+    augment.add_argument("--lock-ttl", type=number, default=24 * 3600.0, help="seconds a run's lock lasts")
     _job(augment)
     _register(parsers, ("augment",), augment, run.augment)
 
@@ -243,10 +258,10 @@ def _train(commands: Commands, parsers: Parsers, **options: bool) -> None:
     scale = train.add_argument_group("cluster")
     scale.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     scale.add_argument("--workers", type=int, default=1, help="training workers, one DDP process each (default 1)")
-    scale.add_argument("--gpus-per-worker", type=float, default=0.0, help="GPUs per worker; 0 trains on CPUs")
-    scale.add_argument("--cpus-per-worker", type=float, default=1.0, help="CPUs per worker (default 1)")
+    scale.add_argument("--gpus-per-worker", type=number, default=0.0, help="GPUs per worker; 0 trains on CPUs")
+    scale.add_argument("--cpus-per-worker", type=number, default=1.0, help="CPUs per worker (default 1)")
     scale.add_argument(
-        "--loader-cpus", type=float, help="CPUs per decoding task (default: 1 if the workers leave one free, else 0)"
+        "--loader-cpus", type=number, help="CPUs per decoding task (default: 1 if the workers leave one free, else 0)"
     )
     scale.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the latest checkpoint")
 
@@ -256,11 +271,11 @@ def _train(commands: Commands, parsers: Parsers, **options: bool) -> None:
     schedule.add_argument("--decoder", help="start from these decoder weights (fine-tuning); default: a fresh decoder")
     schedule.add_argument("--batch-size", type=int, default=8, help="images per worker per step (default 8)")
     schedule.add_argument("--max-iter", type=int, default=160_000, help="train to this many steps (default 160000)")
-    schedule.add_argument("--lr", type=float, default=1e-4, help="Adam learning rate (default 1e-4)")
-    schedule.add_argument("--lr-decay", type=float, default=5e-5, help="step i runs at lr / (1 + lr_decay * i)")
-    schedule.add_argument("--content-weight", type=float, default=1.0, help="weight of the content loss (default 1)")
-    schedule.add_argument("--style-weight", type=float, default=10.0, help="weight of the style loss (default 10)")
-    schedule.add_argument("--tv-weight", type=float, default=0.0, help="weight of total variation (default 0)")
+    schedule.add_argument("--lr", type=number, default=1e-4, help="Adam learning rate (default 1e-4)")
+    schedule.add_argument("--lr-decay", type=number, default=5e-5, help="step i runs at lr / (1 + lr_decay * i)")
+    schedule.add_argument("--content-weight", type=number, default=1.0, help="weight of the content loss (default 1)")
+    schedule.add_argument("--style-weight", type=number, default=10.0, help="weight of the style loss (default 10)")
+    schedule.add_argument("--tv-weight", type=number, default=0.0, help="weight of total variation (default 0)")
     schedule.add_argument(
         "--precision", default="fp32", choices=list(TRAINING_PRECISIONS), help="bf16 autocasts the nets"
     )

@@ -23,7 +23,7 @@ from pipeline.data.cluster import fetched
 from pipeline.data.plan import Plan, plan_inputs
 from pipeline.data.rows import DECODED_SCHEMA, elapsed_ms
 from pipeline.errors import describe
-from pipeline.imaging.codec import check_pixels, plain_jpeg_size, prepare
+from pipeline.imaging.codec import check_plan, plain_jpeg_size, prepare
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.uri import io_pool, read_bytes
 
@@ -45,7 +45,7 @@ def decode_one(
         size = plain_jpeg_size(data, sizing.max_pixels) if jpeg_to_model else None
         if size is not None:
             plan = sizing.content_plan(*size)
-            check_pixels(*plan.scaled, sizing.max_pixels, after="resizing")
+            check_plan(plan, sizing.max_pixels)
             row.update(pixels=data, jpeg=True, width=plan.size[0], height=plan.size[1])
         else:
             img = prepare_content(data, sizing)

@@ -152,6 +152,22 @@ class SizePlan:
         return right - left, bottom - top
 
 
+# The smallest side the model takes: VGG's three max-pools (ceil mode) leave relu4_1's input at
+# ceil(side / 8), and its reflection padding of 1 needs 2 pixels there.
+MIN_SIDE = 9
+
+
+def check_plan(plan: SizePlan, max_pixels: int) -> None:
+    """Refuse a sizing the model cannot take: over `max_pixels` once scaled, or under MIN_SIDE on a side."""
+    check_pixels(*plan.scaled, max_pixels, after="resizing")
+    width, height = plan.size
+    if min(width, height) < MIN_SIDE:
+        raise ImageError(
+            f"{width}x{height} as sized for the model: too small, each side needs {MIN_SIDE} pixels at least; "
+            "raise --content-size/--style-size or --max-side"
+        )
+
+
 def size_plan(width: int, height: int, size: int, crop: bool = False, max_side: int = 0) -> SizePlan:
     scaled = shorter_to(width, height, size)
     if crop:
@@ -198,7 +214,7 @@ def fit(
 ) -> Image.Image:
     """`prepare`'s sizing of a decoded image (or a video frame)."""
     plan = size_plan(*img.size, size, crop, max_side)
-    check_pixels(*plan.scaled, max_pixels, after="resizing")
+    check_plan(plan, max_pixels)
     img = _resized(img, plan.scaled)
     if plan.crop is not None:
         return img.crop(plan.crop)

@@ -65,6 +65,16 @@ def stat_table(uri: str, extensions: tuple[str, ...]) -> pa.Table:
     )
 
 
+def utf8(name: str) -> bool:
+    """Whether a local file name is UTF-8: Python holds any other bytes as lone surrogates, which
+    Arrow strings, object keys and the manifest cannot carry."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
     """Files under a local directory, following symbolic links only where they stay inside it,
     and each directory once (a link loop is listed once, not forty levels deep)."""
@@ -73,7 +83,11 @@ def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
     paths: list[str] = []
     sizes: list[int] = []
     mtimes: list[int] = []
-    skipped = {"links leaving the input": 0, "directories already listed (link loops)": 0}
+    skipped = {
+        "links leaving the input": 0,
+        "directories already listed (link loops)": 0,
+        "names that are not UTF-8 (rename them to include them)": 0,
+    }
     stack = [root]
     while stack:
         directory = stack.pop()
@@ -87,6 +101,9 @@ def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
         except OSError as exc:
             raise storage_error(exc, directory) from exc
         for entry in entries:
+            if not utf8(entry.name):
+                skipped["names that are not UTF-8 (rename them to include them)"] += 1
+                continue
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
                 if os.path.commonpath([top, target]) != top:
@@ -132,8 +149,9 @@ def iter_files(uri: str, extensions: tuple[str, ...]) -> Iterator[Page]:
     if scheme(uri) == "s3":
         yield from _s3_pages(uri, root + "/", extensions)
     elif isinstance(filesystem, pafs.LocalFileSystem):
-        for folder, _, names in os.walk(root):
-            paths = [os.path.join(folder, name) for name in names if name.lower().endswith(extensions)]
+        for folder, folders, names in os.walk(root):
+            folders[:] = filter(utf8, folders)
+            paths = [os.path.join(folder, n) for n in names if n.lower().endswith(extensions) and utf8(n)]
             stats = [(p, os.stat(p)) for p in paths]
             if stats:
                 yield [p[len(root) + 1 :] for p, _ in stats], [st.st_mtime_ns for _, st in stats]
