@@ -19,7 +19,7 @@ from pipeline.imaging.codec import (
     size_plan,
 )
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
-from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER
+from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, absolute_ref
 from pipeline.storage.uri import MAX_CONNECTIONS, absolute, join
 
 PRESERVE_COLOR = ("coral", "luminance")
@@ -39,6 +39,8 @@ class ModelConfig:
     compile: bool = False  # torch.compile the networks
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "encoder", absolute_ref(self.encoder))
+        object.__setattr__(self, "decoder", absolute_ref(self.decoder))
         if self.precision not in PRECISIONS:
             raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(PRECISIONS)}")
         if self.device not in ("auto", "cpu") and not self.device.startswith("cuda"):
@@ -300,6 +302,9 @@ class TrainConfig:
             if not value:
                 raise ConfigError(f"{flag} is required")
             object.__setattr__(self, flag[2:], absolute(value))
+        object.__setattr__(self, "encoder", absolute_ref(self.encoder))
+        if self.decoder is not None:
+            object.__setattr__(self, "decoder", absolute_ref(self.decoder))
         if not _RUN_NAME.fullmatch(self.name or ""):
             raise ConfigError(f"--name {self.name!r}: use letters, digits, '.', '_' and '-' (it names a directory)")
         positive = {

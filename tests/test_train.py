@@ -329,15 +329,20 @@ def test_two_workers_take_the_step_of_one_worker_with_both_batches(
 
 
 def test_short_run_learns_and_exports_a_decoder_that_transfer_loads(
-    ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ray_cluster: str,
+    weights: WeightFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     content, style = write_image_sets(tmp_path / "data", bad=2)
+    monkeypatch.chdir(weights.vgg.parent)  # --encoder relative to here, as the README's offline example has it
     storage = tmp_path / "runs"
     argv = [
         "train", "--content", str(content), "--style", str(style), "--storage", str(storage), "--name", "short",
         "--workers", "2", "--batch-size", "2", "--max-iter", "24", "--resize", "64", "--crop", "32",
         "--checkpoint-every", "8", "--log-every", "4", "--keep-checkpoints", "2",
-        "--encoder", str(weights.vgg), "--export-pytorch-adain",
+        "--encoder", f"./{weights.vgg.name}", "--export-pytorch-adain",
     ]  # fmt: skip
     args = parse(argv)
     assert args.run(args) == 0

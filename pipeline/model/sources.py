@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 
 from pipeline.storage.cache import split_checksum
+from pipeline.storage.uri import absolute
 
 _ADAIN_RELEASE = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
 # name -> (url, sha256 or its prefix, or None where no checksum is published)
@@ -31,3 +32,12 @@ def weight_uri(ref: str) -> tuple[str, str | None]:
             url = f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[1]}"
         return url, digest
     return split_checksum(ref)
+
+
+def absolute_ref(ref: str) -> str:
+    """A reference whose relative local path is made absolute: the processes that load it may run
+    in another directory (Ray Train starts its workers in one of its own)."""
+    if ref in KNOWN_WEIGHTS:
+        return ref
+    uri, sep, fragment = ref.partition("#sha256=")
+    return absolute(uri) + sep + fragment

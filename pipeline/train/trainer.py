@@ -219,8 +219,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as exc:
+        kept = "its checkpoints are kept in" if latest_checkpoint(cfg.run_uri) else "it has no checkpoint yet in"
         raise TrainingError(
-            f"run {cfg.name} failed ({_failure_reason(exc)}); its checkpoints are kept in {cfg.run_uri}: "
+            f"run {cfg.name} failed ({_failure_reason(exc)}); {kept} {cfg.run_uri}: "
             "fix the cause and continue with --resume"
         ) from exc
     finally:
