@@ -20,7 +20,7 @@ from pipeline.imaging.codec import (
 )
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, absolute_ref
-from pipeline.storage.uri import MAX_CONNECTIONS, absolute, join
+from pipeline.storage.uri import MAX_CONNECTIONS, absolute, canonical, join
 
 PRESERVE_COLOR = ("coral", "luminance")
 # Run ids and run names become file names: one safe path segment, or refused.
@@ -181,7 +181,7 @@ def check_run_id(run_id: str | None) -> None:
 
 def check_apart(input: str, output: str) -> None:
     """An output equal to its input would be read back as input by the next run."""
-    if input.rstrip("/") == output.rstrip("/"):
+    if canonical(input) == canonical(output):  # links resolved: `--input alias` for `--output real`
         raise ConfigError(f"--output {output} is the --input: give the outputs a prefix of their own")
 
 

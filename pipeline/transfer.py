@@ -43,7 +43,7 @@ from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
 from pipeline.storage.keys import output_stems, safe_relpath, unique_names
 from pipeline.storage.listing import list_files
-from pipeline.storage.uri import is_dir, is_remote, join, read_bytes, write_bytes
+from pipeline.storage.uri import canonical, is_dir, is_remote, join, read_bytes, within, write_bytes
 
 VIDEO_BATCH = 8  # frames a model call, at most
 
@@ -138,6 +138,8 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
         ext = "mp4" if is_video(contents[content][0]) else fmt
         return join(req.output, f"{named[content, style]}.{ext}") if to_dir else req.output
 
+    outputs = [output_uri(c, s) for c in range(len(contents)) for s in range(1 if combined else len(styles))]
+    _check_apart(req, [uri for uri, _ in contents + styles], outputs)
     model = load_model(model_cfg.encoder, model_cfg.decoder, model_cfg.device, model_cfg.precision, model_cfg.compile)
     style_images = [_load(uri, sizing.style_size, sizing) for uri, _ in styles]
     mask_image = None
@@ -168,6 +170,21 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
             print(f"adain: error: {reason}", file=sys.stderr)
             failures += 1
     return failures
+
+
+def _check_apart(req: TransferRequest, inputs: list[str], outputs: list[str]) -> None:
+    """No output overwrites an input, and none lands in an input directory, where the next run
+    would take it for an input (links resolved: `canonical`)."""
+    for folder in (req.content, *req.styles):
+        if is_dir(folder) and within(req.output, folder):
+            raise ConfigError(
+                f"-o {req.output} is inside the input directory {folder}: the next run would take its outputs "
+                "for inputs; write them elsewhere"
+            )
+    taken = {canonical(uri) for uri in [*inputs, *([req.mask] if req.mask else [])]}
+    for uri in outputs:
+        if canonical(uri) in taken:
+            raise ConfigError(f"-o {req.output}: {uri} is one of the inputs and would be overwritten; write elsewhere")
 
 
 def _stylize(

@@ -75,14 +75,18 @@ def test_a_reused_run_id_adds_manifest_parts(ray_cluster: str, weights: WeightFi
 
 
 def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    """Not as the input spells them, nor through a link to the input or one inside it to the output."""
     src = inputs(tmp_path / "in", ["a.png", "sub/b.png"])
     out = src / "stylized"
-    for _ in range(2):
-        run_stylize(make_config(weights, str(src), (style_file(tmp_path),), str(out)))
+    (tmp_path / "alias").symlink_to(src, target_is_directory=True)
+    (src / "peek").symlink_to(out, target_is_directory=True)  # inside the input, to its output
+    for source in (src, tmp_path / "alias"):  # the input as it is, then through a link to it
+        run_stylize(make_config(weights, str(source), (style_file(tmp_path),), str(out)))
     assert set(output_files(out)) == {"wave/a.png", "wave/sub/b.png"}
     assert {r["rel_path"] for r in local_manifest(out)} == {"a.png", "sub/b.png"}
-    with pytest.raises(ConfigError, match="is the --input"):
-        make_config(weights, str(src), (style_file(tmp_path),), str(src) + "/")
+    for given in (str(src) + "/", str(tmp_path / "alias")):
+        with pytest.raises(ConfigError, match="is the --input"):
+            make_config(weights, given, (style_file(tmp_path),), str(src))
 
 
 def test_symlinks_inside_the_input_only_and_loops_once(tmp_path: Path) -> None:

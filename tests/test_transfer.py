@@ -797,3 +797,33 @@ def test_bad_flag_in_a_real_process(weights: WeightFiles, content: Path, tmp_pat
     assert proc.returncode == 2
     lines = error_lines(proc.stderr)
     assert "invalid choice: 'fp8'" in lines[-1]
+
+
+@pytest.mark.parametrize(
+    ("where", "words"),
+    [
+        ("photos", "inside the input directory"),  # the content directory itself
+        ("photos/sub/", "inside the input directory"),
+        ("alias/", "inside the input directory"),  # a link to it
+        ("photos/a.png", "is one of the inputs"),  # a content file
+        ("alias/a.png", "is one of the inputs"),  # the same file through the link
+        ("styles/wave.png", "is one of the inputs"),  # the style
+        ("styles", "inside the input directory"),  # the style directory
+    ],
+)
+def test_outputs_never_overwrite_inputs_or_land_among_them(
+    weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str, words: str
+) -> None:
+    """`-o` at an input, or in an input directory (where the next run would stylize the outputs
+    again): refused in one line before anything is written; every input byte for byte as it was."""
+    photos = tmp_path / "photos"
+    images.write(photos / "a.png", images.encoded(40, 32, "PNG", seed=1))
+    images.write(photos / "a_stylized_wave.png", images.encoded(40, 32, "PNG", seed=2))  # the user's own file
+    style = images.write(tmp_path / "styles" / "wave.png", images.encoded(32, 32, "PNG", seed=3))
+    (tmp_path / "alias").symlink_to(photos, target_is_directory=True)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*.png") if not p.is_symlink()}
+    content = photos if where.endswith("/") or "." not in where else photos / "a.png"
+    style_arg = tmp_path / "styles" if where == "styles" else style
+    assert transfer(weights, content, style_arg, "-o", tmp_path / where) != 0
+    assert_one_error(capsys.readouterr().err, words)
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*.png") if not p.is_symlink()} == before

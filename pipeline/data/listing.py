@@ -160,7 +160,7 @@ def list_inputs(
     """
     extensions = tuple(e.lower() for e in extensions)
     if is_dir(source):
-        stats = stat_table(source, extensions)
+        stats = stat_table(source, extensions, skip=exclude)
         if root is not None:
             stats = stats.set_column(1, "rel", per_row(lambda u: relative_to(u, root), stats.column("uri")))
     elif source.lower().endswith(LIST_FILE_EXTENSIONS):

@@ -16,7 +16,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
-from pipeline.storage.uri import is_remote, request_client, resolve, retrying, s3_call, scheme, storage_error
+from pipeline.storage.uri import (
+    canonical,
+    is_remote,
+    request_client,
+    resolve,
+    retrying,
+    s3_call,
+    scheme,
+    storage_error,
+    within,
+)
 
 log = logging.getLogger(__name__)
 
@@ -31,16 +41,17 @@ class FileStat:
     mtime_ns: int | None  # None where the store reports no modification time
 
 
-def stat_table(uri: str, extensions: tuple[str, ...]) -> pa.Table:
+def stat_table(uri: str, extensions: tuple[str, ...], skip: str | None = None) -> pa.Table:
     """Every file under a directory or prefix, recursively, whose name ends in one of
     `extensions` (case-insensitive), sorted: columns uri (in the same scheme as `uri`), rel
-    (relative to `uri`), size, mtime_ns (null where the store reports none).
+    (relative to `uri`), size, mtime_ns (null where the store reports none). Locally, no folder
+    that is `skip` or lies in it, however reached (a job's output, through a link too).
 
     Columns are built straight from the listing and sorted by Arrow: no Python object per file
     is held past the listing."""
     filesystem, path = resolve(uri)
     if isinstance(filesystem, pafs.LocalFileSystem):
-        table = _local_files(path, extensions)
+        table = _local_files(path, extensions, canonical(skip) if skip and scheme(skip) == "file" else None)
     else:
         selector = pafs.FileSelector(path, recursive=True)
         infos = retrying(lambda: filesystem.get_file_info(selector), uri)
@@ -75,9 +86,10 @@ def utf8(name: str) -> bool:
     return True
 
 
-def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
+def _local_files(root: str, extensions: tuple[str, ...], skip: str | None = None) -> pa.Table:
     """Files under a local directory, following symbolic links only where they stay inside it,
-    and each directory once (a link loop is listed once, not forty levels deep)."""
+    and each directory once (a link loop is listed once, not forty levels deep); none in the
+    real folder `skip`."""
     top = os.path.realpath(root)
     seen: set[tuple[int, int]] = set()
     paths: list[str] = []
@@ -87,6 +99,7 @@ def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
         "links leaving the input": 0,
         "directories already listed (link loops)": 0,
         "names that are not UTF-8 (rename them to include them)": 0,
+        "folders in the output (or links to them)": 0,
     }
     stack = [root]
     while stack:
@@ -111,6 +124,9 @@ def _local_files(root: str, extensions: tuple[str, ...]) -> pa.Table:
                     continue
             try:
                 if entry.is_dir():
+                    if skip and within(entry.path, skip):
+                        skipped["folders in the output (or links to them)"] += 1
+                        continue
                     stack.append(entry.path)
                 elif entry.is_file() and entry.name.lower().endswith(extensions):
                     stat = entry.stat()

@@ -46,6 +46,18 @@ def absolute(uri: str) -> str:
     return resolve(uri)[1] if scheme(uri) == "file" else uri
 
 
+def canonical(uri: str) -> str:
+    """The one spelling of a place: a local path with its links resolved (`alias/x` and `real/x`
+    are one file), an object-store URI without a trailing '/'."""
+    return os.path.realpath(resolve(uri)[1]) if scheme(uri) == "file" else uri.rstrip("/")
+
+
+def within(uri: str, folder: str) -> bool:
+    """Whether `uri` is `folder` or lies under it, links resolved (see `canonical`)."""
+    place, top = canonical(uri), canonical(folder)
+    return place == top or place.startswith(top.rstrip("/") + "/")
+
+
 def join(base: str, *parts: str) -> str:
     """Join with "/", keeping the scheme."""
     out = base.rstrip("/")
