@@ -153,3 +153,26 @@ def test_a_bad_list_file_fails_before_ray(tmp_path: Path, s3_server: S3Server, b
         with pytest.raises(AdainError, match=reason):
             find_inputs(source)
     assert find_inputs(str(tmp_path / "ok.parquet")).column == "uri"
+
+
+def test_text_lists_are_utf8_with_or_without_a_byte_order_mark(ray_cluster: str, tmp_path: Path) -> None:
+    """A byte-order mark (Notepad's UTF-8) is not part of the first entry, on either path; a list
+    that is not UTF-8 is one line saying so, from its first bytes before Ray runs or from the
+    tasks when the odd byte comes later."""
+    marked = tmp_path / "marked.txt"
+    marked.write_bytes(b"\xef\xbb\xbfa.jpg\r\nb.jpg\r\n")
+    expected = {str(tmp_path / "a.jpg"), str(tmp_path / "b.jpg")}
+    assert set(list_inputs(str(marked)).column("input_uri").to_pylist()) == expected
+    assert set(dataset_rows(str(marked))[1].column("input_uri").to_pylist()) == expected
+
+    early, late = tmp_path / "early.txt", tmp_path / "late.txt"
+    early.write_bytes(b"a.jpg\ncaf\xe9.jpg\n")
+    late.write_bytes(b"".join(b"d/%06d.jpg\n" % i for i in range(8000)) + b"caf\xe9.jpg\n")  # past the head
+    for source in (early, late):
+        with pytest.raises(ConfigError, match="not UTF-8") as caught:
+            list_inputs(str(source))
+        assert "\n" not in str(caught.value)
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xe9 at offset 9\); save the list as UTF-8"):
+        find_inputs(str(early))
+    with pytest.raises(ConfigError, match=r"late\.txt: the list file cannot be read: not UTF-8 text"):
+        dataset_rows(str(late))

@@ -46,7 +46,9 @@ def read_inputs(found: ListFile) -> Inputs:
         images, named_videos = split_videos(named)
         listed_videos = _videos(found, involved) if videos else LISTING_SCHEMA.empty_table()
     except (RayError, UserCodeException) as exc:  # a row the tasks cannot read: one line, no traceback
-        raise ConfigError(f"{found.uri}: the list file cannot be read: {_reason(exc)}") from None
+        # Ray Data's text reader decodes UTF-8 in its own code, which its error reports only as text.
+        reason = "not UTF-8 text; save the list as UTF-8" if "UnicodeDecodeError" in str(exc) else _reason(exc)
+        raise ConfigError(f"{found.uri}: the list file cannot be read: {reason}") from None
     # The stream's images are the list's less those gathered to the driver, which come back named, each once.
     count = len(hashes) - videos - split_videos(gathered)[0].num_rows + images.num_rows
     all_videos = pa.concat_tables([listed_videos, named_videos])
@@ -95,8 +97,8 @@ def entries(batch: pa.Table, found: ListFile) -> pa.Table:
     """A batch of list-file entries -> listing rows, `key` the plain stem (the output name unless
     it meets another), and `inside`: under the output, left out."""
     uris = batch.column(found.column or "text").cast(pa.string())
-    if found.column is None:  # text: one URI a line, '#' comments
-        uris = pc.utf8_trim_whitespace(uris)
+    if found.column is None:  # text: one URI a line, '#' comments, perhaps a byte-order mark first
+        uris = pc.utf8_trim(pc.utf8_trim_whitespace(uris), "\ufeff")
         uris = uris.filter(pc.invert(pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#"))))
     else:
         uris = uris.filter(pc.invert(pc.or_kleene(pc.is_null(uris), pc.equal(uris, ""))))

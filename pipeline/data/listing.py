@@ -35,7 +35,7 @@ def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     """A Parquet/CSV file with a `uri` column (else its first column), or text with one URI a line."""
     data = read_bytes(uri)
     if uri.lower().endswith(".txt"):
-        lines = [line.strip() for line in data.decode().splitlines()]
+        lines = [line.strip() for line in utf8_text(data, uri).splitlines()]
         return pa.chunked_array([[line for line in lines if line and not line.startswith("#")]], pa.string())
     table = pq.read_table(io.BytesIO(data)) if uri.lower().endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
     if table.num_columns == 0:
@@ -65,6 +65,7 @@ def check_list_file(uri: str, root: str | None = None, exclude: str | None = Non
     else:
         head = retrying(lambda: _head(filesystem, path), uri)
         if uri.lower().endswith(".txt"):
+            utf8_text(head, uri, partial=len(head) == _HEAD_BYTES)  # the rest is read by the tasks
             return ListFile(uri, None, root, exclude)
         header = head.split(b"\n", 1)[0] + b"\n"
         names = _or_invalid(lambda: pacsv.read_csv(io.BytesIO(header)).column_names, uri) if head.strip() else []
@@ -81,6 +82,20 @@ def _or_invalid(read: Callable[[], object], uri: str):
         return read()
     except pa.ArrowInvalid as exc:
         raise ConfigError(f"{uri}: not a list file this can read ({exc})") from None
+
+
+def utf8_text(data: bytes, uri: str, partial: bool = False) -> str:
+    """A text list file's lines as one string, less a leading byte-order mark (as Notepad saves
+    UTF-8); ConfigError if it is not UTF-8. `partial`: `data` is the file's start, which may end
+    inside a character."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        if partial and exc.start >= len(data) - 3 and exc.reason == "unexpected end of data":
+            return data[: exc.start].decode("utf-8-sig")
+        raise ConfigError(
+            f"{uri}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the list as UTF-8"
+        ) from None
 
 
 def _head(filesystem: pafs.FileSystem, path: str) -> bytes:
