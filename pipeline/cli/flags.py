@@ -111,7 +111,7 @@ def _scale(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--io-cpus", type=number, default=0.25, help="CPUs per decoding/writing task (default 0.25)")
     parser.add_argument(
-        "--io-concurrency", type=int, default=16, help="reads/writes each decoding/writing task keeps in flight (16)"
+        "--io-concurrency", type=int, default=16, help="reads/writes each decoding/writing task keeps in flight"
     )
     parser.add_argument("--gpus-per-actor", type=number, default=1.0, help="GPUs per actor on GPU clusters")
 
