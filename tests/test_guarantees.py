@@ -27,6 +27,7 @@ from pipeline.data.listing import list_inputs
 from pipeline.data.manifest import ManifestWriter, run_values
 from pipeline.data.model_actor import NOT_FINITE, StyleModel
 from pipeline.data.plan import EveryStyle, Plan
+from pipeline.data.report import read_report
 from pipeline.data.rows import DECODED_SCHEMA, ERROR, ROW_SCHEMA
 from pipeline.data.styles import StyleSet
 from pipeline.data.stylize import run_stylize
@@ -72,6 +73,12 @@ def test_a_reused_run_id_adds_manifest_parts(ray_cluster: str, weights: WeightFi
     rows = local_manifest(out)
     assert sorted(r["status"] for r in rows) == ["ok", "ok", "skipped", "skipped"]
     assert sorted(p.name for p in (out / "_manifest").iterdir()) == ["nightly-00000.parquet", "nightly-00001.parquet"]
+    # Each run's summary kept beside the other's, and reported.
+    assert sorted(p.name for p in (out / "_runs").iterdir()) == ["nightly.1.json", "nightly.json"]
+    assert [(run["run_id"], run["ok"], run["skipped"]) for run in read_report(str(out)).runs] == [
+        ("nightly", 2, 0),
+        ("nightly", 0, 2),
+    ]
 
 
 def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ most; a run id used again adds parts after the ones it has.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import threading
@@ -176,6 +177,18 @@ def finish_run(manifest: ManifestWriter, prefix: str, started: float, **fields: 
         "failures": manifest.failures,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
     }
-    uri = join(prefix, "_runs", f"{manifest.run_id}.json")
+    uri = _summary_uri(join(prefix, "_runs"), manifest.run_id)
     write_bytes(uri, json.dumps(summary, indent=2, sort_keys=True).encode())
     return {**summary, "summary": uri}
+
+
+def _summary_uri(runs: str, run_id: str) -> str:
+    """RUNS/RUN_ID.json, or RUN_ID.1.json, .2, ... where a run of that id left its summary: a
+    run id used again keeps every run's summary, as it keeps their manifest parts."""
+    taken = {rel for _, rel in list_files(runs, (".json",))} if is_dir(runs) else set()
+    name = f"{run_id}.json"
+    for n in itertools.count(1):
+        if name not in taken:
+            return join(runs, name)
+        name = f"{run_id}.{n}.json"
+    raise AssertionError("unreachable")
