@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing
 from pipeline.data.augment import run_augment
@@ -32,7 +33,8 @@ from pipeline.data.rows import DECODED_SCHEMA, ERROR, ROW_SCHEMA
 from pipeline.data.styles import StyleSet
 from pipeline.data.stylize import run_stylize
 from pipeline.data.writers import FileWriter, shard_index
-from pipeline.errors import ConfigError, StorageError, WeightsError
+from pipeline.errors import ConfigError, ImageError, StorageError, WeightsError
+from pipeline.imaging.codec import FORMATS, encode
 from pipeline.model.checkpoint import load_decoder, save_checkpoint
 from pipeline.model.nets import ARCH_VERSION, Decoder
 from pipeline.storage.keys import output_key
@@ -254,6 +256,28 @@ def test_non_finite_outputs_are_error_rows(weights: WeightFiles, tmp_path: Path)
     actor = StyleModel(ModelConfig(str(weights.vgg), str(weights.decoder), "cpu"), styles, Sizing(32, 32), 4)
     (row,) = actor(pa.Table.from_pylist(decoded.to_pylist(), schema=DECODED_SCHEMA)).to_pylist()
     assert (row["status"], row["error"], row["pixels"]) == (ERROR, NOT_FINITE, None)
+
+
+def test_outputs_longer_than_their_format_holds_are_error_rows(weights: WeightFiles, tmp_path: Path) -> None:
+    """A 1 x 2100 strip is 32 x 67200 once its shorter side is 32: more than a JPEG can hold. Its
+    row says so and what to do, whether the JPEG would be encoded on the model's device or by
+    Pillow; nothing is spent on the model where the device encodes."""
+    src = tmp_path / "in"
+    images.write(src / "strip.png", images.encoded(1, 2100, "PNG"))
+    styles = StyleSet(("wave",), np.zeros((1, 512), np.float32), np.ones((1, 512), np.float32))
+    plan = Plan(EveryStyle(styles.ids), FileWriter(OutputSpec(str(tmp_path / "out"), "jpg"), output_key))
+    decoded = decode_inputs(list_inputs(str(src)), plan=plan, sizing=Sizing(32, 32))
+    model = ModelConfig(str(weights.vgg), str(weights.decoder), "cpu")
+    actor = StyleModel(model, styles, Sizing(32, 32), 4, jpeg_quality=90)
+    (row,) = actor(pa.Table.from_pylist(decoded.to_pylist(), schema=DECODED_SCHEMA)).to_pylist()
+    assert row["status"] == ERROR and row["model_ms"] is None, row
+    assert row["error"] == (
+        "32x67200 is over JPEG's limit of 65,500 pixels a side; set --max-side, or write --format png"
+    )
+    for fmt, size in (("jpg", (9, 65_501)), ("webp", (16_384, 9))):
+        with pytest.raises(ImageError, match=f"over {FORMATS[fmt]}'s limit"):
+            encode(Image.new("RGB", size), fmt)
+    assert encode(Image.new("RGB", (16_384, 9)), "png")
 
 
 # ---------------------------------------------------------------------------------------------

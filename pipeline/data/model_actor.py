@@ -27,6 +27,7 @@ from pipeline.data.decode import prepare_content
 from pipeline.data.rows import ERROR, PENDING, SKIPPED, STYLIZED_SCHEMA, elapsed_ms
 from pipeline.data.styles import StyleSet
 from pipeline.errors import ImageError, describe
+from pipeline.imaging.codec import check_encodable
 from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, pixels_to_batch, to_tensor
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
@@ -189,6 +190,13 @@ class StyleModel:
     def _run(self, decoded: list[dict], chunk: list[int], height: int, width: int) -> dict[tuple[int, int], Any]:
         """Stylize one same-shape chunk of rows: {(row, item): (output bytes, model ms)}."""
         start = time.perf_counter()
+        if self.io.jpeg_quality is not None:  # encoded here: one shape, so all of the chunk fits JPEG or none does
+            try:
+                check_encodable(width, height, "jpg")
+            except ImageError as exc:
+                for i in chunk:
+                    decoded[i]["error"] = str(exc)
+                return {}
         content, chunk = self.io.batch(decoded, chunk, height, width)
         if not chunk:
             return {}

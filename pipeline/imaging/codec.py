@@ -192,8 +192,25 @@ def format_of(path: str) -> str:
     return "jpg" if ext == "jpeg" else ext
 
 
+# The longest side each format can hold (JPEG's and WebP's headers; PNG's is far beyond memory).
+_FORMAT_SIDE = {"JPEG": 65_500, "WEBP": 16_383}
+
+
+def check_encodable(width: int, height: int, fmt: str) -> None:
+    """Refuse an image longer than its output format can hold, in words (libjpeg says only
+    'broken data stream')."""
+    pil_format = FORMATS[fmt]
+    limit = _FORMAT_SIDE.get(pil_format)
+    if limit is not None and max(width, height) > limit:
+        raise ImageError(
+            f"{width}x{height} is over {pil_format}'s limit of {limit:,} pixels a side; set --max-side, "
+            "or write --format png"
+        )
+
+
 def encode(img: Image.Image, fmt: str, quality: int = 90) -> bytes:
     """RGB image -> encoded bytes in `fmt` (jpg, png, webp)."""
+    check_encodable(*img.size, fmt)
     buffer = io.BytesIO()
     pil_format = FORMATS[fmt]
     options = {"quality": quality} if pil_format in ("JPEG", "WEBP") else {}
