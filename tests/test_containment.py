@@ -26,7 +26,7 @@ from pipeline.data.listing import list_styles, style_ids
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ImageError
 from pipeline.imaging.codec import MAX_PIXELS, decode, prepare
-from pipeline.storage.keys import folded, output_stems, safe_relpath, unique_names
+from pipeline.storage.keys import augmented_key, folded, output_stems, safe_relpath, unique_names
 from pipeline.train.data import decode_crops, skipped_images_actor
 from pipeline.transfer import pair_names
 from tests import fuzz, images
@@ -171,6 +171,17 @@ def test_unique_names_tells_any_names_apart(names: list[str]) -> None:
     assert [n for n, o in zip(names, out, strict=True) if n == o] == [
         n for n, low in zip(names, lowered, strict=True) if lowered.count(low) == 1
     ]  # a name no other shares is kept as it is
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(key, st.sampled_from(["_manifest/a.jpg", "__manifest/a.jpg", "_runs/r.png"])), min_size=1))
+def test_augmented_outputs_never_land_among_the_runs_own_files(keys: list[str]) -> None:
+    """Input folders named `_manifest`, `_runs` or `_state` keep their outputs out of the run's
+    own folders; distinct names stay distinct."""
+    stems = sorted({safe_relpath(posixpath.splitext(k)[0]) for k in keys})
+    outputs = [augmented_key("s3://b/out", "wave", stem, "jpg") for stem in stems]
+    assert len(set(outputs)) == len(stems)
+    assert not any(o.startswith(("s3://b/out/_manifest/", "s3://b/out/_runs/", "s3://b/out/_state/")) for o in outputs)
 
 
 def test_listed_names_that_meet(tmp_path: Path) -> None:

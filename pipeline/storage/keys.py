@@ -148,5 +148,10 @@ def output_key(output: str, style_id: str, stem: str, fmt: str) -> str:
 
 def augmented_key(output: str, style_id: str, stem: str, fmt: str) -> str:
     """OUTPUT/STEM__STYLE.FMT: the input's folders kept (class folders stay class folders),
-    the style in the file name."""
-    return f"{output.rstrip('/')}/{safe_relpath(stem)}__{slug(style_id)}.{fmt}"
+    the style in the file name. A first folder named from '_' on gets one '_' more (`_a/x` ->
+    `__a/x`, `__a/x` -> `___a/x`: still distinct), so that no output lands among the run's own
+    `_manifest/`, `_runs/` and `_state/`."""
+    rel = safe_relpath(stem)
+    if rel.startswith("_") and "/" in rel:
+        rel = f"_{rel}"
+    return f"{output.rstrip('/')}/{rel}__{slug(style_id)}.{fmt}"
