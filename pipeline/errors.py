@@ -40,3 +40,13 @@ def describe(exc: BaseException) -> str:
         return str(exc)
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+# Control characters, as Python writes them in a string literal: a file name may hold a newline or
+# a terminal's escape sequence, which must not split a one-line message or reach the terminal.
+_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), 0x7F)}
+
+
+def one_line(text: str) -> str:
+    """`text` as one line of plain characters: control characters written as escapes (\\n, \\x1b)."""
+    return text.translate(_CONTROLS)

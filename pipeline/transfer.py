@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from pipeline.config import Controls, ModelConfig, Sizing
-from pipeline.errors import AdainError, ConfigError, ImageError, describe
+from pipeline.errors import AdainError, ConfigError, ImageError, describe, one_line
 from pipeline.imaging.codec import (
     FORMATS,
     IMAGE_EXTENSIONS,
@@ -164,10 +164,10 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
             for s, image in enumerate(stylized):
                 target = output_uri(c, s)
                 write_bytes(target, encode(to_image(image[0]), fmt, req.quality))
-                print(f"wrote {target}")
+                print(one_line(f"wrote {target}"))
         except Exception as exc:  # one content image's failure, whatever it is, costs only that image
             reason = str(exc) if isinstance(exc, AdainError) else f"{uri}: {describe(exc)}"
-            print(f"adain: error: {reason}", file=sys.stderr)
+            print(one_line(f"adain: error: {reason}"), file=sys.stderr)
             failures += 1
     return failures
 
@@ -220,7 +220,7 @@ def _video(
         with _about(uri):
             row = _write_video(source, target, stylize_frames, req, sizing)
         flicker = "" if row["flicker"] is None else f", flicker {row['flicker']:.2f}"
-        print(f"wrote {target} ({row['frames']} frames, {row['segments']} segments{flicker})")
+        print(one_line(f"wrote {target} ({row['frames']} frames, {row['segments']} segments{flicker})"))
 
 
 def _write_video(source: str | bytes, target: str, stylize: Callable, req: TransferRequest, sizing: Sizing) -> dict:

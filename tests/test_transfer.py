@@ -8,6 +8,7 @@ back from disk with Pillow, the way a user would look at them.
 from __future__ import annotations
 
 import io
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from pipeline.cli import main
+from pipeline.cli import _OneLineMessages, main
+from pipeline.errors import one_line
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import to_image, to_tensor
 from pipeline.model.functional import blend_stats
@@ -827,3 +831,30 @@ def test_outputs_never_overwrite_inputs_or_land_among_them(
     assert transfer(weights, content, style_arg, "-o", tmp_path / where) != 0
     assert_one_error(capsys.readouterr().err, words)
     assert {p: p.read_bytes() for p in tmp_path.rglob("*.png") if not p.is_symlink()} == before
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text())
+def test_messages_are_one_line_of_plain_characters(text: str) -> None:
+    line = one_line(text)
+    assert not any(ord(c) < 0x20 or ord(c) == 0x7F for c in line)
+    assert one_line(line) == line  # nothing left to escape
+    assert (line == text) == all(ord(c) >= 0x20 and ord(c) != 0x7F for c in text)  # the rest kept as it is
+    record = logging.LogRecord("pipeline", logging.WARNING, __file__, 1, "%s: left out", (text,), None)
+    assert _OneLineMessages("adain: %(message)s").format(record) == f"adain: {line}: left out"
+
+
+def test_names_with_newlines_and_escapes_print_as_one_line_each(
+    weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A file name may hold a newline or a terminal escape sequence: each line about it stays one
+    line, and no escape reaches the terminal."""
+    folder = tmp_path / "in"
+    images.write(folder / "two\nlines.png", images.encoded(40, 32, "PNG", seed=1))
+    images.write(folder / "clear\x1b[2J.png", b"not an image")
+    style = images.write(tmp_path / "wave.png", images.encoded(32, 32, "PNG", seed=2))
+    assert transfer(weights, folder, style, "-o", tmp_path / "out") == 3
+    captured = capsys.readouterr()
+    assert captured.out.splitlines() == [f"wrote {tmp_path}/out/two\\nlines_stylized_wave.jpg"]
+    assert "\x1b" not in captured.err
+    assert_one_error(captured.err, "clear\\x1b[2J.png: not an image")

@@ -18,7 +18,7 @@ from pipeline.cli.commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from pipeline.cli.console import native_logs_filtered
 from pipeline.cli.flags import build_parser, build_parsers, command_words
 from pipeline.cli.options import option_values
-from pipeline.errors import AdainError, ConfigError
+from pipeline.errors import AdainError, ConfigError, one_line
 
 __all__ = ["build_parser", "command", "main", "parse"]
 
@@ -40,19 +40,29 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return merged
 
 
+class _OneLineMessages(logging.Formatter):
+    """Log messages as one line each (`one_line`: they name files); a traceback, in --verbose, as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parse(argv)
     except ConfigError as exc:
-        print(f"adain: error: {exc}", file=sys.stderr)
+        print(one_line(f"adain: error: {exc}"), file=sys.stderr)
         return EXIT_USAGE
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="adain: %(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(_OneLineMessages("adain: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     run: Callable[[argparse.Namespace], int] = args.run
     with nullcontext() if args.verbose else native_logs_filtered():
         try:
             return run(args)
         except AdainError as exc:
-            print(f"adain: error: {exc}", file=sys.stderr)
+            print(one_line(f"adain: error: {exc}"), file=sys.stderr)
             return EXIT_FAILED
         except KeyboardInterrupt:
             print("adain: interrupted", file=sys.stderr)

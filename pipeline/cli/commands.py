@@ -17,7 +17,7 @@ from pipeline.config import (
     TrainConfig,
     VideoSpec,
 )
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, one_line
 
 # Exit statuses (README "Exit statuses"): every output ok or already there; the run failed (one
 # line says why); bad flags; the run finished, with error rows; interrupted.
@@ -98,7 +98,8 @@ def outcome(summary: dict[str, Any], output: str) -> int:
     if not summary["error"]:
         return EXIT_OK
     for failure in summary["failures"]:
-        print(f"adain: failed: {failure['input_uri']} ({failure['style']}): {failure['error']}", file=sys.stderr)
+        line = f"adain: failed: {failure['input_uri']} ({failure['style']}): {failure['error']}"
+        print(one_line(line), file=sys.stderr)
     more = summary["error"] - len(summary["failures"])
     print(
         f"adain: {summary['error']} outputs failed{f' ({more} more not shown)' if more > 0 else ''}; "
@@ -115,7 +116,7 @@ def index_styles(args: argparse.Namespace) -> int:
         raise ConfigError("adain styles index needs --style and --output")
     result = index_styles(args.style, args.output, model_config(args), sizing(args), scale(args), args.address)
     for error in result["errors"]:
-        print(f"adain: skipped style {error['uri']}: {error['error']}", file=sys.stderr)
+        print(one_line(f"adain: skipped style {error['uri']}: {error['error']}"), file=sys.stderr)
     print(
         f"bank {result['bank']}: {result['styles']} styles ({result['encoded']} encoded, {result['unchanged']} "
         f"unchanged, {result['removed']} removed, {len(result['errors'])} unreadable) in {result['wall_s']:.1f} s"
@@ -208,7 +209,7 @@ def report(args: argparse.Namespace) -> int:
     print(text(result))
     if args.errors:
         for row in failed(result):
-            print(f"{row['input_uri']}\t{row['style']}\t{row['error']}")
+            print("\t".join(one_line(str(row[key])) for key in ("input_uri", "style", "error")))
     if args.html:
         write_html(result, args.html, args.samples)
         print(f"html: {args.html}")
