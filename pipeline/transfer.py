@@ -176,7 +176,7 @@ def _check_apart(req: TransferRequest, inputs: list[str], outputs: list[str]) ->
     """No output overwrites an input, and none lands in an input directory, where the next run
     would take it for an input (links resolved: `canonical`)."""
     for folder in (req.content, *req.styles):
-        if is_dir(folder) and within(req.output, folder):
+        if within(req.output, folder) and is_dir(folder):  # is_dir last: no request unless -o lies there
             raise ConfigError(
                 f"-o {req.output} is inside the input directory {folder}: the next run would take its outputs "
                 "for inputs; write them elsewhere"

@@ -103,10 +103,11 @@ def output_stems(
     if len(_clashing(stems)) == 0:
         return stems
     names = stems.to_pylist()
-    for i in _rows_of(stems, _clashing(stems)):
+    rows = _rows_of(stems, _clashing(stems))
+    for i in rows:
         extension = posixpath.splitext(rels[i].as_py())[1].lstrip(".")
         names[i] = f"{names[i]}_{extension}" if extension else names[i]
-        _take(taken, names[i])
+    _take(taken, [names[i] for i in rows])
     named, keys = _chunked(names), rels if keys is None else _chunked(keys)
     for _ in range(4):  # a name made unique may meet one that was not: then that one too
         clashing = _clashing(named)
@@ -115,14 +116,14 @@ def output_stems(
         rows = _rows_of(named, clashing)
         for i, name in zip(rows, unique_names([names[i] for i in rows], keys.take(rows).to_pylist()), strict=True):
             names[i] = name
-            _take(taken, name)
+        _take(taken, [names[i] for i in rows])
         named = _chunked(names)
     raise ValueError("output names: inputs with the same key")
 
 
-def _take(taken: set[str] | None, name: str) -> None:
+def _take(taken: set[str] | None, names: list[str]) -> None:
     if taken is not None:
-        taken.update(folded([name]))
+        taken.update(folded(names))
 
 
 def _chunked(values: pa.ChunkedArray | Sequence[str]) -> pa.ChunkedArray:

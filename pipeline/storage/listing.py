@@ -18,6 +18,7 @@ import pyarrow.fs as pafs
 
 from pipeline.storage.uri import (
     canonical,
+    inside,
     is_remote,
     request_client,
     resolve,
@@ -25,7 +26,6 @@ from pipeline.storage.uri import (
     s3_call,
     scheme,
     storage_error,
-    within,
 )
 
 log = logging.getLogger(__name__)
@@ -117,14 +117,12 @@ def _local_files(root: str, extensions: tuple[str, ...], skip: str | None = None
             if not utf8(entry.name):
                 skipped["names that are not UTF-8 (rename them to include them)"] += 1
                 continue
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if os.path.commonpath([top, target]) != top:
-                    skipped["links leaving the input"] += 1
-                    continue
+            if entry.is_symlink() and not inside(os.path.realpath(entry.path), top):
+                skipped["links leaving the input"] += 1
+                continue
             try:
                 if entry.is_dir():
-                    if skip and within(entry.path, skip):
+                    if skip and inside(os.path.realpath(entry.path), skip):
                         skipped["folders in the output (or links to them)"] += 1
                         continue
                     stack.append(entry.path)

@@ -54,7 +54,11 @@ def canonical(uri: str) -> str:
 
 def within(uri: str, folder: str) -> bool:
     """Whether `uri` is `folder` or lies under it, links resolved (see `canonical`)."""
-    place, top = canonical(uri), canonical(folder)
+    return inside(canonical(uri), canonical(folder))
+
+
+def inside(place: str, top: str) -> bool:
+    """Whether the canonical `place` is the canonical `top` or lies under it."""
     return place == top or place.startswith(top.rstrip("/") + "/")
 
 
