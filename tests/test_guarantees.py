@@ -18,8 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
+from pipeline.cli import main
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing
 from pipeline.data.augment import run_augment
 from pipeline.data.bank import BANK_SCHEMA, index_styles, load_bank
@@ -33,7 +36,7 @@ from pipeline.data.rows import DECODED_SCHEMA, ERROR, ROW_SCHEMA
 from pipeline.data.styles import StyleSet
 from pipeline.data.stylize import run_stylize
 from pipeline.data.writers import FileWriter, shard_index
-from pipeline.errors import ConfigError, ImageError, StorageError, WeightsError
+from pipeline.errors import ConfigError, ImageError, StorageError, WeightsError, one_line
 from pipeline.imaging.codec import FORMATS, encode
 from pipeline.model.checkpoint import load_decoder, save_checkpoint
 from pipeline.model.nets import ARCH_VERSION, Decoder
@@ -81,6 +84,28 @@ def test_a_reused_run_id_adds_manifest_parts(ray_cluster: str, weights: WeightFi
         ("nightly", 2, 0),
         ("nightly", 0, 2),
     ]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.text(min_size=1), field=st.text())
+def test_report_prints_hostile_names_and_summaries_as_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, field: str
+) -> None:
+    """`adain report` over names and hand-edited summaries holding newlines or terminal escapes:
+    every table row and --errors row stays one line, and no control character reaches the terminal."""
+    out = tmp_path / f"out{time.monotonic_ns()}"
+    (out / "_runs").mkdir(parents=True)
+    (out / "_runs" / "r.json").write_text(json.dumps({"run_id": field, "started_at": field, "ok": field, "error": 1}))
+    (out / "_manifest").mkdir()
+    uri = f"{tmp_path}/in/{name}"
+    row = {"run_id": "r", "input_uri": uri, "style": field, "output_uri": "", "status": "error", "error": f"{uri}: bad"}
+    pq.write_table(pa.Table.from_pylist([row]), out / "_manifest" / "r-00000.parquet")
+    assert main(["report", str(out), "--errors"]) == 0
+    shown = capsys.readouterr().out
+    assert not any(ord(c) < 0x20 and c not in "\n\t" or ord(c) == 0x7F for c in shown), repr(shown)
+    lines = shown.splitlines()
+    assert len(lines) == 8, lines  # heading, table header and one run, counts, reasons, one reason, hint, one row
+    assert [line.split("\t") for line in lines if "\t" in line] == [[one_line(uri), one_line(field), one_line(f"{uri}: bad")]]
 
 
 def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pipeline.data.manifest import status_counts
 from pipeline.data.preview import sample_columns, thumbnail
 from pipeline.data.rows import ERROR, OK, STATUSES
-from pipeline.errors import ConfigError, describe
+from pipeline.errors import ConfigError, describe, one_line
 from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, encode
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
@@ -89,17 +89,17 @@ def reason(error: str, input_uri: str) -> str:
 
 
 def text(report: Report) -> str:
-    """The report as the terminal shows it."""
+    """The report as the terminal shows it: names and summary fields escaped (`one_line`), one line each."""
     lines = [f"runs under {report.output}:"]
     header = ("run", "started", "ok", "error", "skipped", "wall s", "images/s")
     table = [header] + [
-        (
+        tuple(one_line(str(cell)) for cell in (
             run.get("run_id", "?"),
             run.get("started_at", "?"),
-            *(str(run.get(status, "?")) for status in STATUSES),
+            *(run.get(status, "?") for status in STATUSES),
             f"{run['wall_s']:.1f}" if isinstance(run.get("wall_s"), (int, float)) else "?",
             f"{run['images_per_s']:.2f}" if isinstance(run.get("images_per_s"), (int, float)) else "?",
-        )
+        ))  # fmt: skip
         for run in report.runs
     ]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
@@ -111,7 +111,7 @@ def text(report: Report) -> str:
         lines.append("top error reasons:")
         lines += [f"  {n:6d}  {why}" for why, n in report.reasons]
         lines.append(f"every failed output: adain report {report.output} --errors")
-    return "\n".join(lines)
+    return "\n".join(one_line(line) for line in lines)
 
 
 def failed(report: Report) -> list[dict[str, Any]]:
