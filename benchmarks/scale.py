@@ -56,6 +56,7 @@ from pipeline.data.listing import list_inputs
 from pipeline.data.stylize import run_stylize
 
 TARGET = 10_000_000
+SHORT_RUN_S = 120  # a run shorter than this may be mostly the fixed start-up (Ray, workers, actors)
 FOLDER_SIZE = 5_000  # generated images per folder (and per generating task)
 GPU_FLOPS_ASSUMED = 100e12  # sustained bf16 FLOP/s of one H100 assumed for the default --gpu-rate
 DEFAULT_GPU_RATE = round(GPU_FLOPS_ASSUMED / (MFLOP_PER_PIXEL * 1e6 * 512 * 512), -1)  # ~390 images/s
@@ -330,7 +331,10 @@ def report(args: argparse.Namespace, gen_s: float | None, listing: dict[str, Any
         print(f"{name:34} {value:>11}  {note}")
     late = first is not None and first > wall / 2
     if late:
-        print(f"NOTE: the first output came after {first / wall:.0%} of the run: outputs did not flow meanwhile")
+        print(
+            f"NOTE: the first output came after {first / wall:.0%} of the run: outputs did not flow meanwhile"
+            + (f" (or start-up filled most of this {wall:.0f} s run)" if wall < SHORT_RUN_S else "")
+        )
 
     # --- extrapolation: linear in N (the listing's sort, N log N, barely more), except the
     # number of blocks, which input_blocks caps in rows per block
@@ -343,6 +347,8 @@ def report(args: argparse.Namespace, gen_s: float | None, listing: dict[str, Any
     core_s = (os.cpu_count() or 1) * (wall - listing["seconds"] - fa["seconds"]) / s["total"]
     driver_s = run["driver_cpu_s"] / s["total"]
     print(f"\nextrapolated to {t:,} images (from this run of {n:,}; local disk, one style):")
+    if wall < SHORT_RUN_S:
+        print(f"  (a run of {wall:.0f} s: fixed costs weigh in every figure below; use tens of thousands of images)")
     print(f"  listing: {duration(listing['seconds'] * k)} in the driver, before anything else starts")
     print(
         f"  driver memory for the listing: {human(listing['table_bytes'] * k)} held all run (Arrow table), "
@@ -355,11 +361,24 @@ def report(args: argparse.Namespace, gen_s: float | None, listing: dict[str, Any
     )
     if first is not None:
         # after the hand-off, the actors' start (fixed), unless outputs waited for most inputs (grows with N)
-        rest = max(first - listing["seconds"] - fa["seconds"], 0) * (k if late else 1)
-        print(
-            f"  time to first output: {duration(listing['seconds'] * k + hand_off + rest)} (listing and hand-off "
-            f"grow with N; the rest, {duration(rest)}, {'grows with N' if late else 'is taken as fixed'})"
-        )
+        rest = max(first - listing["seconds"] - fa["seconds"], 0)
+        grows = listing["seconds"] * k + hand_off
+        if not late:
+            print(
+                f"  time to first output: {duration(grows + rest)} (listing and hand-off grow with N; "
+                f"the rest, {duration(rest)}, is taken as fixed)"
+            )
+        elif wall < SHORT_RUN_S:  # start-up alone can fill a short run: one run cannot tell the two apart
+            print(
+                f"  time to first output: between {duration(grows + rest)} (the rest, {duration(rest)}, fixed: "
+                f"start-up) and {duration(grows + rest * k)} (outputs waited for the inputs); this run of "
+                f"{wall:.0f} s is too short to tell: run more --images"
+            )
+        else:
+            print(
+                f"  time to first output: {duration(grows + rest * k)} (listing and hand-off grow with N; the "
+                f"rest, {duration(rest)}, too, as outputs waited for most inputs)"
+            )
     print(
         f"  manifest: {human(run['manifest_bytes'] / s['total'] * t)}, "
         f"at least {-(-t // 50_000):,} parts (one per 50,000 rows or 30 s)"
