@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+import torch
 
 from pipeline.cli import main
 from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK
@@ -158,6 +159,26 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
     assert words[case] in lines[0], lines[0]
     assert took < 10, f"took {took:.1f} s"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["stylize", "augment"])
+def test_damaged_weights_fail_in_the_driver_in_one_line(
+    command: str, ray_cluster: str, weights: WeightFiles, tmp_path: Path
+) -> None:
+    """A decoder that downloads but does not load (here: NaN weights) fails in one line before any
+    model actor starts, not as each actor's death in Ray's traceback."""
+    photos(tmp_path / "in", 2)
+    images.write(tmp_path / "styles" / "style.jpg", images.encoded(32, 32, seed=99))
+    state = {k: v.clone() for k, v in weights.decoder_state.items()}
+    state["1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "decoder.pth")
+    flags = [*job_flags(weights), "--decoder", str(tmp_path / "decoder.pth"), "--address", ray_cluster]
+    args = [command, "--input", "in", "--style", "styles", "--output", "out", *flags]
+    result = run_cli(args, tmp_path, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == EXIT_FAILED, result.stderr
+    assert len(lines) == 1 and "decoder.pth: the weights hold NaN or inf values" in lines[0], result.stderr
+    assert not list((tmp_path / "out").rglob("*.jpg"))
 
 
 def test_error_rows_exit_3_name_the_failures_and_the_report_lists_them(

@@ -113,7 +113,9 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
 
     def encode_styles() -> StyleSet:
         from pipeline.data.styles import augment_styles  # torch loads here, while Ray starts
+        from pipeline.model.loader import check_networks
 
+        check_networks(cfg.model.encoder, cfg.model.decoder)
         return augment_styles(cfg.styles, cfg.model, cfg.sizing)
 
     styles = connect_while(cfg.address, encode_styles) if todo.num_rows else encode_styles()

@@ -54,7 +54,9 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
 
     def encode_styles() -> StyleSet:
         from pipeline.data.styles import stylize_styles  # torch loads here, while Ray starts
+        from pipeline.model.loader import check_networks
 
+        check_networks(cfg.model.encoder, cfg.model.decoder)
         return stylize_styles(cfg.styles, cfg.controls, cfg.model, cfg.sizing)
 
     styles = connect_while(cfg.address, encode_styles)

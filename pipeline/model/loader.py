@@ -33,6 +33,13 @@ def load_model(
     return model
 
 
+def check_networks(encoder_ref: str, decoder_ref: str) -> None:
+    """Load both networks once and drop them: a damaged file, a wrong layout or non-finite weights
+    fail here, in one line, rather than in every model actor a job starts."""
+    load_encoder(encoder_ref)
+    load_decoder(decoder_ref)
+
+
 def load_style_encoder(encoder_ref: str, device: str = "cpu", precision: str = "fp32") -> StyleTransfer:
     """Only the encoder, for style statistics (`style_stats`); the decoder slot holds an untrained one."""
     encoder = load_encoder(encoder_ref)
