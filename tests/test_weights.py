@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import http.server
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import uuid
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +26,7 @@ import torch
 from pipeline import cli
 from pipeline.errors import AdainError, StorageError, WeightsError
 from pipeline.model.checkpoint import Weights, load_decoder, load_encoder, save_checkpoint, state_sha256
+from pipeline.model.nets import ARCH_VERSION
 from pipeline.model.sources import KNOWN_WEIGHTS, weight_uri
 from pipeline.storage.cache import cached_path, split_checksum
 from tests import images, reference
@@ -644,3 +648,114 @@ def test_other_torchvision_vgg_is_refused_clearly(tmp_path: Path) -> None:
         pytest.fail(f"{type(exc).__name__}({exc!r}) escaped instead of a WeightsError")
     else:
         pytest.fail("vgg16 weights loaded as a vgg19 encoder")
+
+
+def test_torchvision_vgg19_without_a_bias_is_refused_clearly(tmp_path: Path) -> None:
+    state = reference.torchvision_vgg19_state()
+    del state["features.5.bias"]
+    torch.save(state, tmp_path / "vgg19.pth")
+    with pytest.raises(WeightsError, match=r"features\.5 is not its conv"):
+        load_encoder(str(tmp_path / "vgg19.pth"))
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (lambda s: {**s, "extra.weight": torch.zeros(1)}, 'Unexpected key(s) in state_dict: "extra.weight"'),
+        (lambda s: {k: v for k, v in s.items() if k != "5.bias"}, 'Missing key(s) in state_dict: "5.bias"'),
+        (lambda s: {**s, "5.bias": torch.zeros(7)}, "size mismatch for 5.bias"),
+    ],
+    ids=["extra", "missing", "shape"],
+)
+def test_weights_that_do_not_fit_name_the_key(weights: WeightFiles, tmp_path: Path, change, words: str) -> None:
+    """load_state_dict's first complaint, not only its heading, reaches the one line."""
+    torch.save(change(weights.decoder_state), tmp_path / "decoder.pth")
+    with pytest.raises(WeightsError) as err:
+        load_decoder(str(tmp_path / "decoder.pth"))
+    assert words in one_line(err.value), one_line(err.value)
+
+
+def test_sparse_tensors_in_a_checkpoint_are_refused_in_one_line(weights: WeightFiles, tmp_path: Path) -> None:
+    state = {**weights.decoder_state, "1.bias": weights.decoder_state["1.bias"].to_sparse()}
+    torch.save({"format": "adain-ray.checkpoint", "kind": "decoder", "arch": ARCH_VERSION, "state_dict": state,
+                "meta": {}}, tmp_path / "decoder.pth")  # fmt: skip
+    with pytest.raises(WeightsError, match="damaged adain-ray checkpoint"):
+        load_decoder(str(tmp_path / "decoder.pth"))
+
+
+def test_an_archive_that_inflates_far_beyond_its_size_is_refused(weights: WeightFiles, tmp_path: Path) -> None:
+    """A weight file re-zipped with deflate around a large run of zeros: a few MB that torch.load
+    would inflate into memory whole. torch.save stores tensors uncompressed, so such a file is refused."""
+    plain = tmp_path / "plain.pth"
+    torch.save({**weights.decoder_state, "padding": torch.zeros(48 << 20, dtype=torch.uint8)}, plain)
+    crafted = tmp_path / "decoder.pth"
+    with zipfile.ZipFile(plain) as src, zipfile.ZipFile(crafted, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            out.writestr(info.filename, src.read(info))
+    assert crafted.stat().st_size < plain.stat().st_size / 2
+    with pytest.raises(WeightsError, match="refused to load: its archive inflates to") as err:
+        load_decoder(str(crafted))
+    assert str(crafted) in one_line(err.value)
+    assert load_decoder(str(weights.decoder)).sha256  # what torch.save writes loads as before
+
+
+# --------------------------------------------------------------------------- downloads cut short
+
+
+class _BreakingHandler(http.server.BaseHTTPRequestHandler):
+    """Answers GET /short/NAME with a Content-Length it does not send in full, and GET /chunked/NAME
+    with one chunk of a chunked body, then closes: a connection that breaks off mid-download."""
+
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        part = self.body[: len(self.body) // 3]
+        if self.path.startswith("/short/"):
+            self.send_header("Content-Length", str(len(self.body)))
+            self.end_headers()
+            self.wfile.write(part)
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            self.wfile.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("how", ["short", "chunked"])
+def test_a_download_that_breaks_off_is_one_line_and_caches_nothing(
+    how: str, weights: WeightFiles, adain_cache: Path
+) -> None:
+    handler = type("Handler", (_BreakingHandler,), {"body": weights.decoder.read_bytes()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{how}/decoder.pth"
+        with pytest.raises(WeightsError) as err:
+            load_decoder(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+    message = one_line(err.value)
+    assert url in message and "broke off" in message and "nothing was cached" in message, message
+    assert files_under(adain_cache) == []
+
+
+def test_a_download_that_is_no_weights_leaves_the_cache(
+    weights: WeightFiles, http_server: HttpServer, adain_cache: Path
+) -> None:
+    """A 200 answer holding a proxy's HTML page is refused and not kept: once the server answers
+    with the file, the next load downloads it instead of failing on the cached page for good."""
+    base = serve(http_server)
+    served = http_server.root / base.rsplit("/", 1)[1] / "decoder.pth"
+    served.write_text("<html><body>Sign in to continue</body></html>\n")
+    with pytest.raises(WeightsError) as err:
+        load_decoder(f"{base}/decoder.pth")
+    assert "not a readable PyTorch weight file" in one_line(err.value)
+    assert "removed from the cache" in one_line(err.value)
+    assert files_under(adain_cache) == []
+    shutil.copyfile(weights.decoder, served)
+    assert load_decoder(f"{base}/decoder.pth").sha256 == load_decoder(str(weights.decoder)).sha256

@@ -14,7 +14,9 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -23,7 +25,7 @@ from torch import Tensor, nn
 from pipeline.errors import WeightsError
 from pipeline.model.nets import ARCH_VERSION, Decoder, Encoder
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, weight_uri
-from pipeline.storage.cache import fetch
+from pipeline.storage.cache import fetch, forget
 from pipeline.storage.uri import write_bytes
 
 FORMAT = "adain-ray.checkpoint"
@@ -62,17 +64,39 @@ def _read(ref: str, flag: str) -> Any:
         magic = handle.read(4)
     # torch.save writes a zip archive; older files are a bare pickle (protocol 2+).
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
-        raise WeightsError(f"{ref}: not a readable PyTorch weight file (it starts with {magic!r})")
+        raise _unreadable(ref, path, f"it starts with {magic!r}")
     try:
+        if magic.startswith(b"PK"):
+            _check_expansion(path, ref)
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise WeightsError(
             f"{ref}: refused to load: the file holds more than tensors (code or custom objects); "
             "only plain state dicts and adain-ray checkpoints are loaded"
         ) from exc
+    except WeightsError:
+        raise
     except Exception as exc:  # a damaged archive fails in many ways, none of them the user's code
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise WeightsError(f"{ref}: not a readable PyTorch weight file ({reason})") from exc
+        raise _unreadable(ref, path, (str(exc).strip().splitlines() or [type(exc).__name__])[0]) from exc
+
+
+def _unreadable(ref: str, path: Path, reason: str) -> WeightsError:
+    """A file that is no weights; a downloaded one leaves the cache, so the next run fetches it again."""
+    dropped = "; removed from the cache: the next run downloads it again" if forget(path) else ""
+    return WeightsError(f"{ref}: not a readable PyTorch weight file ({reason}){dropped}")
+
+
+def _check_expansion(path: Path, ref: str) -> None:
+    """torch.save stores tensors uncompressed: an archive that inflates to much more than its size
+    is crafted to exhaust memory, which torch.load(weights_only=True) does not bound."""
+    with zipfile.ZipFile(path) as archive:
+        inflated = sum(info.file_size for info in archive.infolist())
+    size = path.stat().st_size
+    if inflated > 2 * size + (1 << 20):
+        raise WeightsError(
+            f"{ref}: refused to load: its archive inflates to {inflated / 1e6:,.0f} MB from {size / 1e6:,.1f} MB "
+            "(torch.save stores tensors uncompressed); the file is crafted or damaged"
+        )
 
 
 def _ours(obj: Any, kind: str, ref: str) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
@@ -94,7 +118,11 @@ def _ours(obj: Any, kind: str, ref: str) -> tuple[dict[str, Tensor], dict[str, A
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, dict) and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items())
+    """Names to dense tensors: sparse or quantized ones are no weights of these networks."""
+    return isinstance(obj, dict) and all(
+        isinstance(k, str) and isinstance(v, Tensor) and v.layout == torch.strided and not v.is_quantized
+        for k, v in obj.items()
+    )
 
 
 def _module_index(key: str) -> int:
@@ -109,7 +137,9 @@ def _encoder_state(obj: Any, ref: str) -> tuple[dict[str, Tensor], dict[str, Any
     if ours is not None:
         return ours
     if _is_state_dict(obj) and "features.0.weight" in obj:  # torchvision vgg19
-        missing = [i for i in _TORCHVISION_TO_ENCODER if f"features.{i}.weight" not in obj]
+        missing = [
+            i for i in _TORCHVISION_TO_ENCODER if not {f"features.{i}.{p}" for p in ("weight", "bias")} <= obj.keys()
+        ]
         if missing or obj["features.19.weight"].shape != (512, 256, 3, 3):
             index = missing[0] if missing else 19
             raise WeightsError(
@@ -149,13 +179,20 @@ def _build(module: nn.Module, state: dict[str, Tensor], meta: dict[str, Any], re
     try:
         module.load_state_dict(state, strict=True)
     except (RuntimeError, TypeError, ValueError) as exc:
-        raise WeightsError(
-            f"{ref}: the weights do not fit the AdaIN architecture ({str(exc).strip().splitlines()[0]})"
-        ) from exc
+        raise WeightsError(f"{ref}: the weights do not fit the AdaIN architecture ({_first_mismatch(exc)})") from exc
     if not all(torch.isfinite(t).all() for t in module.state_dict().values()):
         raise WeightsError(f"{ref}: the weights hold NaN or inf values; the file is damaged, or training diverged")
     module.eval()
     return Weights(module, state_sha256(module.state_dict()), meta)
+
+
+def _first_mismatch(exc: Exception) -> str:
+    """load_state_dict's first complaint (a missing key, a size mismatch), without its heading line."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("Error(s) in loading state_dict"):
+        lines = lines[1:]
+    first = lines[0] if lines else type(exc).__name__
+    return first if len(first) <= 200 else first[:199] + "…"
 
 
 def load_encoder(ref: str = DEFAULT_ENCODER) -> Weights:

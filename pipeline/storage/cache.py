@@ -10,6 +10,7 @@ into place only after the checksum holds, so the cache never holds a partial or 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.error
@@ -92,8 +93,13 @@ def _stream(uri: str, dest: Path, flag: str) -> Iterator[bytes]:
         if kind in ("http", "https"):
             request = urllib.request.Request(uri, headers={"User-Agent": "adain-ray"})
             with urllib.request.urlopen(request, timeout=60) as response:
+                length, received = response.headers.get("Content-Length"), 0
                 while chunk := response.read(_CHUNK):
+                    received += len(chunk)
                     yield chunk
+                # http.client ends a body cut short with b"", as if it were complete
+                if length and length.isdigit() and received < int(length):
+                    raise _broken_off(uri, f"{received:,} of {int(length):,} bytes", flag)
         else:
             filesystem, path = resolve(uri)
             with filesystem.open_input_stream(path) as stream:
@@ -105,6 +111,8 @@ def _stream(uri: str, dest: Path, flag: str) -> Iterator[bytes]:
         ) from exc
     except StorageError as exc:
         raise WeightsError(f"{exc}; or pass a local weight file with {flag}") from exc
+    except http.client.HTTPException as exc:  # IncompleteRead of a chunked body, a malformed answer
+        raise _broken_off(uri, type(exc).__name__, flag) from exc
     except OSError as exc:  # URLError, timeouts, refused connections, pyarrow's network errors
         if kind not in ("http", "https") and not _is_network_error(exc):
             raise WeightsError(f"{storage_error(exc, uri)}; or pass a local weight file with {flag}") from exc
@@ -114,6 +122,21 @@ def _stream(uri: str, dest: Path, flag: str) -> Iterator[bytes]:
             f"Fetch that file where there is network access, then either copy it to {dest} "
             f"or pass its local path with {flag} PATH."
         ) from exc
+
+
+def _broken_off(uri: str, what: str, flag: str) -> WeightsError:
+    return WeightsError(
+        f"could not download {uri}: the server broke off ({what}); nothing was cached. "
+        f"Run again, or pass a local file with {flag}"
+    )
+
+
+def forget(path: Path) -> bool:
+    """Remove `path` if it is a downloaded file in the cache (one found unreadable): whether it was."""
+    if not path.resolve().is_relative_to((cache_dir() / "weights").resolve()):
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 def _is_network_error(exc: OSError) -> bool:
