@@ -52,11 +52,13 @@ def make_clip(
     size: tuple[int, int] = (WIDTH, HEIGHT),
     faststart: bool = False,
     codec: str = "libx264",
+    first: int = 0,
 ) -> Path:
     """Write a clip of `frames` frames (H.264 unless `codec` says otherwise, the container from the
     path's suffix); `variable` spaces the frames 1, 2, 1, 2, ... ticks of 1/fps apart (a variable
     frame rate); `audio` adds an AAC track as long as the video; `rotation` sets the display rotation
-    (counter-clockwise degrees); `gop` frames between keyframes."""
+    (counter-clockwise degrees); `gop` frames between keyframes; `first` the first frame's drawn index
+    (another picture, the same frames and timing)."""
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as out:
         video = out.add_stream(codec, rate=fps, options={"g": str(gop), "keyint_min": str(gop)})
@@ -67,7 +69,7 @@ def make_clip(
         sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if audio else None
         pts = 0
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, *size), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_image(first + i, *size), format="rgb24")
             frame.pts = pts
             pts += (1 + i % 2) * 2 if variable else 1  # in 1/(2 fps): ticks of 1/fps, 2/fps, ...
             out.mux(video.encode(frame))
