@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -96,6 +97,20 @@ def test_stylized_video_keeps_frames_timing_audio_rotation(clips: dict[str, Path
     assert videos.packets(out) == videos.packets(source)  # audio copied packet for packet (or none)
     assert (row["width"], row["height"]) == (64, 48) and row["segments"] == len(video.segments(src, SEGMENT))
     assert row["flicker"] == pytest.approx(1.0, abs=0.05)  # inverting changes frames exactly as much
+
+
+def test_the_video_is_its_moving_stream_not_a_still_before_it(tmp_path: Path) -> None:
+    """A one-frame 16 x 16 stream before the 12-frame clip (as a thumbnail track is): the clip is probed,
+    decoded and stylized; a file whose only video stream is cover art has no video."""
+    clip = videos.make_clip(tmp_path / "thumbnailed.mkv", frames=12, thumbnail=True)
+    with av.open(str(clip)) as container:
+        assert [(s.index, s.width) for s in container.streams.video] == [(0, 16), (1, 64)]
+    info = video.probe(clip)
+    assert (info.width, info.height, info.frames) == (64, 48, 12)
+    row = video_write.stylize_video(clip, tmp_path / "out.mp4", invert, segment_seconds=SEGMENT)
+    assert row["frames"] == 12 and indices(tmp_path / "out.mp4", lambda f: 255 - f) == list(range(12))
+    with pytest.raises(VideoError, match=r"no video stream in this file \(only a still picture"):
+        video.probe(videos.audio_only(tmp_path / "covered.mp4", cover=True))
 
 
 def test_odd_sized_outputs_lose_their_last_row_and_column(clips: dict[str, Path], tmp_path: Path) -> None:

@@ -182,6 +182,30 @@ def test_parts_of_an_unfinished_video_are_reused(
     assert (out / "wave" / "long.mp4").stat().st_mtime_ns == made
 
 
+def test_parts_of_another_version_of_a_video_are_made_again(
+    ray_cluster: str, weights: WeightFiles, style: Path, tmp_path: Path
+) -> None:
+    """Parts a failed run left of a video are not reused once another video is saved under its name, however
+    alike (the same frames, keyframes and timing): the output is the new video's, as a fresh run makes it."""
+    src, out, fresh = tmp_path / "in", tmp_path / "out", tmp_path / "fresh"
+    before = videos.make_clip(tmp_path / "before.mp4", frames=24, gop=6)
+    after = videos.make_clip(tmp_path / "after.mp4", frames=24, gop=6, first=100)
+    images.write(src / "clip.mp4", before.read_bytes())
+    (out / "wave" / "clip.mp4").mkdir(parents=True)  # the join fails: the parts stay
+    assert stylize(weights, str(src), style, str(out)) == 3
+    assert len(list((out / "_parts").rglob("*.mp4.json"))) == 2
+
+    (out / "wave" / "clip.mp4").rmdir()
+    images.write(src / "clip.mp4", after.read_bytes())
+    assert stylize(weights, str(src), style, str(out)) == 0
+    (row,) = manifest(out)
+    assert row["status"] == "ok" and row["model_ms"] > 0  # stylized again, not joined from the old parts
+    assert stylize(weights, str(src), style, str(fresh)) == 0
+    made, expected = (videos.decoded(root / "wave" / "clip.mp4")[0] for root in (out, fresh))
+    assert len(made) == len(expected) == 24
+    assert max(np.abs(a.astype(float) - b).mean() for a, b in zip(made, expected, strict=True)) < 0.5
+
+
 def test_videos_on_s3(
     ray_cluster: str, weights: WeightFiles, clips: dict[str, Path], style: Path, s3_server: S3Server, bucket: str
 ) -> None:

@@ -52,22 +52,29 @@ def make_clip(
     size: tuple[int, int] = (WIDTH, HEIGHT),
     faststart: bool = False,
     codec: str = "libx264",
+    first: int = 0,
+    thumbnail: bool = False,
 ) -> Path:
     """Write a clip of `frames` frames (H.264 unless `codec` says otherwise, the container from the
     path's suffix); `variable` spaces the frames 1, 2, 1, 2, ... ticks of 1/fps apart (a variable
     frame rate); `audio` adds an AAC track as long as the video; `rotation` sets the display rotation
-    (counter-clockwise degrees); `gop` frames between keyframes."""
+    (counter-clockwise degrees); `gop` frames between keyframes; `first` the first frame's drawn index
+    (another picture, the same frames and timing); `thumbnail` puts a one-frame 16 x 16 video stream before
+    the clip's, as a thumbnail track is."""
     options = {"movflags": "+faststart"} if faststart else {}
     with av.open(str(path), "w", options=options) as out:
+        still = _still_stream(out, codec) if thumbnail else None
         video = out.add_stream(codec, rate=fps, options={"g": str(gop), "keyint_min": str(gop)})
         video.width, video.height, video.pix_fmt = *size, "yuv420p"
         video.codec_context.time_base = Fraction(1, fps * 2 if variable else fps)
         if rotation:
             video.set_display_rotation(rotation)
         sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if audio else None
+        if still is not None:
+            _write_still(out, still)
         pts = 0
         for i in range(frames):
-            frame = av.VideoFrame.from_ndarray(frame_image(i, *size), format="rgb24")
+            frame = av.VideoFrame.from_ndarray(frame_image(first + i, *size), format="rgb24")
             frame.pts = pts
             pts += (1 + i % 2) * 2 if variable else 1  # in 1/(2 fps): ticks of 1/fps, 2/fps, ...
             out.mux(video.encode(frame))
@@ -89,10 +96,31 @@ def _write_tone(out: av.container.OutputContainer, stream: av.AudioStream, sampl
     out.mux(stream.encode())
 
 
-def audio_only(path: Path) -> Path:
-    """An .mp4 with an AAC track and no video stream."""
+def _still_stream(out: av.container.OutputContainer, codec: str) -> av.VideoStream:
+    """A 16 x 16 video stream for one still frame (`_write_still`); added, as every stream, before any is written."""
+    stream = out.add_stream(codec, rate=24)
+    stream.width = stream.height = 16
+    stream.pix_fmt = "rgb24" if codec == "png" else "yuv420p"
+    return stream
+
+
+def _write_still(out: av.container.OutputContainer, stream: av.VideoStream) -> None:
+    frame = av.VideoFrame.from_ndarray(np.full((stream.height, stream.width, 3), 128, np.uint8), format="rgb24")
+    frame.pts = 0
+    out.mux(stream.encode(frame))
+    out.mux(stream.encode())
+
+
+def audio_only(path: Path, cover: bool = False) -> Path:
+    """An .mp4 with an AAC track and no video stream; `cover` adds cover art (a PNG, which FFmpeg reads
+    as a one-frame video stream marked attached_pic)."""
     with av.open(str(path), "w") as out:
-        _write_tone(out, out.add_stream("aac", rate=SAMPLE_RATE, layout="mono"), SAMPLE_RATE // 2)
+        picture = _still_stream(out, "png") if cover else None
+        sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
+        if picture is not None:
+            picture.disposition = av.stream.Disposition.attached_pic
+            _write_still(out, picture)
+        _write_tone(out, sound, SAMPLE_RATE // 2)
     return path
 
 
@@ -126,6 +154,7 @@ BAD_VIDEO_ERRORS = {  # bad_videos' names -> words of the one-line error each gi
     "truncated": "not a video FFmpeg can read",
     "truncated-indexed": "truncated or corrupt video",
     "no video stream": "no video stream",
+    "only cover art": "no video stream",
     "zero frames": "no frames",
     "unsupported codec": "unsupported video codec",
     "corrupt mid-file": "corrupt",
@@ -144,6 +173,7 @@ def bad_videos(root: Path) -> dict[str, bytes]:
         "truncated": clip[: len(clip) // 2],  # the index (moov) is at the end: gone
         "truncated-indexed": fast[: len(fast) * 2 // 3],  # index first: frames missing
         "no video stream": audio_only(root / "audio.mp4").read_bytes(),
+        "only cover art": audio_only(root / "covered.mp4", cover=True).read_bytes(),
         "zero frames": no_frames(root / "empty.mkv").read_bytes(),
         "unsupported codec": clip.replace(b"avc1", b"xv99"),  # a sample entry FFmpeg has no decoder for
         "corrupt mid-file": bytes(corrupt),

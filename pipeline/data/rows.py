@@ -113,7 +113,8 @@ SEGMENT_SCHEMA = pa.schema(
     [
         *PLANNED_SCHEMA,
         ("parts", pa.list_(pa.string())),  # per item, where the segment's part goes
-        ("parts_done", pa.list_(pa.bool_())),  # uploaded by an earlier run: reused
+        ("parts_done", pa.list_(pa.bool_())),  # uploaded by an earlier run: reused if made from `source`
+        ("source", pa.string()),  # the video's version (`uri.version`) when probed
         ("rate", pa.string()),  # the video's fps and time base as fractions ("30000/1001")
         ("time_base", pa.string()),
         ("rotation", pa.int32()),

@@ -9,7 +9,8 @@ of work, which the model actors take one at a time, a long video's on many actor
 (segment, style) is encoded to a part object at a deterministic key, OUTPUT/_parts/STYLE/REL.mp4/...,
 never named like an output; when all of a video's parts are in, a Ray task joins them in order with the
 source's audio (`video_write.join`) into the target, which appears only then, whole, and deletes them.
-A re-run skips videos whose .mp4 is there and reuses the parts a killed run uploaded.
+A re-run skips videos whose .mp4 is there and reuses the parts a killed run uploaded of the same version
+of the video (`uri.version`).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from pipeline.errors import describe
 from pipeline.imaging import video, video_write
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.streams import download_file, readable_source, upload_file
-from pipeline.storage.uri import delete, is_remote, join, resolve
+from pipeline.storage.uri import delete, is_remote, join, resolve, version
 
 PARTS = "_parts"  # OUTPUT/_parts/: the encoded segments of videos not yet joined
 
@@ -88,6 +89,7 @@ def _segments(
         return rows
     start = time.perf_counter()
     try:
+        made_from = version(planned["input_uri"])  # before it is read: a file replaced meanwhile lends no part
         with readable_source(planned["input_uri"]) as source:
             info = video.probe(source, max_pixels)
     except Exception as exc:  # whatever the file does, it is this video's error
@@ -100,6 +102,7 @@ def _segments(
         "frames": info.frames,
         "duration": info.duration,
         "segments": len(cut),
+        "source": made_from,
         "decode_ms": elapsed_ms(start),
     }
     for segment in cut:

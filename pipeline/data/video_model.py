@@ -5,7 +5,8 @@ up on it (`warm_up`: encoded only), so that segments stylized on different actor
 in one run; then it decodes the segment's frames in batches, stylizes them in each style still to make
 (`stylize_frames`), encodes each style's frames to a part (`SegmentWriter`, a local file first) and
 uploads it with a JSON sidecar, written last: a part counts as there when its sidecar is. One PART row
-per (segment, style) comes out; a part an earlier run made with the same settings is reused.
+per (segment, style) comes out; a part an earlier run made of the same version of the video (its sidecar's
+`source`, `uri.version`), with the same settings, is reused.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class VideoModel(StyleModel):
         rows, todo = [], []
         for (style, alpha, target), part, done in zip(items, row["parts"], row["parts_done"], strict=True):
             item = base | {"style": style, "target": target, "part": part}
-            made = self._reused(part, alpha) if done else None
+            made = self._reused(part, self._recipe(alpha, row["source"])) if done else None
             if made is not None:
                 rows.append(item | made | {"status": OK, "reused": True, "model_ms": 0.0})
             else:
@@ -112,13 +113,18 @@ class VideoModel(StyleModel):
             rows += self._make(row, todo)
         return rows
 
-    def _reused(self, part: str, alpha: float) -> dict[str, Any] | None:
-        """What an earlier run's sidecar says of the part, if it was made as this run would make it."""
+    def _recipe(self, alpha: float, source: str) -> dict[str, Any]:
+        """What a part is made of and with, as its sidecar records it: the settings, the alpha and the
+        video's version (a file since replaced under its name must not lend its parts)."""
+        return self.made_with | {"alpha": alpha, "source": source}
+
+    def _reused(self, part: str, recipe: dict[str, Any]) -> dict[str, Any] | None:
+        """What an earlier run's sidecar says of the part, if it was made as this run would make it (`recipe`)."""
         try:
             made = json.loads(read_bytes(sidecar(part)))
         except Exception:  # unreadable: made again
             return None
-        if made.get("made_with") != self.made_with | {"alpha": alpha}:
+        if made.get("made_with") != recipe:
             return None
         return {k: made[k] for k in ("width", "height", "flicker_in", "flicker_out")}
 
@@ -152,7 +158,7 @@ class VideoModel(StyleModel):
                     upload_file(str(path), item["part"])
                     figures = {"width": width, "height": height}
                     figures |= {"flicker_in": flicker.sums[0], "flicker_out": flicker.sums[1]}
-                    note = figures | {"made_with": self.made_with | {"alpha": alpha}}
+                    note = figures | {"made_with": self._recipe(alpha, row["source"])}
                     write_bytes(sidecar(item["part"]), json.dumps(note).encode())
                     made.append(item | figures | {"status": OK, "reused": False})
         except Exception as exc:  # the segment's failure, whatever it is, is that segment's error

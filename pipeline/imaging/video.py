@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -27,6 +27,9 @@ from pipeline.imaging.codec import MAX_PIXELS, SEGMENT_SECONDS, check_pixels
 CONTAINERS = frozenset({"mov", "mp4", "matroska", "webm", "avi"})
 
 Source = str | os.PathLike | bytes | io.BufferedIOBase  # a path, the file's bytes, or a seekable file
+
+# Video streams that are pictures, not the video: cover art (MP4's covr, MKV's image attachments) and thumbnail tracks.
+STILLS = av.stream.Disposition.attached_pic | av.stream.Disposition.timed_thumbnails
 
 
 @dataclass(frozen=True)
@@ -111,10 +114,32 @@ def _size(source: Source) -> int | None:
         return None
 
 
+def best_video_stream(streams: Sequence[av.VideoStream]) -> av.VideoStream | None:
+    """The stream that is the video: never a still (`STILLS`); of the rest the highest `_claim`, the first
+    of equals. FFmpeg's av_find_best_stream (TorchCodec's choice) ranks in this order, counting the frames
+    it reads on opening where this reads the header's count. None: no video."""
+    return max((s for s in streams if not s.disposition & STILLS), key=_claim, default=None)
+
+
+def _claim(stream: av.VideoStream) -> tuple[bool, int, int]:
+    """How strongly a stream claims to be the video: marked default, then its frames (0 where the
+    container does not say), then its pixels (0 where FFmpeg has no decoder to say)."""
+    pixels = stream.width * stream.height if stream.codec_context is not None else 0
+    return bool(stream.disposition & av.stream.Disposition.default), stream.frames, pixels
+
+
+def video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    """The container's video stream (`best_video_stream`), or VideoError."""
+    stream = best_video_stream(container.streams.video)
+    if stream is None:
+        stills = " (only a still picture: cover art or a thumbnail)" if container.streams.video else ""
+        raise VideoError(f"no video stream in this file{stills}")
+    return stream
+
+
 def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    if not container.streams.video:
-        raise VideoError("no video stream in this file")
-    stream = container.streams.video[0]
+    """The video stream, set up for decoding."""
+    stream = video_stream(container)
     if stream.codec_context is None:
         raise VideoError("unsupported video codec: FFmpeg has no decoder for it")
     stream.thread_type = "AUTO"  # frame and slice threads: decoding keeps up with the model

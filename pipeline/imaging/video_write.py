@@ -20,7 +20,16 @@ import numpy as np
 from pipeline.errors import VideoError
 from pipeline.imaging.codec import MAX_PIXELS
 from pipeline.imaging.codec import VIDEO_QUALITY as DEFAULT_QUALITY
-from pipeline.imaging.video import SEGMENT_SECONDS, Source, VideoInfo, frames, open_input, probe, segments
+from pipeline.imaging.video import (
+    SEGMENT_SECONDS,
+    Source,
+    VideoInfo,
+    frames,
+    open_input,
+    probe,
+    segments,
+    video_stream,
+)
 
 
 class SegmentWriter:
@@ -70,7 +79,7 @@ def _video_packets(paths: Sequence[str | os.PathLike], out: av.VideoStream) -> I
     """The segments' video packets in order, as (time, packet) to merge with the audio by time."""
     for path in paths:
         with av.open(os.fspath(path)) as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             for packet in container.demux(stream):
                 if packet.size:
                     time = float(packet.dts * stream.time_base)
@@ -94,7 +103,7 @@ def join(paths: Sequence[str | os.PathLike], source: Source, dest: str | os.Path
     with contextlib.ExitStack() as stack:
         out = stack.enter_context(av.open(os.fspath(dest), "w", format="mp4", options={"movflags": "+faststart"}))
         with av.open(os.fspath(paths[0])) as first:
-            video = out.add_stream_from_template(first.streams.video[0])
+            video = out.add_stream_from_template(video_stream(first))
         source_container = stack.enter_context(open_input(source))
         audio = {}
         for stream in source_container.streams.audio:

@@ -385,6 +385,18 @@ def exists(uri: str) -> bool:
     return retrying(lambda: filesystem.get_file_info(path).type != pafs.FileType.NotFound, uri)
 
 
+def version(uri: str) -> str:
+    """What tells this file or object from another saved under its name since: on S3 its ETag (which
+    changes with the content), elsewhere its size and modification time."""
+    if scheme(uri) == "s3":
+        bucket, key = _bucket_key(uri)
+        head = retrying(lambda: s3_call(lambda: request_client().head_object(Bucket=bucket, Key=key)), uri)
+        return f"etag {head['ETag']}"
+    filesystem, path = resolve(uri)
+    info = retrying(lambda: filesystem.get_file_info(path), uri)
+    return f"size {info.size} mtime_ns {info.mtime_ns}"
+
+
 def is_dir(uri: str) -> bool:
     """True for a local directory or an object-store prefix with objects under it."""
     filesystem, path = resolve(uri)
