@@ -181,6 +181,33 @@ def test_damaged_weights_fail_in_the_driver_in_one_line(
     assert not list((tmp_path / "out").rglob("*.jpg"))
 
 
+def test_work_a_local_ray_cannot_hold_fails_at_once_and_a_cluster_says_what_it_waits_for(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """GPU actors or training workers beyond a Ray this process started fail in one line, where Ray
+    would wait in silence for ever; a joined cluster may scale up, so there it is one warning line."""
+    photos(tmp_path / "in", 2)
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99))
+    stylize = ["stylize", "--input", str(tmp_path / "in"), "--style", str(tmp_path / "style.jpg")]
+    assert main([*stylize, "--output", str(tmp_path / "out"), *job_flags(weights), "--device", "cuda"]) == EXIT_FAILED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("adain: error: 1 model actors on GPUs need 1 GPU") and "--device cpu" in err, err
+    train = ["train", "--content", str(tmp_path / "in"), "--style", str(tmp_path / "in"), "--storage",
+             str(tmp_path / "runs"), "--name", "gpus", "--encoder", str(weights.vgg)]  # fmt: skip
+    assert main([*train, "--workers", "2", "--gpus-per-worker", "1"]) == EXIT_FAILED
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("adain: error: 2 training workers need 2 GPU, and this machine's Ray has 0 GPU"), err
+    assert not (tmp_path / "runs" / "gpus").exists()  # the name is not taken by a run that never started
+    # Joined from another process, the same cluster may be one an autoscaler grows: a warning, no wait here.
+    code = (
+        "import logging, ray; from pipeline.data.cluster import check_fits; logging.basicConfig();"
+        f"ray.init(address={ray_cluster!r}, log_to_driver=False); check_fits({{'GPU': 4}}, 'work', '--x'); print('on')"
+    )
+    joined = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert joined.returncode == 0 and joined.stdout.strip() == "on", joined.stderr
+    assert "work wait for 4 GPU: the cluster has 0 GPU now" in joined.stderr, joined.stderr
+
+
 def test_error_rows_exit_3_name_the_failures_and_the_report_lists_them(
     ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

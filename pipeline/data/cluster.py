@@ -17,10 +17,11 @@ from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, OutputSpec, Scale
 from pipeline.data.preflight import WAIT_S, check_address
-from pipeline.errors import ConfigError
+from pipeline.errors import ClusterError, ConfigError
 from pipeline.model.host import ONE_ARENA
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 ONE_ARENA_RUNTIME_ENV = {"env_vars": ONE_ARENA}  # for Ray processes whose model runs off the main thread
 
@@ -42,6 +43,7 @@ def model_stage(model: ModelConfig, scale: Scale, calls: int | None = None) -> t
     if model.device.startswith("cuda") or (model.device == "auto" and gpus > 0):
         cpus = scale.cpus_per_actor or 1.0
         actors = min(scale.actors or max(1, int(gpus / scale.gpus_per_actor)), calls or math.inf)
+        check_fits({"GPU": actors * scale.gpus_per_actor}, f"{actors} model actors on GPUs", "--device cpu")
         pool = ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
         return {"compute": pool, "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}, None
     sized = cpu_pool(worker_nodes_cpus(), resources.get("CPU", 1.0), scale, calls)
@@ -82,6 +84,28 @@ def cpu_pool(node_cpus: list[float], total_cpus: float, scale: Scale, calls: int
     return CpuPool(actors, cpus, threads)
 
 
+def check_fits(needed: dict[str, float], what: str, instead: str) -> None:
+    """Refuse work the cluster cannot hold, where Ray would wait for it in silence: at once in a
+    Ray this process started (no autoscaler will add nodes to it); joining a cluster, say in one
+    line what the work waits for, as an autoscaler may yet add it (cluster.yaml's GPU nodes start at 0)."""
+    have = ray.cluster_resources()
+    short = {name: amount for name, amount in needed.items() if have.get(name, 0.0) < amount}
+    if not short:
+        return
+    asked = ", ".join(f"{amount:g} {name}" for name, amount in short.items())
+    there = ", ".join(f"{have.get(name, 0.0):g} {name}" for name in short)
+    if _started_here():
+        raise ClusterError(f"{what} need {asked}, and this machine's Ray has {there}; pass {instead}")
+    log.warning("%s wait for %s: the cluster has %s now (an autoscaler may add them; else stop and pass %s)",
+                what, asked, there, instead)  # fmt: skip
+
+
+def _started_here() -> bool:
+    """Whether this process started the Ray it is connected to (a local one), not joined a cluster."""
+    node = getattr(ray._private.worker.global_worker, "node", None)  # Ray has no public call for this
+    return bool(node is not None and node.is_head())
+
+
 def worker_nodes_cpus() -> list[float]:
     """CPUs of each live node that has any: a head started with CPU 0 (as cluster.yaml's)
     runs no actors, so it must not size them."""
@@ -111,7 +135,19 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")
     # A Ray this process starts has no dashboard (the job reports its own progress): its processes
     # only slow the start on a small machine. Joining a cluster, Ray ignores the flag.
-    ray.init(address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO), include_dashboard=False)
+    try:
+        ray.init(
+            address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO), include_dashboard=False
+        )
+    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+        if address in (None, "auto", "local"):
+            raise
+        # Ray 2.60 clusters use token authentication, and Ray sends no token to an explicit address unasked.
+        raise ClusterError(
+            f"could not join the Ray cluster at {address} ({str(exc).strip().splitlines()[0]}); if it uses token "
+            "authentication, set RAY_AUTH_MODE=token and its token (~/.ray/auth_token on the head) in "
+            "~/.ray/auth_token or RAY_AUTH_TOKEN here"
+        ) from None
     ray.data.DataContext.get_current().enable_progress_bars = verbose
 
 
