@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.cli import parse
+from pipeline.cli import main, parse
 from pipeline.errors import ConfigError
 
 STYLE_COMMANDS = [["stylize"], ["styles", "index"], ["augment"], ["train"]]
@@ -56,6 +56,16 @@ def test_yaml_mistakes_are_one_line_config_errors(tmp_path: Path, options: dict,
     with pytest.raises(ConfigError, match=words) as caught:
         parse(["stylize", "--config", _config(tmp_path, options)])
     assert "\n" not in str(caught.value)
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("input: in\nstyle: caf\u00e9.jpg\noutput: out\n".encode("latin-1"))
+    assert main(["stylize", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "latin1.yaml: not UTF-8 (byte 0xe9 at offset 20); save it as UTF-8" in err
+    path.write_text("input: in\nstyle: caf\u00e9.jpg\noutput: out\n", encoding="utf-8")  # UTF-8, whatever the locale
+    assert parse(["stylize", "--config", str(path)]).style == ["caf\u00e9.jpg"]
 
 
 def _number_flags() -> list[tuple[tuple[str, ...], str]]:

@@ -18,10 +18,16 @@ from pipeline.errors import ConfigError
 
 def read_options(path: str) -> dict[str, Any]:
     try:
-        with open(path) as handle:
+        with open(path, "rb") as handle:  # bytes: YAML reads UTF-8 (or UTF-16 with a BOM), whatever the locale
             options = yaml.safe_load(handle) or {}
     except OSError as exc:
         raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    except yaml.reader.ReaderError as exc:
+        if exc.encoding == "unicode":  # decoded, but holding a control character
+            raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise ConfigError(
+            f"--config {path}: not UTF-8 (byte {exc.character:#04x} at offset {exc.position}); save it as UTF-8"
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(options, dict):
