@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,8 @@ def test_yaml_values_mean_what_the_flags_mean(tmp_path: Path) -> None:
     again = parse(["stylize", "--config", path, "--style", "c.jpg", "--alpha", "0.25"])
     assert again.style == ["c.jpg"] and again.alpha == 0.25  # the command line wins, lists included
     assert again.extensions == "jpg,png"
+    drawn = parse(["augment", "--config", _config(tmp_path, {"alpha_range": [0.5, 1], "style_weights": None})])
+    assert drawn.alpha_range == (0.5, 1.0)  # a comma-separated flag's list, joined before it is parsed
 
 
 @pytest.mark.parametrize(
@@ -50,12 +54,36 @@ def test_yaml_values_mean_what_the_flags_mean(tmp_path: Path) -> None:
         ({"precision": "fp8"}, "precision: invalid choice: .fp8."),
         ({"content_size": [256, 512]}, "content_size"),
         ({"content_siz": 256}, "unknown option 'content_siz'"),  # no abbreviations in files
+        ({"help": True}, "unknown option 'help'"),  # it printed the help and exited 0
+        ({"style": {"a": 1}}, "style: expected a value, not a mapping"),  # was the path "{'a': 1}"
+        ({"style": [["a.jpg"]]}, "style: expected a value or a list of values, not a list holding a list"),
+        ({"style": ["a.jpg", None]}, "style: .* not a list holding null"),  # was the path "None"
+        ({"extensions": [{"jpg": 1}]}, "extensions: .* not a list holding a mapping"),
+        ({"input": ["a", "b"]}, "input: takes one value, not a list"),  # was --input a,b
+        ({"run_id": ["a"]}, "run_id: takes one value, not a list"),
     ],
 )
 def test_yaml_mistakes_are_one_line_config_errors(tmp_path: Path, options: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words) as caught:
         parse(["stylize", "--config", _config(tmp_path, options)])
     assert "\n" not in str(caught.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """425 bytes of nested aliases name 9**9 items: made text, they took 14 GB and 81 s."""
+    lines = ["input: in", "output: out", "style:", "  - &a0 [x,x,x,x,x,x,x,x,x]"]
+    lines += [f"  - &a{d} [{','.join([f'*a{d - 1}'] * 9)}]" for d in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match="style: expected a value or a list of values, not a list holding a list"):
+            parse(["stylize", "--config", str(path)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 2 and peak < 10 * 2**20
 
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

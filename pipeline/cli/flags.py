@@ -20,6 +20,9 @@ from pipeline.imaging.codec import (
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_DECODERS, KNOWN_ENCODERS
 
+# The flags whose value is a comma-separated list: a YAML list for one of them is its items joined.
+COMMA_LISTS = frozenset({"extensions", "style_weights", "alpha_range"})
+
 Parsers = dict[tuple[str, ...], argparse.ArgumentParser]  # command words -> that command's parser
 Commands = Any  # what ArgumentParser.add_subparsers returns (argparse gives it no public type)
 
