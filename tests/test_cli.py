@@ -13,6 +13,7 @@ from pipeline.cli import main, parse
 from pipeline.errors import ConfigError
 
 STYLE_COMMANDS = [["stylize"], ["styles", "index"], ["augment"], ["train"]]
+POSITIONALS = {("transfer",): ["content.jpg", "style.jpg", "-o", "out.jpg"], ("report",): ["out"]}  # no --config
 
 
 @pytest.mark.parametrize("words", STYLE_COMMANDS, ids=lambda w: " ".join(w))
@@ -127,3 +128,55 @@ def test_numbers_that_are_not_finite_are_refused(
     with pytest.raises(ConfigError, match=f"{key}: ") as caught:
         parse([*command, "--config", _config(tmp_path, {key: text})])
     assert "\n" not in str(caught.value)
+
+
+def _int_flags() -> list[tuple[tuple[str, ...], str]]:
+    """Every flag of every command that takes a whole number."""
+    from pipeline.cli.flags import build_parsers, integer
+
+    actions = [(words, action) for words, parser in build_parsers()[1].items() for action in parser._actions]
+    assert not [action.dest for _, action in actions if action.type is int]  # each bounded, by `integer`
+    return [(words, action.option_strings[-1]) for words, action in actions if action.type is integer]
+
+
+@pytest.mark.parametrize(("words", "flag"), _int_flags(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else v)
+@pytest.mark.parametrize("value", ["2147483648", "-2147483648", "100000000000000000000000"])
+def test_whole_numbers_past_32_bits_are_refused(
+    words: tuple[str, ...], flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A batch size of 1e23 passed `>= 1` and met Arrow as an OverflowError traceback: every
+    count and size is refused past 32 bits where it enters, on the command line and in YAML."""
+    command = [*words, *POSITIONALS.get(words, [])]
+    with pytest.raises(SystemExit) as exited:
+        parse([*command, flag, value])
+    assert exited.value.code == 2 and f"{flag}: '{value}': expected a whole number" in capsys.readouterr().err
+    assert parse([*command, flag, "2147483647"])  # the largest taken
+    if words in POSITIONALS:
+        return  # no --config
+    key = flag.lstrip("-").replace("-", "_")
+    with pytest.raises(ConfigError, match=f"{key}: .*expected a whole number") as caught:
+        parse([*command, "--config", _config(tmp_path, {key: int(value)})])  # a YAML int, as in the finding
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (
+            ["augment", "--input", "in", "--style", "s", "--output", "out", "--seed", "-1"],
+            "--seed -1: must be 0 or more",
+        ),
+        (
+            ["train", "--content", "c", "--style", "s", "--storage", "runs", "--name", "n", "--resize", "10000"],
+            "--resize 10000: 10000x10000 is more than --max-pixels 89478485",
+        ),
+    ],
+)
+def test_whole_numbers_out_of_their_meaningful_range_are_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative augment seed failed every input in NumPy; a training --resize past --max-pixels
+    would resize every image to gigabytes."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err
