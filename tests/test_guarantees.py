@@ -40,7 +40,7 @@ from pipeline.errors import ConfigError, ImageError, StorageError, WeightsError,
 from pipeline.imaging.codec import FORMATS, encode
 from pipeline.model.checkpoint import load_decoder, save_checkpoint
 from pipeline.model.nets import ARCH_VERSION, Decoder
-from pipeline.storage.keys import output_key
+from pipeline.storage.keys import augmented_key, folded, output_key
 from pipeline.storage.listing import iter_files
 from pipeline.storage.lock import LeaseKeeper, acquire, release, renew
 from tests import images
@@ -105,7 +105,9 @@ def test_report_prints_hostile_names_and_summaries_as_one_line_each(
     assert not any(ord(c) < 0x20 and c not in "\n\t" or ord(c) == 0x7F for c in shown), repr(shown)
     lines = shown.splitlines()
     assert len(lines) == 8, lines  # heading, table header and one run, counts, reasons, one reason, hint, one row
-    assert [line.split("\t") for line in lines if "\t" in line] == [[one_line(uri), one_line(field), one_line(f"{uri}: bad")]]
+    assert [line.split("\t") for line in lines if "\t" in line] == [
+        [one_line(uri), one_line(field), one_line(f"{uri}: bad")]
+    ]
 
 
 def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
@@ -246,14 +248,51 @@ RAGGED = pa.schema(
         ([bank_row("a"), bank_row("a")], BANK_SCHEMA, None, "not unique"),
         ([{"style_id": "a"}], pa.schema([("style_id", pa.string())]), None, "no mean, std column"),
         ([bank_row("a")], BANK_SCHEMA, {b"adain.format": b"adain-ray.style-bank/1"}, "names no encoder"),
+        ([bank_row("x"), bank_row("a/b"), bank_row("a_b")], BANK_SCHEMA, None, "'a/b' and 'a_b' would share"),
+        ([bank_row("Scream"), bank_row("scream")], BANK_SCHEMA, None, "'Scream' and 'scream' would share"),
+        (
+            [{**bank_row("5"), "style_id": 5}],
+            BANK_SCHEMA.set(0, pa.field("style_id", pa.int64())),
+            None,
+            "style ids are not text",
+        ),
     ],
-    ids=["ragged", "nan", "negative-std", "duplicate-ids", "no-columns", "no-encoder"],
+    ids=["ragged", "nan", "negative-std", "duplicate-ids", "no-columns", "no-encoder", "slug", "case", "not-text"],
 )
 def test_damaged_banks_are_refused_in_one_line(tmp_path: Path, rows, schema, meta, words) -> None:
     path = write_bank(tmp_path / "bank.parquet", rows, schema, meta)
     with pytest.raises(ConfigError, match=words) as caught:
         load_bank(path)
     assert "\n" not in str(caught.value)
+
+
+# Ids that `slug` and `folded` may bring together: separators, dots, underscores, case, and
+# letters whose case folding is not one to one.
+BANK_IDS = st.lists(
+    st.lists(
+        st.sampled_from(["a", "A", "b", "/", ".", "_", "-", " ", "\u0130", "\u0131", "i", "\u00df", "ss"]), max_size=4
+    ).map("".join),
+    min_size=1,
+    max_size=6,
+    unique=True,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=BANK_IDS)
+def test_a_bank_is_refused_or_its_styles_write_apart(tmp_path: Path, ids: list[str]) -> None:
+    """Bank ids `a/b` and `a_b` wrote into one folder, `Scream` and `scream` into one on a
+    filesystem that ignores case, each row ok: such a bank is refused, naming two ids; any
+    bank taken writes each style's outputs under names of its own, compared without case."""
+    path = write_bank(tmp_path / "bank.parquet", [bank_row(style_id) for style_id in ids])
+    try:
+        bank = load_bank(path)
+    except ConfigError as exc:
+        assert "would share an output folder" in str(exc) and "\n" not in str(exc)
+        return
+    folders = [output_key("/out", style_id, "c", "jpg").split("/")[2] for style_id in bank.ids]
+    names = [augmented_key("/out", style_id, "c", "jpg").rsplit("/", 1)[1] for style_id in bank.ids]
+    assert len(set(folded(folders))) == len(set(folded(names))) == len(ids)
 
 
 def test_damaged_weights_are_refused_in_one_line(weights: WeightFiles, tmp_path: Path) -> None:

@@ -35,6 +35,7 @@ from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
 from pipeline.model.host import set_threads
 from pipeline.model.loader import load_style_encoder
+from pipeline.storage.keys import folded, slug
 from pipeline.storage.listing import FileStat, stat_files
 from pipeline.storage.uri import absolute, check_writable, exists, is_dir, read_bytes, resolve, write_bytes
 
@@ -89,9 +90,21 @@ def _unusable(uri: str, what: str) -> ConfigError:
     return ConfigError(f"{uri}: not a usable style bank: {what}; rebuild it with `adain styles index`")
 
 
+def meeting_ids(ids: list[str]) -> tuple[str, str] | None:
+    """Two distinct style ids whose outputs would share a name, if any: a style's outputs are
+    named by `slug(style_id)` (`keys.output_key`'s folder, `keys.augmented_key`'s suffix), and
+    names are compared without case (`folded`), as a filesystem that ignores case would."""
+    first: dict[str, str] = {}
+    for style_id, name in zip(ids, folded([slug(style_id) for style_id in ids]), strict=True):
+        other = first.setdefault(name, style_id)
+        if other != style_id:
+            return other, style_id
+    return None
+
+
 def read_bank_table(uri: str) -> pa.Table:
-    """A bank's table, checked: its metadata, its columns, unique ids, 512 finite means and
-    512 finite positive stds a row."""
+    """A bank's table, checked: its metadata, its columns, unique ids whose outputs are named
+    apart, 512 finite means and 512 finite positive stds a row."""
     try:
         table = pq.read_table(io.BytesIO(read_bytes(uri)))
     except (pa.ArrowException, OSError) as exc:
@@ -107,8 +120,16 @@ def read_bank_table(uri: str) -> pa.Table:
     if missing:
         raise _unusable(uri, f"no {', '.join(missing)} column")
     ids = table.column("style_id")
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        raise _unusable(uri, "its style ids are not text")
     if ids.null_count or pc.count_distinct(ids).as_py() != table.num_rows:
         raise _unusable(uri, "its style ids are not unique")
+    if meeting := meeting_ids(ids.to_pylist()):
+        first, second = meeting
+        raise _unusable(
+            uri,
+            f"style ids {first!r} and {second!r} would share an output folder ({slug(first)!r}, compared without case)",
+        )
     for name in ("mean", "std"):
         column = table.column(name).combine_chunks()
         if not pa.types.is_list(column.type) and not pa.types.is_fixed_size_list(column.type):
