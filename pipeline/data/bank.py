@@ -212,6 +212,25 @@ def _listing(styles: str) -> list[FileStat]:
     raise StorageError(f"{styles}: no style images there; give a prefix, a directory or an image")
 
 
+def reusable_rows(table: pa.Table, uri: str) -> dict[str, dict[str, Any]]:
+    """The rows of a checked bank that indexing may keep, by source URI: none, with a warning, where
+    the bank lacks the columns that tell an unchanged image (a bank written by hand needs only
+    style_id, mean and std to be used) or holds them as other types."""
+    missing = [name for name in BANK_SCHEMA.names if name not in table.column_names]
+    if missing:
+        return _nothing_to_reuse(uri, f"no {', '.join(missing)} column")
+    try:
+        rows = table.select(BANK_SCHEMA.names).cast(BANK_SCHEMA)
+    except pa.ArrowException as exc:
+        return _nothing_to_reuse(uri, describe(exc))
+    return {row["source_uri"]: row for row in rows.to_pylist()}
+
+
+def _nothing_to_reuse(uri: str, why: str) -> dict[str, dict[str, Any]]:
+    log.warning("%s: every style image is encoded again, none of the bank's rows can be reused (%s)", uri, why)
+    return {}
+
+
 def index_styles(
     styles: str, output: str, model: ModelConfig, sizing: Sizing, scale: Scale, address: str | None = None
 ) -> dict[str, Any]:
@@ -238,7 +257,7 @@ def index_styles(
             )
         if int(meta[b"adain.style_size"]) != sizing.style_size:
             raise ConfigError(f"{output}: this bank was built at --style-size {int(meta[b'adain.style_size'])}")
-        old = {row["source_uri"]: row for row in table.to_pylist()}
+        old = reusable_rows(table, output)
     kept, todo = [], []
     for stat, style_id in zip(listed, ids, strict=True):
         previous = old.get(stat.uri)
