@@ -110,6 +110,63 @@ def test_report_prints_hostile_names_and_summaries_as_one_line_each(
     ]
 
 
+def _parquet(rows: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+GOOD_ROW = {
+    "run_id": "a",
+    "input_uri": "/in/x.jpg",
+    "style": "s",
+    "output_uri": "/o/s/x.jpg",
+    "status": "ok",
+    "error": None,
+}
+GOOD_RUN = {"run_id": "a", "started_at": "2026-01-01T00:00:00Z", "ok": 1, "error": 0, "skipped": 0, "wall_s": 1.0}
+# What a full disk, a killed copy or a hand edit leaves beside a good run: (file, its bytes), the warning, run b's row.
+DAMAGED_OUTPUTS = {
+    "truncated-part": ("_manifest/x.parquet", _parquet([GOOD_ROW])[:100], "x.parquet: unreadable manifest part", None),
+    "empty-part": ("_manifest/zz.parquet", b"", "zz.parquet: unreadable manifest part", None),
+    "part-of-other-columns": ("_manifest/y.parquet", _parquet([{"run_id": "r"}]), "y.parquet: unreadable", None),
+    "part-of-lists": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "style": ["s"]}]), "y.parquet: unreadable", None),
+    "rows-naming-nothing": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "input_uri": None}]), "1 rows name no", None),
+    "style-sources-a-list": ("_runs/b.json", b'{"run_id": "b", "style_sources": ["a"]}', None, "b ? ? ? ? ? ?"),
+    "style-sources-not-paths": (  # a later run's: it names the style image the contact sheet shows
+        "_runs/b.json",
+        b'{"run_id": "b", "started_at": "2027", "style_sources": {"s": [5]}}',
+        None,
+        "b 2027 ? ? ? ? ?",
+    ),
+    "run-id-an-int": ("_runs/b.json", b'{"run_id": 5, "ok": 1, "wall_s": "1"}', None, "? ? 1 ? ? ? ?"),
+    "started-at-an-int": ("_runs/b.json", b'{"run_id": "b", "started_at": 5, "ok": true}', None, "b ? ? ? ? ? ?"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_OUTPUTS))
+def test_report_over_damaged_manifest_parts_and_summaries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog, damage: str
+) -> None:
+    """An unreadable manifest part was a traceback (a truncated or empty one after a full disk):
+    it is left out with one warning naming it. A hand-edited summary's field of another type
+    (style_sources a list, run_id or started_at a number) was a traceback: it shows as `?`."""
+    out = tmp_path / "out"
+    images.write(out / "_runs" / "a.json", json.dumps({**GOOD_RUN, "style_sources": {"s": ["/s.jpg"]}}).encode())
+    images.write(out / "_manifest" / "a-00000.parquet", _parquet([GOOD_ROW]))
+    rel, data, warning, run_b = DAMAGED_OUTPUTS[damage]
+    images.write(out / rel, data)
+    with caplog.at_level("WARNING"):
+        assert main(["report", str(out), "--errors", "--html", str(tmp_path / "report.html")]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == (warning is not None) and all(warning in w and "\n" not in w for w in warnings), warnings
+    shown = capsys.readouterr().out
+    runs = [line.split() for line in shown.splitlines()[2:] if line.startswith("  ")]  # below the table's header
+    good = ["a", "2026-01-01T00:00:00Z", "1", "0", "0", "1.0", "?"]  # the good run, as it was
+    assert sorted(runs) == sorted([good, run_b.split()] if run_b else [good])
+    assert "outputs now: 1 ok, 0 error, 0 skipped" in shown
+
+
 def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
     """Not as the input spells them, nor through a link to the input or one inside it to the output."""
     src = inputs(tmp_path / "in", ["a.png", "sub/b.png"])
