@@ -102,7 +102,7 @@ def test_report_prints_hostile_names_and_summaries_as_one_line_each(
     pq.write_table(pa.Table.from_pylist([row]), out / "_manifest" / "r-00000.parquet")
     assert main(["report", str(out), "--errors"]) == 0
     shown = capsys.readouterr().out
-    assert not any(ord(c) < 0x20 and c not in "\n\t" or ord(c) == 0x7F for c in shown), repr(shown)
+    assert not any((ord(c) < 0x20 and c not in "\n\t") or ord(c) == 0x7F for c in shown), repr(shown)
     lines = shown.splitlines()
     assert len(lines) == 8, lines  # heading, table header and one run, counts, reasons, one reason, hint, one row
     assert [line.split("\t") for line in lines if "\t" in line] == [
@@ -177,9 +177,9 @@ def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights:
         run_stylize(make_config(weights, str(source), (style_file(tmp_path),), str(out)))
     assert set(output_files(out)) == {"wave/a.png", "wave/sub/b.png"}
     assert {r["rel_path"] for r in local_manifest(out)} == {"a.png", "sub/b.png"}
-    for given in (str(src) + "/", str(tmp_path / "alias")):
+    for spelled in (str(src) + "/", str(tmp_path / "alias")):
         with pytest.raises(ConfigError, match="is the --input"):
-            make_config(weights, given, (style_file(tmp_path),), str(src))
+            make_config(weights, spelled, (style_file(tmp_path),), str(src))
 
 
 def test_symlinks_inside_the_input_only_and_loops_once(tmp_path: Path) -> None:
