@@ -245,6 +245,8 @@ class AugmentConfig:
         check_apart(self.input, self.output.uri)
         if self.per_image < 1:
             raise ConfigError(f"--per-image {self.per_image}: must be at least 1")
+        if self.seed < 0:  # NumPy's generators take no negative seed: every input would fail
+            raise ConfigError(f"--seed {self.seed}: must be 0 or more")
         low, high = self.alpha_range
         if not 0.0 <= low <= high <= 1.0:
             raise ConfigError(f"--alpha-range {low},{high}: need 0 <= LO <= HI <= 1")
@@ -254,7 +256,6 @@ class AugmentConfig:
             raise ConfigError("augment supports --preserve-color luminance only (coral needs each style image)")
         if self.lock_ttl_s <= 0:
             raise ConfigError("--lock-ttl must be positive")
-
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,10 @@ class TrainConfig:
             raise ConfigError(f"--crop {self.crop}: the model takes {MIN_SIDE} pixels a side at least")
         if self.crop > self.resize:
             raise ConfigError(f"--crop {self.crop} is larger than --resize {self.resize}; crops are cut from it")
+        if self.resize**2 > self.max_pixels:  # every image is resized to resize x resize, whatever its own size
+            raise ConfigError(
+                f"--resize {self.resize}: {self.resize}x{self.resize} is more than --max-pixels {self.max_pixels}"
+            )
         if self.precision not in TRAINING_PRECISIONS:
             raise ConfigError(f"--precision {self.precision}: expected one of {', '.join(TRAINING_PRECISIONS)}")
         if self.content_weight + self.style_weight + self.tv_weight == 0:

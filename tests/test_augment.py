@@ -30,7 +30,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import AugmentConfig, ModelConfig, OutputSpec, Scale, Sizing
-from pipeline.data.augment import run_augment
+from pipeline.data.augment import changed_inputs, read_state, run_augment
 from pipeline.data.bank import index_styles
 from pipeline.data.plan import draw
 from pipeline.errors import StorageError
@@ -359,6 +359,58 @@ def test_failed_outputs_are_retried(ray_cluster: str, weights: WeightFiles, tmp_
     assert {r["rel_path"] for r in local_manifest(out, retry["run_id"])} == {"cats/tabby.jpg"}
     beagle = {k for k in before if k.startswith("dogs/")}
     assert {k: output_files(out)[k] for k in beagle} == {k: before[k] for k in beagle}
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+GOOD_STATE = pa.table({"rel_path": ["a.jpg"], "size": [1], "mtime_ns": [1], "run_id": ["r"]})
+DAMAGED_STATES = {  # what a full disk, a killed copy or a hand edit leaves
+    "truncated": parquet_bytes(GOOD_STATE)[:50],
+    "empty": b"",
+    "not-parquet": b'{"rel_path": "a.jpg"}',
+    "text-sizes": parquet_bytes(GOOD_STATE.set_column(1, "size", pa.array(["big"]))),
+    "no-size": parquet_bytes(GOOD_STATE.drop_columns(["size"])),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_STATES))
+def test_a_damaged_state_is_one_warning_and_every_input_is_new(tmp_path: Path, damage: str, caplog) -> None:
+    """A truncated or hand-edited OUTPUT/_state/inputs.parquet was a traceback, at the start or
+    after all the work: now one warning line, and no input counts as recorded."""
+    state_uri = tmp_path / "_state" / "inputs.parquet"
+    images.write(state_uri, DAMAGED_STATES[damage])
+    listed = pa.table({"rel_path": ["a.jpg", "b.jpg"], "size": [1, 2], "mtime_ns": [1, 2]})
+    with caplog.at_level("WARNING"):
+        state = read_state(str(state_uri))
+    (warning,) = [record.getMessage() for record in caplog.records]
+    assert warning.startswith(f"{state_uri}: unreadable state (") and "\n" not in warning
+    assert warning.endswith("); every input counts as new this run")
+    todo, kinds = changed_inputs(listed, state)
+    assert kinds == {"new": 2, "changed": 0, "unchanged": 0} and todo.column("new").to_pylist() == [True, True]
+
+
+def test_a_damaged_state_is_written_again(ray_cluster: str, weights: WeightFiles, tmp_path: Path, caplog) -> None:
+    """A state of the wrong types failed only when the run recorded it, after all the work, and
+    so on every rerun: the run now goes through, keeps the outputs there, and records the state."""
+    src, styles, out = tmp_path / "in", tmp_path / "styles", tmp_path / "out"
+    rels = write_dataset(src, ["cats/tabby.jpg", "dogs/beagle.jpg"])
+    write_styles(styles, 2)
+    first = run_augment(config(weights, src, styles, out))
+    made = output_files(out)
+    state_uri = out / "_state" / "inputs.parquet"
+    state_uri.write_bytes(DAMAGED_STATES["text-sizes"])
+    with caplog.at_level("WARNING"):
+        again = run_augment(config(weights, src, styles, out))
+    assert f"{state_uri}: unreadable state (" in caplog.text
+    assert (again["inputs_new"], again["ok"], again["skipped"], again["error"]) == (2, 0, 2, 0)
+    assert output_files(out) == made  # the outputs there were kept, not made again
+    assert sorted(state_rows(state_uri.read_bytes())) == sorted(rels)
+    third = run_augment(config(weights, src, styles, out))
+    assert (third["inputs_new"], third["inputs_unchanged"], third["total"]) == (0, 2, 0), (first, third)
 
 
 # ---------------------------------------------------------------------------------------------

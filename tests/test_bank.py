@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import Controls, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
-from pipeline.data.bank import index_styles, is_bank, load_bank
+from pipeline.data.bank import index_styles, is_bank, load_bank, read_bank_table, reusable_rows
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import prepare
@@ -406,6 +406,70 @@ def test_cli_index_and_config(
     assert code == 0, captured.err
     assert f"bank {bank}: 4 styles (1 encoded, 3 unchanged, 0 removed, 1 unreadable)" in captured.out
     assert sorted(rows(bank)) == ["a", "c", "new", "sub_b"]
+
+
+def hand_written_bank(path: Path, encoder: Path, columns: dict[str, pa.Array]) -> None:
+    """A bank as people write one with pandas: the columns stylize needs (and `columns`), and the metadata."""
+    rng = np.random.default_rng(0)
+    table = pa.table(
+        {
+            "style_id": ["a", "old"],
+            "mean": [rng.random(FEATURES).astype("f4") for _ in range(2)],
+            "std": [(rng.random(FEATURES) + 0.5).astype("f4") for _ in range(2)],
+            **columns,
+        }
+    )
+    meta = {
+        b"adain.format": b"adain-ray.style-bank/1",
+        b"adain.encoder_sha256": load_encoder(str(encoder)).sha256.encode(),
+        b"adain.style_size": b"32",
+    }
+    pq.write_table(table.replace_schema_metadata(meta), path)
+
+
+def test_index_into_a_bank_written_by_hand_encodes_every_image_again(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog
+) -> None:
+    """A bank of only style_id, mean and std is one stylize takes; indexing into it was a
+    KeyError traceback: it has no rows to reuse, says so in one line, and encodes every image."""
+    styles, bank = tmp_path / "styles", tmp_path / "minimal.parquet"
+    write_styles(styles)
+    hand_written_bank(bank, weights.vgg, {})
+    argv = ["styles", "index", "--style", str(styles), "--output", str(bank), "--encoder", str(weights.vgg)]
+    with caplog.at_level("WARNING"):
+        code = main([*argv, "--style-size", "32", "--device", "cpu", "--actors", "1", "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert f"bank {bank}: 3 styles (3 encoded, 0 unchanged, 0 removed, 0 unreadable)" in captured.out
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert warning == (
+        f"{bank}: every style image is encoded again, none of the bank's rows can be reused "
+        "(no source_uri, size, mtime_ns, content_sha256 column)"
+    )
+    assert sorted(rows(bank)) == ["a", "c", "sub_b"] and rows(bank)["a"]["source_uri"] == str(styles / "a.jpg")
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        {
+            "source_uri": ["/s/a.jpg", "/s/old.jpg"],
+            "size": ["big", "small"],
+            "mtime_ns": [1, 2],
+            "content_sha256": ["x", "y"],
+        },
+        {"source_uri": [1, 2], "size": [1, 2], "mtime_ns": [1.5, 2.5], "content_sha256": ["x", "y"]},
+    ],
+    ids=["text-sizes", "fractional-times"],
+)
+def test_bank_columns_of_other_types_are_nothing_to_reuse(
+    weights: WeightFiles, tmp_path: Path, columns: dict[str, list], caplog
+) -> None:
+    """Sizes that are text would have failed only when the bank was written, after the encoding."""
+    hand_written_bank(tmp_path / "bank.parquet", weights.vgg, columns)
+    with caplog.at_level("WARNING"):
+        assert reusable_rows(read_bank_table(str(tmp_path / "bank.parquet")), "bank.parquet") == {}
+    assert "bank.parquet: every style image is encoded again" in caplog.text
 
 
 def test_cli_index_needs_styles_and_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.cli import parse
+from pipeline.cli import main, parse
 from pipeline.errors import ConfigError
 
 STYLE_COMMANDS = [["stylize"], ["styles", "index"], ["augment"], ["train"]]
+POSITIONALS = {("transfer",): ["content.jpg", "style.jpg", "-o", "out.jpg"], ("report",): ["out"]}  # no --config
 
 
 @pytest.mark.parametrize("words", STYLE_COMMANDS, ids=lambda w: " ".join(w))
@@ -38,6 +41,8 @@ def test_yaml_values_mean_what_the_flags_mean(tmp_path: Path) -> None:
     again = parse(["stylize", "--config", path, "--style", "c.jpg", "--alpha", "0.25"])
     assert again.style == ["c.jpg"] and again.alpha == 0.25  # the command line wins, lists included
     assert again.extensions == "jpg,png"
+    drawn = parse(["augment", "--config", _config(tmp_path, {"alpha_range": [0.5, 1], "style_weights": None})])
+    assert drawn.alpha_range == (0.5, 1.0)  # a comma-separated flag's list, joined before it is parsed
 
 
 @pytest.mark.parametrize(
@@ -50,12 +55,46 @@ def test_yaml_values_mean_what_the_flags_mean(tmp_path: Path) -> None:
         ({"precision": "fp8"}, "precision: invalid choice: .fp8."),
         ({"content_size": [256, 512]}, "content_size"),
         ({"content_siz": 256}, "unknown option 'content_siz'"),  # no abbreviations in files
+        ({"help": True}, "unknown option 'help'"),  # it printed the help and exited 0
+        ({"style": {"a": 1}}, "style: expected a value, not a mapping"),  # was the path "{'a': 1}"
+        ({"style": [["a.jpg"]]}, "style: expected a value or a list of values, not a list holding a list"),
+        ({"style": ["a.jpg", None]}, "style: .* not a list holding null"),  # was the path "None"
+        ({"extensions": [{"jpg": 1}]}, "extensions: .* not a list holding a mapping"),
+        ({"input": ["a", "b"]}, "input: takes one value, not a list"),  # was --input a,b
+        ({"run_id": ["a"]}, "run_id: takes one value, not a list"),
     ],
 )
 def test_yaml_mistakes_are_one_line_config_errors(tmp_path: Path, options: dict, words: str) -> None:
     with pytest.raises(ConfigError, match=words) as caught:
         parse(["stylize", "--config", _config(tmp_path, options)])
     assert "\n" not in str(caught.value)
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    """425 bytes of nested aliases name 9**9 items: made text, they took 14 GB and 81 s."""
+    lines = ["input: in", "output: out", "style:", "  - &a0 [x,x,x,x,x,x,x,x,x]"]
+    lines += [f"  - &a{d} [{','.join([f'*a{d - 1}'] * 9)}]" for d in range(1, 9)]
+    path = tmp_path / "laughs.yaml"
+    path.write_text("\n".join(lines) + "\n")
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(ConfigError, match="style: expected a value or a list of values, not a list holding a list"):
+            parse(["stylize", "--config", str(path)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 2 and peak < 10 * 2**20
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("input: in\nstyle: caf\u00e9.jpg\noutput: out\n".encode("latin-1"))
+    assert main(["stylize", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "latin1.yaml: not UTF-8 (byte 0xe9 at offset 20); save it as UTF-8" in err
+    path.write_text("input: in\nstyle: caf\u00e9.jpg\noutput: out\n", encoding="utf-8")  # UTF-8, whatever the locale
+    assert parse(["stylize", "--config", str(path)]).style == ["caf\u00e9.jpg"]
 
 
 def _number_flags() -> list[tuple[tuple[str, ...], str]]:
@@ -89,3 +128,55 @@ def test_numbers_that_are_not_finite_are_refused(
     with pytest.raises(ConfigError, match=f"{key}: ") as caught:
         parse([*command, "--config", _config(tmp_path, {key: text})])
     assert "\n" not in str(caught.value)
+
+
+def _int_flags() -> list[tuple[tuple[str, ...], str]]:
+    """Every flag of every command that takes a whole number."""
+    from pipeline.cli.flags import build_parsers, integer
+
+    actions = [(words, action) for words, parser in build_parsers()[1].items() for action in parser._actions]
+    assert not [action.dest for _, action in actions if action.type is int]  # each bounded, by `integer`
+    return [(words, action.option_strings[-1]) for words, action in actions if action.type is integer]
+
+
+@pytest.mark.parametrize(("words", "flag"), _int_flags(), ids=lambda v: " ".join(v) if isinstance(v, tuple) else v)
+@pytest.mark.parametrize("value", ["2147483648", "-2147483648", "100000000000000000000000"])
+def test_whole_numbers_past_32_bits_are_refused(
+    words: tuple[str, ...], flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A batch size of 1e23 passed `>= 1` and met Arrow as an OverflowError traceback: every
+    count and size is refused past 32 bits where it enters, on the command line and in YAML."""
+    command = [*words, *POSITIONALS.get(words, [])]
+    with pytest.raises(SystemExit) as exited:
+        parse([*command, flag, value])
+    assert exited.value.code == 2 and f"{flag}: '{value}': expected a whole number" in capsys.readouterr().err
+    assert parse([*command, flag, "2147483647"])  # the largest taken
+    if words in POSITIONALS:
+        return  # no --config
+    key = flag.lstrip("-").replace("-", "_")
+    with pytest.raises(ConfigError, match=f"{key}: .*expected a whole number") as caught:
+        parse([*command, "--config", _config(tmp_path, {key: int(value)})])  # a YAML int, as in the finding
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (
+            ["augment", "--input", "in", "--style", "s", "--output", "out", "--seed", "-1"],
+            "--seed -1: must be 0 or more",
+        ),
+        (
+            ["train", "--content", "c", "--style", "s", "--storage", "runs", "--name", "n", "--resize", "10000"],
+            "--resize 10000: 10000x10000 is more than --max-pixels 89478485",
+        ),
+    ],
+)
+def test_whole_numbers_out_of_their_meaningful_range_are_one_line(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A negative augment seed failed every input in NumPy; a training --resize past --max-pixels
+    would resize every image to gigabytes."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err

@@ -40,7 +40,7 @@ from pipeline.errors import ConfigError, ImageError, StorageError, WeightsError,
 from pipeline.imaging.codec import FORMATS, encode
 from pipeline.model.checkpoint import load_decoder, save_checkpoint
 from pipeline.model.nets import ARCH_VERSION, Decoder
-from pipeline.storage.keys import output_key
+from pipeline.storage.keys import augmented_key, folded, output_key
 from pipeline.storage.listing import iter_files
 from pipeline.storage.lock import LeaseKeeper, acquire, release, renew
 from tests import images
@@ -107,6 +107,63 @@ def test_report_prints_hostile_names_and_summaries_as_one_line_each(
     assert len(lines) == 8, lines  # heading, table header and one run, counts, reasons, one reason, hint, one row
     rows = [line.split("\t") for line in lines if "\t" in line]
     assert rows == [[one_line(uri), one_line(field), one_line(f"{uri}: bad")]]
+
+
+def _parquet(rows: list[dict]) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return buffer.getvalue()
+
+
+GOOD_ROW = {
+    "run_id": "a",
+    "input_uri": "/in/x.jpg",
+    "style": "s",
+    "output_uri": "/o/s/x.jpg",
+    "status": "ok",
+    "error": None,
+}
+GOOD_RUN = {"run_id": "a", "started_at": "2026-01-01T00:00:00Z", "ok": 1, "error": 0, "skipped": 0, "wall_s": 1.0}
+# What a full disk, a killed copy or a hand edit leaves beside a good run: (file, its bytes), the warning, run b's row.
+DAMAGED_OUTPUTS = {
+    "truncated-part": ("_manifest/x.parquet", _parquet([GOOD_ROW])[:100], "x.parquet: unreadable manifest part", None),
+    "empty-part": ("_manifest/zz.parquet", b"", "zz.parquet: unreadable manifest part", None),
+    "part-of-other-columns": ("_manifest/y.parquet", _parquet([{"run_id": "r"}]), "y.parquet: unreadable", None),
+    "part-of-lists": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "style": ["s"]}]), "y.parquet: unreadable", None),
+    "rows-naming-nothing": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "input_uri": None}]), "1 rows name no", None),
+    "style-sources-a-list": ("_runs/b.json", b'{"run_id": "b", "style_sources": ["a"]}', None, "b ? ? ? ? ? ?"),
+    "style-sources-not-paths": (  # a later run's: it names the style image the contact sheet shows
+        "_runs/b.json",
+        b'{"run_id": "b", "started_at": "2027", "style_sources": {"s": [5]}}',
+        None,
+        "b 2027 ? ? ? ? ?",
+    ),
+    "run-id-an-int": ("_runs/b.json", b'{"run_id": 5, "ok": 1, "wall_s": "1"}', None, "? ? 1 ? ? ? ?"),
+    "started-at-an-int": ("_runs/b.json", b'{"run_id": "b", "started_at": 5, "ok": true}', None, "b ? ? ? ? ? ?"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGED_OUTPUTS))
+def test_report_over_damaged_manifest_parts_and_summaries(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog, damage: str
+) -> None:
+    """An unreadable manifest part was a traceback (a truncated or empty one after a full disk):
+    it is left out with one warning naming it. A hand-edited summary's field of another type
+    (style_sources a list, run_id or started_at a number) was a traceback: it shows as `?`."""
+    out = tmp_path / "out"
+    images.write(out / "_runs" / "a.json", json.dumps({**GOOD_RUN, "style_sources": {"s": ["/s.jpg"]}}).encode())
+    images.write(out / "_manifest" / "a-00000.parquet", _parquet([GOOD_ROW]))
+    rel, data, warning, run_b = DAMAGED_OUTPUTS[damage]
+    images.write(out / rel, data)
+    with caplog.at_level("WARNING"):
+        assert main(["report", str(out), "--errors", "--html", str(tmp_path / "report.html")]) == 0
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(warnings) == (warning is not None) and all(warning in w and "\n" not in w for w in warnings), warnings
+    shown = capsys.readouterr().out
+    runs = [line.split() for line in shown.splitlines()[2:] if line.startswith("  ")]  # below the table's header
+    good = ["a", "2026-01-01T00:00:00Z", "1", "0", "0", "1.0", "?"]  # the good run, as it was
+    assert sorted(runs) == sorted([good, run_b.split()] if run_b else [good])
+    assert "outputs now: 1 ok, 0 error, 0 skipped" in shown
 
 
 def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
@@ -247,14 +304,51 @@ RAGGED = pa.schema(
         ([bank_row("a"), bank_row("a")], BANK_SCHEMA, None, "not unique"),
         ([{"style_id": "a"}], pa.schema([("style_id", pa.string())]), None, "no mean, std column"),
         ([bank_row("a")], BANK_SCHEMA, {b"adain.format": b"adain-ray.style-bank/1"}, "names no encoder"),
+        ([bank_row("x"), bank_row("a/b"), bank_row("a_b")], BANK_SCHEMA, None, "'a/b' and 'a_b' would share"),
+        ([bank_row("Scream"), bank_row("scream")], BANK_SCHEMA, None, "'Scream' and 'scream' would share"),
+        (
+            [{**bank_row("5"), "style_id": 5}],
+            BANK_SCHEMA.set(0, pa.field("style_id", pa.int64())),
+            None,
+            "style ids are not text",
+        ),
     ],
-    ids=["ragged", "nan", "negative-std", "duplicate-ids", "no-columns", "no-encoder"],
+    ids=["ragged", "nan", "negative-std", "duplicate-ids", "no-columns", "no-encoder", "slug", "case", "not-text"],
 )
 def test_damaged_banks_are_refused_in_one_line(tmp_path: Path, rows, schema, meta, words) -> None:
     path = write_bank(tmp_path / "bank.parquet", rows, schema, meta)
     with pytest.raises(ConfigError, match=words) as caught:
         load_bank(path)
     assert "\n" not in str(caught.value)
+
+
+# Ids that `slug` and `folded` may bring together: separators, dots, underscores, case, and
+# letters whose case folding is not one to one.
+BANK_IDS = st.lists(
+    st.lists(
+        st.sampled_from(["a", "A", "b", "/", ".", "_", "-", " ", "\u0130", "\u0131", "i", "\u00df", "ss"]), max_size=4
+    ).map("".join),
+    min_size=1,
+    max_size=6,
+    unique=True,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ids=BANK_IDS)
+def test_a_bank_is_refused_or_its_styles_write_apart(tmp_path: Path, ids: list[str]) -> None:
+    """Bank ids `a/b` and `a_b` wrote into one folder, `Scream` and `scream` into one on a
+    filesystem that ignores case, each row ok: such a bank is refused, naming two ids; any
+    bank taken writes each style's outputs under names of its own, compared without case."""
+    path = write_bank(tmp_path / "bank.parquet", [bank_row(style_id) for style_id in ids])
+    try:
+        bank = load_bank(path)
+    except ConfigError as exc:
+        assert "would share an output folder" in str(exc) and "\n" not in str(exc)
+        return
+    folders = [output_key("/out", style_id, "c", "jpg").split("/")[2] for style_id in bank.ids]
+    names = [augmented_key("/out", style_id, "c", "jpg").rsplit("/", 1)[1] for style_id in bank.ids]
+    assert len(set(folded(folders))) == len(set(folded(names))) == len(ids)
 
 
 def test_damaged_weights_are_refused_in_one_line(weights: WeightFiles, tmp_path: Path) -> None:

@@ -20,6 +20,9 @@ from pipeline.imaging.codec import (
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, KNOWN_DECODERS, KNOWN_ENCODERS
 
+# The flags whose value is a comma-separated list: a YAML list for one of them is its items joined.
+COMMA_LISTS = frozenset({"extensions", "style_weights", "alpha_range"})
+
 Parsers = dict[tuple[str, ...], argparse.ArgumentParser]  # command words -> that command's parser
 Commands = Any  # what ArgumentParser.add_subparsers returns (argparse gives it no public type)
 
@@ -33,6 +36,21 @@ def number(text: str) -> float:
 
 
 number.__name__ = "float"  # argparse's "invalid float value: 'x'" for what is not a number at all
+
+
+INT_MAX = 2**31 - 1  # far past any real count or size, and within every int32 column (the manifest's per_image)
+
+
+def integer(text: str) -> int:
+    """A flag's whole number, within 32 bits: a count or a size far past any real one would
+    overflow where it meets Arrow (a batch size of 1e23), NumPy or torch."""
+    value = int(text)
+    if not -INT_MAX <= value <= INT_MAX:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a whole number from -{INT_MAX} to {INT_MAX}")
+    return value
+
+
+integer.__name__ = "int"  # argparse's "invalid int value: 'x'" for what is not a whole number at all
 
 
 def _weights(text: str) -> tuple[float, ...]:
@@ -92,18 +110,22 @@ def _controls(parser: argparse.ArgumentParser) -> None:
 
 def _sizes(parser: argparse.ArgumentParser, content: bool = True) -> None:
     if content:
-        parser.add_argument("--content-size", type=int, default=512, help="shorter side in px, 0 keeps (default 512)")
-    parser.add_argument("--style-size", type=int, default=512, help="shorter side in px, 0 keeps (default 512)")
+        parser.add_argument(
+            "--content-size", type=integer, default=512, help="shorter side in px, 0 keeps (default 512)"
+        )
+    parser.add_argument("--style-size", type=integer, default=512, help="shorter side in px, 0 keeps (default 512)")
     parser.add_argument("--crop", action="store_true", help="centre-crop to NxN after resizing")
     if content:
-        parser.add_argument("--max-side", type=int, default=0, help="cap the longer side after resizing, 0: none")
-    parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger images (decompression bombs)")
+        parser.add_argument("--max-side", type=integer, default=0, help="cap the longer side after resizing, 0: none")
+    parser.add_argument(
+        "--max-pixels", type=integer, default=MAX_PIXELS, help="refuse larger images (decompression bombs)"
+    )
 
 
 def _scale(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--actors", type=int, help="model actors (default: one per GPU, or per CPU core)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per model call (default 16)")
+    parser.add_argument("--actors", type=integer, help="model actors (default: one per GPU, or per CPU core)")
+    parser.add_argument("--batch-size", type=integer, default=16, help="images per model call (default 16)")
     parser.add_argument(
         "--cpus-per-actor",
         type=number,
@@ -111,7 +133,7 @@ def _scale(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--io-cpus", type=number, default=0.25, help="CPUs per decoding/writing task (default 0.25)")
     parser.add_argument(
-        "--io-concurrency", type=int, default=16, help="reads/writes each decoding/writing task keeps in flight"
+        "--io-concurrency", type=integer, default=16, help="reads/writes each decoding/writing task keeps in flight"
     )
     parser.add_argument("--gpus-per-actor", type=number, default=1.0, help="GPUs per actor on GPU clusters")
 
@@ -123,7 +145,7 @@ def _job(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input-root", help="for list files: the prefix that output keys are relative to")
     parser.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="input file extensions")
     parser.add_argument("--format", default="jpg", choices=list(FORMATS), help="output format (default jpg)")
-    parser.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
+    parser.add_argument("--quality", type=integer, default=90, help="JPEG/WebP quality (default 90)")
     parser.add_argument("--run-id", help="name this run (default: a timestamp)")
     parser.add_argument(
         "--jpeg-codec",
@@ -143,7 +165,7 @@ def _video(parser: argparse.ArgumentParser, segments: bool = False) -> None:
         help="videos: smooth the content statistics over frames, an EMA weight in [0, 1) (default 0: off)",
     )  # fmt: skip
     parser.add_argument(
-        "--video-quality", type=int, default=VIDEO_QUALITY, metavar="CRF",
+        "--video-quality", type=integer, default=VIDEO_QUALITY, metavar="CRF",
         help=f"videos: x264's CRF, 0 (lossless) to 51, lower is better (default {VIDEO_QUALITY})",
     )  # fmt: skip
     if segments:
@@ -174,7 +196,7 @@ def _transfer(commands: Commands, parsers: Parsers, **options: bool) -> None:
     transfer.add_argument(
         "--format", choices=list(FORMATS), help="output format (default: the output file's extension; jpg in a folder)"
     )
-    transfer.add_argument("--quality", type=int, default=90, help="JPEG/WebP quality (default 90)")
+    transfer.add_argument("--quality", type=integer, default=90, help="JPEG/WebP quality (default 90)")
     _video(transfer)
     _model(transfer)
     _controls(transfer)
@@ -215,13 +237,13 @@ def _augment(commands: Commands, parsers: Parsers, **options: bool) -> None:
     )
     _config(augment)
     augment.add_argument("--style", "--styles", help="style images (a prefix or an image) or a style bank (.parquet)")
-    augment.add_argument("--per-image", type=int, default=1, help="stylized copies per input (default 1)")
+    augment.add_argument("--per-image", type=integer, default=1, help="stylized copies per input (default 1)")
     augment.add_argument("--alpha", type=number, default=1.0, help="fixed content-style trade-off (default 1)")
     augment.add_argument("--alpha-range", type=_alpha_range, help="draw alpha per output from LO,HI instead")
-    augment.add_argument("--seed", type=int, default=0, help="seed of the style and alpha draws (default 0)")
+    augment.add_argument("--seed", type=integer, default=0, help="seed of the style and alpha draws (default 0)")
     augment.add_argument("--preserve-color", choices=["luminance"], help="keep the content's colours")
     augment.add_argument("--shards", action="store_true", help="write WebDataset-style tar shards, not files")
-    augment.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    augment.add_argument("--shard-size", type=integer, default=1000, help="samples per shard (default 1000)")
     augment.add_argument("--lock-ttl", type=number, default=24 * 3600.0, help="seconds a run's lock lasts")
     _job(augment)
     _register(parsers, ("augment",), augment, run.augment)
@@ -232,7 +254,7 @@ def _report(commands: Commands, parsers: Parsers, **options: bool) -> None:
     report.add_argument("output", help="the --output of a stylize or augment job")
     report.add_argument("--errors", action="store_true", help="list every failed output (input, style, reason)")
     report.add_argument("--html", help="also write the report as a page with a labelled contact sheet here")
-    report.add_argument("--samples", type=int, default=24, help="rows of the contact sheet (default 24)")
+    report.add_argument("--samples", type=integer, default=24, help="rows of the contact sheet (default 24)")
     _register(parsers, ("report",), report, run.report)
 
 
@@ -250,27 +272,29 @@ def _train(commands: Commands, parsers: Parsers, **options: bool) -> None:
     data.add_argument("--storage", help="where runs live (local path, s3://, gs://); this run goes to STORAGE/NAME")
     data.add_argument("--name", help="the run's name; with --resume, the run to continue")
     data.add_argument("--resume", action="store_true", help="continue the run NAME from its latest checkpoint")
-    data.add_argument("--resize", type=int, default=512, help="resize to NxN, ignoring the aspect (default 512)")
-    data.add_argument("--crop", type=int, default=256, help="then a random NxN crop (default 256)")
+    data.add_argument("--resize", type=integer, default=512, help="resize to NxN, ignoring the aspect (default 512)")
+    data.add_argument("--crop", type=integer, default=256, help="then a random NxN crop (default 256)")
     data.add_argument("--extensions", default=",".join(IMAGE_EXTENSIONS), help="image file extensions to list")
-    data.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="skip larger images (decompression bombs)")
+    data.add_argument("--max-pixels", type=integer, default=MAX_PIXELS, help="skip larger images (decompression bombs)")
 
     scale = train.add_argument_group("cluster")
     scale.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    scale.add_argument("--workers", type=int, default=1, help="training workers, one DDP process each (default 1)")
+    scale.add_argument("--workers", type=integer, default=1, help="training workers, one DDP process each (default 1)")
     scale.add_argument("--gpus-per-worker", type=number, default=0.0, help="GPUs per worker; 0 trains on CPUs")
     scale.add_argument("--cpus-per-worker", type=number, default=1.0, help="CPUs per worker (default 1)")
     scale.add_argument(
         "--loader-cpus", type=number, help="CPUs per decoding task (default: 1 if the workers leave one free, else 0)"
     )
-    scale.add_argument("--max-failures", type=int, default=3, help="worker-group restarts from the latest checkpoint")
+    scale.add_argument(
+        "--max-failures", type=integer, default=3, help="worker-group restarts from the latest checkpoint"
+    )
 
     schedule = train.add_argument_group("objective and schedule")
     names = ", ".join(KNOWN_ENCODERS)
     schedule.add_argument("--encoder", default=DEFAULT_ENCODER, help=f"frozen VGG encoder: path, URI or one of {names}")
     schedule.add_argument("--decoder", help="start from these decoder weights (fine-tuning); default: a fresh decoder")
-    schedule.add_argument("--batch-size", type=int, default=8, help="images per worker per step (default 8)")
-    schedule.add_argument("--max-iter", type=int, default=160_000, help="train to this many steps (default 160000)")
+    schedule.add_argument("--batch-size", type=integer, default=8, help="images per worker per step (default 8)")
+    schedule.add_argument("--max-iter", type=integer, default=160_000, help="train to this many steps (default 160000)")
     schedule.add_argument("--lr", type=number, default=1e-4, help="Adam learning rate (default 1e-4)")
     schedule.add_argument("--lr-decay", type=number, default=5e-5, help="step i runs at lr / (1 + lr_decay * i)")
     schedule.add_argument("--content-weight", type=number, default=1.0, help="weight of the content loss (default 1)")
@@ -279,13 +303,15 @@ def _train(commands: Commands, parsers: Parsers, **options: bool) -> None:
     schedule.add_argument(
         "--precision", default="fp32", choices=list(TRAINING_PRECISIONS), help="bf16 autocasts the nets"
     )
-    schedule.add_argument("--seed", type=int, default=0, help="seed of the fresh decoder's weights")
+    schedule.add_argument("--seed", type=integer, default=0, help="seed of the fresh decoder's weights")
 
     outputs = train.add_argument_group("checkpoints and outputs")
-    outputs.add_argument("--checkpoint-every", type=int, default=10_000, help="steps between checkpoints")
-    outputs.add_argument("--keep-checkpoints", type=int, default=3, help="keep the newest N checkpoints (default 3)")
-    outputs.add_argument("--log-every", type=int, default=100, help="steps between metrics rows (default 100)")
-    outputs.add_argument("--samples", type=int, default=4, help="rows of the sample grid in each checkpoint")
+    outputs.add_argument("--checkpoint-every", type=integer, default=10_000, help="steps between checkpoints")
+    outputs.add_argument(
+        "--keep-checkpoints", type=integer, default=3, help="keep the newest N checkpoints (default 3)"
+    )
+    outputs.add_argument("--log-every", type=integer, default=100, help="steps between metrics rows (default 100)")
+    outputs.add_argument("--samples", type=integer, default=4, help="rows of the sample grid in each checkpoint")
     outputs.add_argument(
         "--export-pytorch-adain", action="store_true", help="also write decoder-pytorch-adain.pth (a plain state dict)"
     )

@@ -30,7 +30,7 @@ from pipeline.data.preflight import check_address, check_weights
 from pipeline.data.progress import Progress
 from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR, OK
 from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove_orphan_shards
-from pipeline.errors import ConfigError, StorageError
+from pipeline.errors import ConfigError, StorageError, describe
 from pipeline.storage.keys import augmented_key
 from pipeline.storage.lock import LeaseKeeper, acquire, release, release_if_dead
 from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
@@ -45,13 +45,22 @@ STATE_SCHEMA = pa.schema(
 )
 
 
-def changed_inputs(inputs: pa.Table, state_uri: str) -> tuple[pa.Table, dict[str, int]]:
-    """The inputs that are new or changed since the recorded runs (with a `new` column: never
-    recorded), and the counts of each kind."""
+def read_state(state_uri: str) -> pa.Table:
+    """The inputs the finished runs recorded (STATE_SCHEMA): none where there is no state yet, or,
+    with a one-line warning, where it cannot be read or is not a state (truncated, edited by hand):
+    every input is then new, its outputs already there are kept, and the state is written anew."""
     if not exists(state_uri):
-        new = pa.array([True] * inputs.num_rows, pa.bool_())
-        return inputs.append_column("new", new), {"new": inputs.num_rows, "changed": 0, "unchanged": 0}
-    state = pq.read_table(io.BytesIO(read_bytes(state_uri)))
+        return STATE_SCHEMA.empty_table()
+    try:
+        return pq.read_table(io.BytesIO(read_bytes(state_uri))).select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
+    except (KeyError, pa.ArrowException) as exc:
+        log.warning("%s: unreadable state (%s); every input counts as new this run", state_uri, describe(exc))
+        return STATE_SCHEMA.empty_table()
+
+
+def changed_inputs(inputs: pa.Table, state: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """The inputs that are new or changed since the recorded runs (`state`, with a `new` column:
+    never recorded), and the counts of each kind."""
     stamps = zip(state.column("size").to_pylist(), state.column("mtime_ns").to_pylist(), strict=True)
     seen = dict(zip(state.column("rel_path").to_pylist(), stamps, strict=True))
     kinds, counts = [], {"new": 0, "changed": 0, "unchanged": 0}
@@ -69,16 +78,13 @@ def changed_inputs(inputs: pa.Table, state_uri: str) -> tuple[pa.Table, dict[str
     return inputs.filter(pa.array([kind != "unchanged" for kind in kinds], pa.bool_())), counts
 
 
-def record_state(state_uri: str, processed: pa.Table, run_id: str) -> None:
-    """Add this run's inputs to the state, replacing older records of the same paths."""
+def record_state(state_uri: str, state: pa.Table, processed: pa.Table, run_id: str) -> None:
+    """The state read at the start (`state`) with this run's inputs added, replacing older records of the same paths."""
     rows = processed.select(["rel_path", "size", "mtime_ns"]).append_column(
         "run_id", pa.array([run_id] * processed.num_rows, pa.string())
     )
-    if exists(state_uri):
-        old = pq.read_table(io.BytesIO(read_bytes(state_uri))).cast(STATE_SCHEMA)
-        old = old.filter(pc.invert(pc.is_in(old.column("rel_path"), rows.column("rel_path"))))
-        rows = pa.concat_tables([old, rows.cast(STATE_SCHEMA)])
-    write_bytes(state_uri, table_bytes(rows.cast(STATE_SCHEMA)))
+    older = state.filter(pc.invert(pc.is_in(state.column("rel_path"), rows.column("rel_path"))))
+    write_bytes(state_uri, table_bytes(pa.concat_tables([older, rows.cast(STATE_SCHEMA)])))
 
 
 def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
@@ -107,7 +113,8 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
 
 def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> dict[str, Any]:
     state_uri = join(cfg.output.uri, "_state", "inputs.parquet")
-    todo, kinds = changed_inputs(listed, state_uri)
+    state = read_state(state_uri)
+    todo, kinds = changed_inputs(listed, state)
     # torch and Ray load only now: a mistake found above is reported before they take seconds to import.
     from pipeline.data.cluster import connect_while
 
@@ -122,6 +129,7 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
     if cfg.per_image > len(styles.ids):
         raise ConfigError(f"--per-image {cfg.per_image}: there are only {len(styles.ids)} styles")
     from pipeline.data.job import Stages, stylized_rows
+
     low, high = cfg.alpha_range
     job_values = {"per_image": cfg.per_image, "seed": cfg.seed, "alpha_range": f"{low:g},{high:g}"}
     manifest = ManifestWriter(
@@ -154,7 +162,7 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
         record_shards(cfg.output.uri, sorted(shards))
     # Inputs with any failed output stay unrecorded, so the next run tries them again.
     done = pc.invert(pc.is_in(todo.column("rel_path"), pa.array(sorted(failed), pa.string())))
-    record_state(state_uri, todo.filter(done), run_id)
+    record_state(state_uri, state, todo.filter(done), run_id)
     return finish_run(
         manifest,
         cfg.output.uri,

@@ -35,6 +35,7 @@ from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
 from pipeline.model.host import set_threads
 from pipeline.model.loader import load_style_encoder
+from pipeline.storage.keys import folded, slug
 from pipeline.storage.listing import FileStat, stat_files
 from pipeline.storage.uri import absolute, check_writable, exists, is_dir, read_bytes, resolve, write_bytes
 
@@ -89,9 +90,21 @@ def _unusable(uri: str, what: str) -> ConfigError:
     return ConfigError(f"{uri}: not a usable style bank: {what}; rebuild it with `adain styles index`")
 
 
+def meeting_ids(ids: list[str]) -> tuple[str, str] | None:
+    """Two distinct style ids whose outputs would share a name, if any: a style's outputs are
+    named by `slug(style_id)` (`keys.output_key`'s folder, `keys.augmented_key`'s suffix), and
+    names are compared without case (`folded`), as a filesystem that ignores case would."""
+    first: dict[str, str] = {}
+    for style_id, name in zip(ids, folded([slug(style_id) for style_id in ids]), strict=True):
+        other = first.setdefault(name, style_id)
+        if other != style_id:
+            return other, style_id
+    return None
+
+
 def read_bank_table(uri: str) -> pa.Table:
-    """A bank's table, checked: its metadata, its columns, unique ids, 512 finite means and
-    512 finite positive stds a row."""
+    """A bank's table, checked: its metadata, its columns, unique ids whose outputs are named
+    apart, 512 finite means and 512 finite positive stds a row."""
     try:
         table = pq.read_table(io.BytesIO(read_bytes(uri)))
     except (pa.ArrowException, OSError) as exc:
@@ -107,8 +120,16 @@ def read_bank_table(uri: str) -> pa.Table:
     if missing:
         raise _unusable(uri, f"no {', '.join(missing)} column")
     ids = table.column("style_id")
+    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+        raise _unusable(uri, "its style ids are not text")
     if ids.null_count or pc.count_distinct(ids).as_py() != table.num_rows:
         raise _unusable(uri, "its style ids are not unique")
+    if meeting := meeting_ids(ids.to_pylist()):
+        first, second = meeting
+        raise _unusable(
+            uri,
+            f"style ids {first!r} and {second!r} would share an output folder ({slug(first)!r}, compared without case)",
+        )
     for name in ("mean", "std"):
         column = table.column(name).combine_chunks()
         if not pa.types.is_list(column.type) and not pa.types.is_fixed_size_list(column.type):
@@ -191,6 +212,25 @@ def _listing(styles: str) -> list[FileStat]:
     raise StorageError(f"{styles}: no style images there; give a prefix, a directory or an image")
 
 
+def reusable_rows(table: pa.Table, uri: str) -> dict[str, dict[str, Any]]:
+    """The rows of a checked bank that indexing may keep, by source URI: none, with a warning, where
+    the bank lacks the columns that tell an unchanged image (a bank written by hand needs only
+    style_id, mean and std to be used) or holds them as other types."""
+    missing = [name for name in BANK_SCHEMA.names if name not in table.column_names]
+    if missing:
+        return _nothing_to_reuse(uri, f"no {', '.join(missing)} column")
+    try:
+        rows = table.select(BANK_SCHEMA.names).cast(BANK_SCHEMA)
+    except pa.ArrowException as exc:
+        return _nothing_to_reuse(uri, describe(exc))
+    return {row["source_uri"]: row for row in rows.to_pylist()}
+
+
+def _nothing_to_reuse(uri: str, why: str) -> dict[str, dict[str, Any]]:
+    log.warning("%s: every style image is encoded again, none of the bank's rows can be reused (%s)", uri, why)
+    return {}
+
+
 def index_styles(
     styles: str, output: str, model: ModelConfig, sizing: Sizing, scale: Scale, address: str | None = None
 ) -> dict[str, Any]:
@@ -217,7 +257,7 @@ def index_styles(
             )
         if int(meta[b"adain.style_size"]) != sizing.style_size:
             raise ConfigError(f"{output}: this bank was built at --style-size {int(meta[b'adain.style_size'])}")
-        old = {row["source_uri"]: row for row in table.to_pylist()}
+        old = reusable_rows(table, output)
     kept, todo = [], []
     for stat, style_id in zip(listed, ids, strict=True):
         previous = old.get(stat.uri)

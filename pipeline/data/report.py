@@ -1,9 +1,9 @@
 """`adain report OUTPUT`: what the runs under an output prefix did, from their summaries and manifest.
 
-    runs      OUTPUT/_runs/RUN_ID.json      counts, wall time and rate of each run
-    outputs   OUTPUT/_manifest/*.parquet    the latest row of each (input, style): the state now
-    errors    the most common reasons, and every failed output on request
-    html      a page with the same tables and a labelled contact sheet (content | style | output)
+runs      OUTPUT/_runs/RUN_ID.json      counts, wall time and rate of each run
+outputs   OUTPUT/_manifest/*.parquet    the latest row of each (input, style): the state now
+errors    the most common reasons, and every failed output on request
+html      a page with the same tables and a labelled contact sheet (content | style | output)
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import base64
 import html
 import io
 import json
+import logging
 import posixpath
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from pipeline.errors import ConfigError, describe, one_line
 from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, encode
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("run_id", "input_uri", "style", "output_uri", "status", "error")
 
@@ -48,12 +51,12 @@ def read_report(output: str, top: int = 10) -> Report:
     if not is_dir(manifest_dir) and not is_dir(runs_dir):
         raise ConfigError(f"{output}: no runs here (no _runs/ or _manifest/); give the --output of a job")
     runs = [_summary(uri) for uri, _ in list_files(runs_dir, (".json",))] if is_dir(runs_dir) else []
-    runs.sort(key=lambda run: (run.get("started_at") or "", run.get("run_id") or ""))
+    runs.sort(key=lambda run: (summary_field(run, "started_at", str) or "", summary_field(run, "run_id", str) or ""))
     latest = latest_rows(_manifest(manifest_dir))
     counts = status_counts(latest.column("status"))
     errors = latest.filter(pc.equal(latest.column("status"), ERROR))
     reasons = Counter(reason(row["error"] or "", row["input_uri"]) for row in errors.to_pylist())
-    sources = {k: v for run in runs for k, v in (run.get("style_sources") or {}).items()}
+    sources = {k: v for run in runs for k, v in style_sources(run).items()}
     return Report(output, runs, latest, {s: counts.get(s, 0) for s in STATUSES}, reasons.most_common(top), sources)
 
 
@@ -64,11 +67,43 @@ def _summary(uri: str) -> dict[str, Any]:
         return {"run_id": posixpath.basename(uri).removesuffix(".json"), "unreadable": describe(exc)}
 
 
+def summary_field(run: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    """A run summary's field, or None where it is missing or of another type (a hand-edited summary)."""
+    value = run.get(key)
+    return value if isinstance(value, kind) and not isinstance(value, bool) else None
+
+
+def style_sources(run: dict[str, Any]) -> dict[str, list[str]]:
+    """A run summary's style id -> style images, leaving out what is not that (a hand-edited summary)."""
+    sources = summary_field(run, "style_sources", dict) or {}
+    return {
+        k: v
+        for k, v in sources.items()
+        if isinstance(k, str) and isinstance(v, list) and all(isinstance(u, str) for u in v)
+    }
+
+
+MANIFEST = pa.schema([(name, pa.string()) for name in COLUMNS])  # the columns the report reads, as text
+
+
 def _manifest(directory: str) -> pa.Table:
     parts = [uri for uri, _ in list_files(directory, (".parquet",))] if is_dir(directory) else []
-    tables = [pq.read_table(io.BytesIO(read_bytes(uri)), columns=list(COLUMNS)) for uri in sorted(parts)]
-    schema = pa.schema([(name, pa.string()) for name in COLUMNS])
-    return pa.concat_tables([t.cast(schema) for t in tables]) if tables else schema.empty_table()
+    tables = [table for table in map(_part, sorted(parts)) if table is not None]
+    return pa.concat_tables(tables) if tables else MANIFEST.empty_table()
+
+
+def _part(uri: str) -> pa.Table | None:
+    """One manifest part's rows that name an input and a style, or None where it cannot be read
+    (truncated, empty after a full disk, not a manifest part); what is left out, with a warning."""
+    try:
+        table = pq.read_table(io.BytesIO(read_bytes(uri)), columns=list(COLUMNS)).cast(MANIFEST)
+    except pa.ArrowException as exc:
+        log.warning("%s: unreadable manifest part, left out of the report (%s)", uri, describe(exc))
+        return None
+    named = pc.and_(pc.is_valid(table.column("input_uri")), pc.is_valid(table.column("style")))
+    if unnamed := table.num_rows - pc.sum(named).as_py():
+        log.warning("%s: %d rows name no input or style, left out of the report", uri, unnamed)
+    return table.filter(named)
 
 
 def latest_rows(rows: pa.Table) -> pa.Table:
@@ -92,16 +127,7 @@ def text(report: Report) -> str:
     """The report as the terminal shows it: names and summary fields escaped (`one_line`), one line each."""
     lines = [f"runs under {report.output}:"]
     header = ("run", "started", "ok", "error", "skipped", "wall s", "images/s")
-    table = [header] + [
-        tuple(one_line(str(cell)) for cell in (
-            run.get("run_id", "?"),
-            run.get("started_at", "?"),
-            *(run.get(status, "?") for status in STATUSES),
-            f"{run['wall_s']:.1f}" if isinstance(run.get("wall_s"), (int, float)) else "?",
-            f"{run['images_per_s']:.2f}" if isinstance(run.get("images_per_s"), (int, float)) else "?",
-        ))  # fmt: skip
-        for run in report.runs
-    ]
+    table = [header] + [_cells(run) for run in report.runs]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines += ["  " + "  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in
                                enumerate(zip(row, widths, strict=True))) for row in table]  # fmt: skip
@@ -112,6 +138,19 @@ def text(report: Report) -> str:
         lines += [f"  {n:6d}  {why}" for why, n in report.reasons]
         lines.append(f"every failed output: adain report {report.output} --errors")
     return "\n".join(one_line(line) for line in lines)
+
+
+def _cells(run: dict[str, Any]) -> tuple[str, ...]:
+    """A run's row of the table, escaped (`one_line`): `?` for a field missing or of another type."""
+    wall, rate = summary_field(run, "wall_s", (int, float)), summary_field(run, "images_per_s", (int, float))
+    cells = (
+        summary_field(run, "run_id", str),
+        summary_field(run, "started_at", str),
+        *(summary_field(run, status, int) for status in STATUSES),
+        None if wall is None else f"{wall:.1f}",
+        None if rate is None else f"{rate:.2f}",
+    )
+    return tuple("?" if cell is None else one_line(str(cell)) for cell in cells)
 
 
 def failed(report: Report) -> list[dict[str, Any]]:
