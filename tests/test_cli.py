@@ -180,3 +180,31 @@ def test_whole_numbers_out_of_their_meaningful_range_are_one_line(
     assert main(argv) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err
+
+
+BUCKETLESS = [
+    (["stylize"], "--output"), (["stylize"], "--input"), (["augment"], "--output"), (["augment"], "--input"),
+    (["styles", "index"], "--output"), (["train"], "--storage"), (["train"], "--content"), (["stylize"], "--decoder"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("words", "flag"), BUCKETLESS, ids=lambda v: " ".join(v) if isinstance(v, list) else v)
+@pytest.mark.parametrize("uri", ["s3://", "gs://", "s3:///prefix", "S3://"])
+def test_object_store_uris_without_a_bucket_are_one_line_before_anything_is_made(
+    words: list[str], flag: str, uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """`--output s3://` was joined into the local path `s3:/...`: a folder `s3:` made here, then a
+    failure after Ray's start. Every URI flag is refused at the edge instead."""
+    monkeypatch.chdir(tmp_path)
+    given = {
+        "stylize": {"--input": "in", "--output": "out", "--style": "style.jpg"},
+        "augment": {"--input": "in", "--output": "out", "--style": "style.jpg"},
+        "styles": {"--output": "bank.parquet", "--style": "style.jpg"},
+        "train": {"--content": "in", "--style": "style.jpg", "--storage": "runs", "--name": "r"},
+    }[words[0]]
+    value = f"{uri}/bank.parquet" if words[0] == "styles" else uri  # a bank's name ends in .parquet
+    argv = [*words, *(item for k, v in {**given, flag: value}.items() for item in (k, v))]
+    assert main(argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("adain: error: ") and "no bucket in the URI" in err and "\n" not in err, err
+    assert list(tmp_path.iterdir()) == []  # no folder 's3:' or 'gs:' made here

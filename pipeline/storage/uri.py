@@ -42,8 +42,12 @@ def is_remote(uri: str) -> bool:
 
 def absolute(uri: str) -> str:
     """Local paths made absolute (Ray workers may run elsewhere or in another directory);
-    URIs of object stores unchanged."""
-    return resolve(uri)[1] if scheme(uri) == "file" else uri
+    URIs of object stores unchanged, once seen to name a bucket (`s3://` alone would otherwise
+    be joined into the local path `s3:/...`)."""
+    kind = scheme(uri)
+    if kind in REMOTE_SCHEMES and not uri.split("://", 1)[1].split("/", 1)[0]:
+        raise StorageError(f"{uri}: no bucket in the URI; write {kind}://BUCKET/PREFIX")
+    return resolve(uri)[1] if kind == "file" else uri
 
 
 def canonical(uri: str) -> str:
