@@ -27,6 +27,8 @@ import torch
 
 from pipeline.cli import main
 from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK
+from pipeline.data.preflight import check_address
+from pipeline.errors import ClusterError
 from tests import images
 from tests.conftest import S3Server, WeightFiles, free_port
 
@@ -119,6 +121,13 @@ def test_without_a_terminal_progress_is_periodic_lines_in_images(
     assert len(done) >= 2 and done == sorted(done) and done[-1] == 12, result.stderr
     assert not NOISE.search(result.stderr), result.stderr
     assert "Running Dataset" not in result.stderr and "MapBatches" not in result.stderr
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:8265", "https://head:8265", "head", "head:gcs", ":6379"])
+def test_an_address_that_is_not_host_port_says_what_to_give(address: str) -> None:
+    """The jobs API's URL (what `ray job submit` takes) was tried as a host name: "Name or service not known"."""
+    with pytest.raises(ClusterError, match=r"--address .*(HOST:PORT)"):
+        check_address(address)
 
 
 FAIL_FAST = ["unusable output", "missing output bucket", "missing input", "unreachable address"]

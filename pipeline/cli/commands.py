@@ -206,7 +206,7 @@ def report(args: argparse.Namespace) -> int:
     from pipeline.data.report import failed, read_report, text, write_html
 
     result = read_report(args.output)
-    print(text(result))
+    print(text(result, errors_listed=args.errors))
     if args.errors:
         for row in failed(result):
             print("\t".join(one_line(str(row[key])) for key in ("input_uri", "style", "error")))

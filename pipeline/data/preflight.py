@@ -33,6 +33,11 @@ def check_address(address: str | None, wait_s: float = WAIT_S) -> str | None:
     if address in (None, "auto", "local"):
         return address
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    if "://" in host:  # http://HEAD:8265 is the jobs API's address, which `ray job submit` takes
+        raise ClusterError(
+            f"--address {address}: give the head's GCS address, HOST:PORT (6379 by default), not a URL; "
+            "http://HEAD:8265 is for ray job submit"
+        )
     if not host or not port.isdigit():
         raise ClusterError(f"--address {address}: expected HOST:PORT (the head's GCS port, 6379 by default)")
     deadline = time.monotonic() + wait_s

@@ -123,8 +123,9 @@ def reason(error: str, input_uri: str) -> str:
     return error
 
 
-def text(report: Report) -> str:
-    """The report as the terminal shows it: names and summary fields escaped (`one_line`), one line each."""
+def text(report: Report, errors_listed: bool = False) -> str:
+    """The report as the terminal shows it: names and summary fields escaped (`one_line`), one line
+    each; how to list every failed output, unless they are `errors_listed` after it."""
     lines = [f"runs under {report.output}:"]
     header = ("run", "started", "ok", "error", "skipped", "wall s", "images/s")
     table = [header] + [_cells(run) for run in report.runs]
@@ -136,7 +137,8 @@ def text(report: Report) -> str:
     if report.reasons:
         lines.append("top error reasons:")
         lines += [f"  {n:6d}  {why}" for why, n in report.reasons]
-        lines.append(f"every failed output: adain report {report.output} --errors")
+        if not errors_listed:
+            lines.append(f"every failed output: adain report {report.output} --errors")
     return "\n".join(one_line(line) for line in lines)
 
 
