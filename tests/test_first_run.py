@@ -27,8 +27,8 @@ import torch
 
 from pipeline.cli import main
 from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK
-from pipeline.data.preflight import check_address
-from pipeline.errors import ClusterError
+from pipeline.data.preflight import check_address, check_styles
+from pipeline.errors import ClusterError, ConfigError
 from tests import images
 from tests.conftest import S3Server, WeightFiles, free_port
 
@@ -130,7 +130,18 @@ def test_an_address_that_is_not_host_port_says_what_to_give(address: str) -> Non
         check_address(address)
 
 
-FAIL_FAST = ["unusable output", "missing output bucket", "missing input", "unreachable address"]
+def test_a_missing_style_bank_or_image_is_found_before_ray(tmp_path: Path) -> None:
+    images.write(tmp_path / "styles" / "wave.png", images.encoded(32, 32, "PNG", seed=1))
+    check_styles((str(tmp_path / "styles"), str(tmp_path / "styles" / "wave.png")))
+    for missing, words in (("bank.parquet", "no such style bank"), ("wave.jpg", "not found")):
+        with pytest.raises(ConfigError, match=words):
+            check_styles((str(tmp_path / "styles"), str(tmp_path / missing)))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="no style images in"):
+        check_styles((str(tmp_path / "empty"),))
+
+
+FAIL_FAST = ["unusable output", "missing output bucket", "missing input", "unreachable address", "missing style"]
 
 
 @pytest.mark.parametrize("case", FAIL_FAST)
@@ -141,18 +152,20 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
     photos(tmp_path / "in", 2)
     images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99))
     (tmp_path / "a-file").write_text("not a folder")
-    output, inputs, address = str(tmp_path / "out"), str(tmp_path / "in"), []
+    output, inputs, address, style = str(tmp_path / "out"), str(tmp_path / "in"), [], "style.jpg"
     if case == "unusable output":
         output = str(tmp_path / "a-file" / "out")
     elif case == "missing output bucket":
         output = "s3://no-such-bucket-for-adain/out"
     elif case == "missing input":
         inputs = str(tmp_path / "no-such-folder")
+    elif case == "missing style":
+        style = "stlye.jpg"
     else:
         address = ["--address", f"127.0.0.1:{free_port()}"]
     env = {k: "" for k in ("RAY_ADDRESS",) if k in os.environ}
     started = time.monotonic()
-    args = ["stylize", "--input", inputs, "--style", "style.jpg", "--output", output, *address, *job_flags(weights)]
+    args = ["stylize", "--input", inputs, "--style", style, "--output", output, *address, *job_flags(weights)]
     result = run_cli(args, tmp_path, env=env, timeout=60)
     took = time.monotonic() - started
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -164,6 +177,7 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
         "missing output bucket": "no-such-bucket-for-adain",
         "missing input": "not found",
         "unreachable address": "cannot reach the Ray cluster",
+        "missing style": "stlye.jpg: not found",
     }
     assert words[case] in lines[0], lines[0]
     assert took < 10, f"took {took:.1f} s"

@@ -26,7 +26,7 @@ from pipeline.config import AugmentConfig
 from pipeline.data.listing import Inputs, list_inputs, split_videos
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values, table_bytes
 from pipeline.data.plan import RESUME_NEVER, RESUME_NEW_INPUTS, DrawnStyles, Plan
-from pipeline.data.preflight import check_address, check_weights
+from pipeline.data.preflight import check_address, check_styles, check_weights
 from pipeline.data.progress import Progress
 from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR, OK
 from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove_orphan_shards
@@ -99,6 +99,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
+    check_styles((cfg.styles,))
     release_if_dead(lock)
     lease = acquire(lock, run_id, cfg.lock_ttl_s)
     try:

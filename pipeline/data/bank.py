@@ -26,7 +26,7 @@ import torch
 
 from pipeline.config import ModelConfig, Scale, Sizing
 from pipeline.data.cluster import connect, model_stage
-from pipeline.data.listing import style_ids
+from pipeline.data.listing import is_bank, style_ids
 from pipeline.data.manifest import table_bytes
 from pipeline.errors import ConfigError, ImageError, StorageError, describe
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare
@@ -54,11 +54,6 @@ BANK_SCHEMA = pa.schema(
         ("std", pa.list_(pa.float32(), FEATURES)),
     ]
 )
-
-
-def is_bank(ref: str) -> bool:
-    """Style references ending in .parquet are banks (style images are never Parquet)."""
-    return ref.lower().endswith(".parquet")
 
 
 @dataclass(frozen=True)

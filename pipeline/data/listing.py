@@ -250,9 +250,20 @@ def style_ids(rels: list[str], uris: list[str]) -> list[str]:
     return unique_names([slug(posixpath.splitext(rel)[0]) for rel in rels], uris)
 
 
+def is_bank(ref: str) -> bool:
+    """Style references ending in .parquet are banks (style images are never Parquet)."""
+    return ref.lower().endswith(".parquet")
+
+
+def _there(ref: str) -> tuple[str, str]:
+    if not exists(ref):
+        raise ConfigError(f"--style {ref}: not found; give a style image, a folder or prefix of them, or a style bank")
+    return ref, ref
+
+
 def list_styles(refs: tuple[str, ...]) -> list[tuple[str, str]]:
     """Each --style (an image or a prefix of images) -> unique (style_id, uri) pairs."""
-    pairs = [pair for ref in refs for pair in (list_files(ref, IMAGE_EXTENSIONS) if is_dir(ref) else [(ref, ref)])]
+    pairs = [pair for ref in refs for pair in (list_files(ref, IMAGE_EXTENSIONS) if is_dir(ref) else [_there(ref)])]
     if not pairs:
         raise ConfigError(f"no style images in {', '.join(refs)}")
     pairs = list(dict(pairs).items())  # an image named twice is one style

@@ -12,9 +12,11 @@ import socket
 import time
 
 from pipeline.config import ModelConfig
-from pipeline.errors import ClusterError
+from pipeline.data.listing import is_bank, list_styles
+from pipeline.errors import ClusterError, ConfigError
 from pipeline.model.sources import weight_uri
 from pipeline.storage.cache import fetch
+from pipeline.storage.uri import exists
 
 WAIT_S = 3.0  # how long a cluster address may refuse connections before the job gives up
 
@@ -24,6 +26,16 @@ def check_weights(model: ModelConfig) -> None:
     fetch(*weight_uri(model.encoder), flag="--encoder")
     fetch(*weight_uri(model.decoder), flag="--decoder")
 
+
+
+def check_styles(refs: tuple[str, ...]) -> None:
+    """Every --style is there: a style bank, or style images (listed again as they are encoded, while Ray starts)."""
+    banks = [ref for ref in refs if is_bank(ref)]
+    for bank in banks:
+        if not exists(bank):
+            raise ConfigError(f"--style {bank}: no such style bank; build one with adain styles index")
+    if len(banks) < len(refs):
+        list_styles(tuple(ref for ref in refs if ref not in banks))
 
 
 def check_address(address: str | None, wait_s: float = WAIT_S) -> str | None:

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from pipeline.config import Controls, ModelConfig, Sizing
-from pipeline.data.bank import StyleBank, is_bank, load_bank
-from pipeline.data.listing import list_styles
+from pipeline.data.bank import StyleBank, load_bank
+from pipeline.data.listing import is_bank, list_styles
 from pipeline.errors import ConfigError, ImageError, describe
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import to_tensor

@@ -20,7 +20,7 @@ from pipeline.config import StylizeConfig
 from pipeline.data.listing import Inputs, find_inputs, split_videos
 from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values
 from pipeline.data.plan import RESUME_EXISTING, RESUME_NEVER, EveryStyle, Plan
-from pipeline.data.preflight import check_address, check_weights
+from pipeline.data.preflight import check_address, check_styles, check_weights
 from pipeline.data.preview import write_preview
 from pipeline.data.progress import Progress
 from pipeline.data.writers import VIDEO_FORMAT, FileWriter
@@ -46,6 +46,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
+    check_styles(cfg.styles)
     # A listing's videos take the videos' pipeline (a list file's are split off as Ray Data reads it).
     images, videos = split_videos(found) if isinstance(found, pa.Table) else (found, None)
     check_videos(videos, cfg)
