@@ -42,9 +42,14 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
-# Control characters, as Python writes them in a string literal: a file name may hold a newline or
-# a terminal's escape sequence, which must not split a one-line message or reach the terminal.
-_CONTROLS = {c: repr(chr(c))[1:-1] for c in (*range(0x20), 0x7F)}
+# Characters that change how a terminal shows a line, as Python writes them in a string literal:
+# C0 and C1 controls (a newline, an escape sequence, 0x9b: CSI in 8 bits), Unicode's line and
+# paragraph separators (str.splitlines splits on them) and the bidirectional overrides and
+# isolates (which make a name read backwards). A file name may hold any of them.
+_CONTROLS = {
+    c: repr(chr(c))[1:-1] if c < 0x100 else f"\\u{c:04x}"
+    for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
 
 
 def one_line(text: str) -> str:
