@@ -186,7 +186,7 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
 
 @pytest.mark.parametrize("command", ["stylize", "augment"])
 def test_damaged_weights_fail_in_the_driver_in_one_line(
-    command: str, ray_cluster: str, weights: WeightFiles, tmp_path: Path
+    command: str, ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A decoder that downloads but does not load (here: NaN weights) fails in one line before any
     model actor starts, not as each actor's death in Ray's traceback."""
@@ -195,12 +195,11 @@ def test_damaged_weights_fail_in_the_driver_in_one_line(
     state = {k: v.clone() for k, v in weights.decoder_state.items()}
     state["1.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, tmp_path / "decoder.pth")
-    flags = [*job_flags(weights), "--decoder", str(tmp_path / "decoder.pth"), "--address", ray_cluster]
-    args = [command, "--input", "in", "--style", "styles", "--output", "out", *flags]
-    result = run_cli(args, tmp_path, timeout=120)
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == EXIT_FAILED, result.stderr
-    assert len(lines) == 1 and "decoder.pth: the weights hold NaN or inf values" in lines[0], result.stderr
+    flags = [*job_flags(weights), "--decoder", str(tmp_path / "decoder.pth")]
+    args = [command, "--input", str(tmp_path / "in"), "--style", str(tmp_path / "styles"), "--output"]
+    assert main([*args, str(tmp_path / "out"), *flags]) == EXIT_FAILED
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and "decoder.pth: the weights hold NaN or inf values" in lines[0], lines
     assert not list((tmp_path / "out").rglob("*.jpg"))
 
 
