@@ -269,9 +269,10 @@ def test_layout_manifest_and_deterministic_draws(ray_cluster: str, weights: Weig
 # incremental runs
 
 
-def test_incremental_runs(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+def test_incremental_runs(ray_cluster: str, weights: WeightFiles, tmp_path: Path, caplog) -> None:
     """Nothing new: nothing written. New inputs: only those. A changed input: its outputs
-    rewritten, the others untouched. The state lists every input with its size and mtime."""
+    rewritten, the others untouched. The state lists every input with its size and mtime; a
+    damaged one counts every input as new, and the outputs there are kept."""
     src, styles, out = tmp_path / "in", tmp_path / "styles", tmp_path / "out"
     first_rels = write_dataset(src, ["cats/tabby.jpg", "cats/siamese.png", "dogs/beagle.jpg", "dogs/collie.png"])
     style_ids = write_styles(styles, 3)
@@ -335,6 +336,17 @@ def test_incremental_runs(ray_cluster: str, weights: WeightFiles, tmp_path: Path
     assert {state[rel]["run_id"] for rel in first_rels if rel != changed} == {first["run_id"]}
     assert not (out / "_lock.json").exists()
 
+    # A state of the wrong types failed only when the run recorded it, after all the work, and so on
+    # every rerun: the run now goes through, keeps the outputs there, and records the state anew.
+    state_uri = out / "_state" / "inputs.parquet"
+    state_uri.write_bytes(DAMAGED_STATES["text-sizes"])
+    with caplog.at_level("WARNING"):
+        again = run()
+    assert f"{state_uri}: unreadable state (" in caplog.text
+    assert (again["inputs_new"], again["ok"], again["skipped"], again["error"]) == (6, 0, 12, 0)
+    assert output_files(out) == after_change  # the outputs there were kept, not made again
+    assert sorted(state_rows(state_uri.read_bytes())) == sorted(first_rels + added)
+
 
 def test_failed_outputs_are_retried(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
     """An output that could not be written is an error row, and the next run makes it: an
@@ -391,26 +403,6 @@ def test_a_damaged_state_is_one_warning_and_every_input_is_new(tmp_path: Path, d
     assert warning.endswith("); every input counts as new this run")
     todo, kinds = changed_inputs(listed, state)
     assert kinds == {"new": 2, "changed": 0, "unchanged": 0} and todo.column("new").to_pylist() == [True, True]
-
-
-def test_a_damaged_state_is_written_again(ray_cluster: str, weights: WeightFiles, tmp_path: Path, caplog) -> None:
-    """A state of the wrong types failed only when the run recorded it, after all the work, and
-    so on every rerun: the run now goes through, keeps the outputs there, and records the state."""
-    src, styles, out = tmp_path / "in", tmp_path / "styles", tmp_path / "out"
-    rels = write_dataset(src, ["cats/tabby.jpg", "dogs/beagle.jpg"])
-    write_styles(styles, 2)
-    first = run_augment(config(weights, src, styles, out))
-    made = output_files(out)
-    state_uri = out / "_state" / "inputs.parquet"
-    state_uri.write_bytes(DAMAGED_STATES["text-sizes"])
-    with caplog.at_level("WARNING"):
-        again = run_augment(config(weights, src, styles, out))
-    assert f"{state_uri}: unreadable state (" in caplog.text
-    assert (again["inputs_new"], again["ok"], again["skipped"], again["error"]) == (2, 0, 2, 0)
-    assert output_files(out) == made  # the outputs there were kept, not made again
-    assert sorted(state_rows(state_uri.read_bytes())) == sorted(rels)
-    third = run_augment(config(weights, src, styles, out))
-    assert (third["inputs_new"], third["inputs_unchanged"], third["total"]) == (0, 2, 0), (first, third)
 
 
 # ---------------------------------------------------------------------------------------------
