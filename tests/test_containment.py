@@ -26,7 +26,7 @@ from pipeline.data.listing import list_styles, style_ids
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ImageError
 from pipeline.imaging.codec import MAX_PIXELS, decode, prepare
-from pipeline.storage.keys import augmented_key, folded, output_stems, safe_relpath, unique_names
+from pipeline.storage.keys import augmented_key, folded, output_stems, safe_relpath, sample_name, slug, unique_names
 from pipeline.train.data import decode_crops, skipped_images_actor
 from pipeline.transfer import pair_names
 from tests import fuzz, images
@@ -182,6 +182,23 @@ def test_augmented_outputs_never_land_among_the_runs_own_files(keys: list[str]) 
     outputs = [augmented_key("s3://b/out", "wave", stem, "jpg") for stem in stems]
     assert len(set(outputs)) == len(stems)
     assert not any(o.startswith(("s3://b/out/_manifest/", "s3://b/out/_runs/", "s3://b/out/_state/")) for o in outputs)
+
+
+STEMS, STYLE_IDS = st.text("ab._/", min_size=1, max_size=6), st.text("ab._", min_size=1, max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@example(pairs=[("a.b", "s"), ("a_b", "s")])
+@example(pairs=[("x", "a.b"), ("x", "a_b")])
+@given(st.lists(st.tuples(STEMS, STYLE_IDS), min_size=2))
+def test_shard_sample_names_tell_samples_apart(pairs: list[tuple[str, str]]) -> None:
+    """Distinct (input stem, style id) pairs, as the augment job has them (stems told apart by
+    `output_stems`, ids by `slug`), are distinct WebDataset samples: no dot left for a loader to
+    split a name at, and `a.b` kept apart from `a_b` (which once gave both the same name)."""
+    pairs = list({(safe_relpath(stem), slug(style)) for stem, style in pairs})
+    names = [sample_name(stem, style) for stem, style in pairs]
+    assert len(set(names)) == len(names), sorted(zip(names, pairs, strict=True))
+    assert not any("." in name for name in names)
 
 
 def test_listed_names_that_meet(tmp_path: Path) -> None:

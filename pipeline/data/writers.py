@@ -27,7 +27,7 @@ from pipeline.data.rows import ERROR, OK, PENDING, WRITTEN_SCHEMA, elapsed_ms
 from pipeline.errors import describe
 from pipeline.imaging.codec import encode
 from pipeline.storage.index import ObjectIndex
-from pipeline.storage.keys import safe_relpath, slug
+from pipeline.storage.keys import sample_name
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import delete, exists, io_pool, is_dir, join, read_bytes, write_bytes
 
@@ -122,11 +122,6 @@ class FileWriter:
             uploads.append(pool.submit(upload, row, data, start))
         for upload_done in uploads:
             upload_done.result()
-
-
-def sample_name(key: str, style_id: str) -> str:
-    """A WebDataset sample key: the dots of a file name would split the sample."""
-    return f"{safe_relpath(key)}__{slug(style_id)}".replace(".", "_")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,14 @@ def slug(name: str) -> str:
     return cleaned or "style"
 
 
+def sample_name(key: str, style_id: str) -> str:
+    """A WebDataset sample key, KEY__STYLE: loaders cut a name at its first dot, so dots become
+    '_', and a name that had any takes its short hash, to stay apart from one spelled with '_'
+    (`a.b` and `a_b` are two samples)."""
+    name = f"{safe_relpath(key)}__{slug(style_id)}"
+    return name if "." not in name else f"{name.replace('.', '_')}-{_short_hash(name, 8)}"
+
+
 def relative_to(uri: str, root: str) -> str:
     """`uri`'s path below `root` when it lies under it, else its path inside its bucket or filesystem."""
     root = root.rstrip("/") + "/"
