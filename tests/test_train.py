@@ -1,4 +1,5 @@
-"""Decoder training (`adain train`): the objective, DDP, checkpoints, resume, worker failure, S3.
+"""Decoder training (`adain train`): the objective, DDP, checkpoints, resume, S3 (worker and node
+failure: tests/test_cluster_failures.py).
 
 Expected loss values come from tests/reference.py (float64, explicit formulas, no code from
 `pipeline`). Every Ray test runs on the session's one local Ray (2 CPUs), with small images
@@ -35,7 +36,6 @@ from pipeline.train.metrics import MetricsLog
 from pipeline.train.trainer import export_decoder, latest_checkpoint, run_training
 from tests import images, reference
 from tests.conftest import S3Server, WeightFiles
-from tests.drills import CrashDrill, step_hook
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -397,34 +397,7 @@ def test_short_run_learns_and_exports_a_decoder_that_transfer_loads(
 
 
 # ---------------------------------------------------------------------------------------------
-# 4. a worker dies and is replaced
-
-
-def test_a_killed_worker_is_replaced_and_training_continues_from_the_checkpoint(
-    ray_cluster: str, weights: WeightFiles, tmp_path: Path
-) -> None:
-    """Rank 1 really dies (os._exit) at iteration 5; Ray Train restarts the worker group, which
-    resumes from the checkpoint at iteration 4 and finishes the run. (The controller registers a
-    checkpoint when it next polls the workers: the drill waits 1.5 s, 7 polls, before dying.)"""
-    content, style = write_image_sets(tmp_path / "data", bad=0)
-    marker = tmp_path / "crashed"
-    cfg = small_config(weights, str(content), str(style), str(tmp_path / "runs"), "crash", max_iter=8, max_failures=1)
-    with step_hook(CrashDrill(iteration=5, marker=str(marker), rank=1, delay_s=1.5)):
-        summary = run_training(cfg)
-
-    assert marker.read_text() == "rank 1 crashed at iteration 5\n"
-    assert summary["iteration"] == 8
-    rows = metrics_rows((tmp_path / "runs" / "crash" / "metrics.jsonl").read_text())
-    first = [r["iteration"] for r in rows if r["resumed_from"] == 0]
-    second = [r["iteration"] for r in rows if r["resumed_from"] != 0]
-    assert first == [1, 2, 3, 4]  # the dead attempt logged up to the iteration before the crash
-    assert {r["resumed_from"] for r in rows} == {0, 4}
-    assert second == [5, 6, 7, 8]  # the replacement group went on from the checkpoint at 4
-    assert checkpoint_state(tmp_path / "runs" / "crash" / "checkpoint_00000008")["iteration"] == 8
-
-
-# ---------------------------------------------------------------------------------------------
-# 5. on object storage: data, checkpoints and metrics in s3://, a stop and a resume from there
+# 4. on object storage: data, checkpoints and metrics in s3://, a stop and a resume from there
 
 
 def test_a_run_on_s3_stops_and_resumes_at_the_saved_iteration_and_learning_rate(

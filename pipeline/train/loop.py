@@ -14,7 +14,6 @@ import contextlib
 import os
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -37,10 +36,6 @@ from pipeline.train.checkpoints import (
 from pipeline.train.data import endless_batches
 from pipeline.train.losses import LossTerms, adain_losses
 from pipeline.train.metrics import MetricsLog, Window
-
-# Called as hook(iteration, rank) before each step on every worker: for fault drills (the tests
-# install one that kills a worker) and instrumentation. Taken when a run starts.
-STEP_HOOKS: list[Callable[[int, int], None]] = []
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -82,7 +77,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg: TrainConfig = config["cfg"]
     skipped = config["skipped"]  # the SkippedImages actor that the decoding tasks report to
-    hooks: list[Callable[[int, int], None]] = config.get("hooks", [])
     context = ray.train.get_context()
     rank, world_size = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -116,8 +110,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     metrics = MetricsLog(cfg.run_uri) if rank == 0 else None
     window = Window()
     for iteration in range(start + 1, cfg.max_iter + 1):
-        for hook in hooks:
-            hook(iteration, rank)
         content, style = pixels_to_batch(next(contents), device), pixels_to_batch(next(styles), device)
         terms = train_step(encoder_net, model, optimizer, content, style, cfg, iteration - 1)
         window.add(terms)

@@ -195,7 +195,6 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
                 "cfg": cfg,
                 "skipped": skipped,
                 "encoder_sha256": encoder.sha256,
-                "hooks": list(loop.STEP_HOOKS),
                 "progress": progress,
             },
             scaling_config=ScalingConfig(
