@@ -45,8 +45,8 @@ def absolute(uri: str) -> str:
     URIs of object stores unchanged, once seen to name a bucket (`s3://` alone would otherwise
     be joined into the local path `s3:/...`)."""
     kind = scheme(uri)
-    if kind in REMOTE_SCHEMES and not uri.split("://", 1)[1].split("/", 1)[0]:
-        raise StorageError(f"{uri}: no bucket in the URI; write {kind}://BUCKET/PREFIX")
+    if kind in REMOTE_SCHEMES:
+        _bucket_key(uri)
     return resolve(uri)[1] if kind == "file" else uri
 
 
@@ -115,12 +115,9 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
     if kind not in REMOTE_SCHEMES:
         raise StorageError(f"{uri}: unsupported URI scheme '{kind}://'; use a local path, s3:// or gs://")
-    bucket_and_key = uri.split("://", 1)[1]
-    bucket = bucket_and_key.split("/", 1)[0]
-    if not bucket:
-        raise StorageError(f"{uri}: no bucket in the URI; write {kind}://BUCKET/PREFIX")
+    bucket, _ = _bucket_key(uri)
     try:
-        return _filesystem(kind, bucket, s3_endpoint() if kind == "s3" else None), bucket_and_key.rstrip("/")
+        return _filesystem(kind, bucket, s3_endpoint() if kind == "s3" else None), uri.split("://", 1)[1].rstrip("/")
     except OSError as exc:
         raise storage_error(exc, uri) from exc
 
@@ -250,9 +247,10 @@ def request_client():
 
 
 def _bucket_key(uri: str) -> tuple[str, str]:
+    """An object-store URI's bucket and key; one without a bucket (`s3://`, `gs:///x`) is refused."""
     bucket, _, key = uri.split("://", 1)[1].partition("/")
     if not bucket:
-        raise StorageError(f"{uri}: no bucket in the URI; write s3://BUCKET/PREFIX")
+        raise StorageError(f"{uri}: no bucket in the URI; write {scheme(uri)}://BUCKET/PREFIX")
     return bucket, key
 
 
