@@ -13,18 +13,24 @@ from this host, and keeps the outputs it finished (`skipped` rows), making only 
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from pipeline.config import AugmentConfig
 from pipeline.data.listing import Inputs, list_inputs, split_videos
-from pipeline.data.manifest import ManifestWriter, finish_run, new_run_id, run_values, table_bytes
+from pipeline.data.manifest import (
+    ManifestWriter,
+    conformed,
+    finish_run,
+    new_run_id,
+    read_table,
+    run_values,
+    table_bytes,
+)
 from pipeline.data.plan import RESUME_NEVER, RESUME_NEW_INPUTS, DrawnStyles, Plan
 from pipeline.data.preflight import check_address, check_styles, check_weights
 from pipeline.data.progress import Progress
@@ -33,7 +39,7 @@ from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove
 from pipeline.errors import ConfigError, StorageError, describe
 from pipeline.storage.keys import augmented_key
 from pipeline.storage.lock import LeaseKeeper, acquire, release, release_if_dead
-from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
+from pipeline.storage.uri import check_writable, exists, join, write_bytes
 
 if TYPE_CHECKING:
     from pipeline.data.styles import StyleSet
@@ -52,7 +58,7 @@ def read_state(state_uri: str) -> pa.Table:
     if not exists(state_uri):
         return STATE_SCHEMA.empty_table()
     try:
-        return pq.read_table(io.BytesIO(read_bytes(state_uri))).select(STATE_SCHEMA.names).cast(STATE_SCHEMA)
+        return conformed(read_table(state_uri), STATE_SCHEMA)
     except (KeyError, pa.ArrowException) as exc:
         log.warning("%s: unreadable state (%s); every input counts as new this run", state_uri, describe(exc))
         return STATE_SCHEMA.empty_table()

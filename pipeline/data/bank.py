@@ -10,7 +10,6 @@ the style images again.
 from __future__ import annotations
 
 import hashlib
-import io
 import logging
 import posixpath
 import time
@@ -20,14 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import torch
 
 from pipeline.config import ModelConfig, Scale, Sizing
 from pipeline.data.cluster import connect, model_stage
 from pipeline.data.listing import is_bank, style_ids
-from pipeline.data.manifest import table_bytes
+from pipeline.data.manifest import conformed, read_table, table_bytes
 from pipeline.errors import ConfigError, ImageError, StorageError, describe
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, prepare
 from pipeline.imaging.tensors import to_tensor
@@ -101,7 +99,7 @@ def read_bank_table(uri: str) -> pa.Table:
     """A bank's table, checked: its metadata, its columns, unique ids whose outputs are named
     apart, 512 finite means and 512 finite positive stds a row."""
     try:
-        table = pq.read_table(io.BytesIO(read_bytes(uri)))
+        table = read_table(uri)
     except (pa.ArrowException, OSError) as exc:
         raise ConfigError(f"{uri}: not a readable Parquet file ({describe(exc)})") from None
     meta = _metadata(table, uri)
@@ -215,7 +213,7 @@ def reusable_rows(table: pa.Table, uri: str) -> dict[str, dict[str, Any]]:
     if missing:
         return _nothing_to_reuse(uri, f"no {', '.join(missing)} column")
     try:
-        rows = table.select(BANK_SCHEMA.names).cast(BANK_SCHEMA)
+        rows = conformed(table, BANK_SCHEMA)
     except pa.ArrowException as exc:
         return _nothing_to_reuse(uri, describe(exc))
     return {row["source_uri"]: row for row in rows.to_pylist()}

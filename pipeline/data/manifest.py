@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from pipeline.config import ModelConfig, OutputSpec, Sizing
 from pipeline.data.rows import ERROR, ROW_SCHEMA, RUN_SCHEMA, STATUSES
 from pipeline.storage.listing import list_files
-from pipeline.storage.uri import is_dir, join, write_bytes
+from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
 
 FAILURES_NAMED = 5  # error rows a run summary names; the manifest has them all
 
@@ -54,6 +54,16 @@ def table_bytes(table: pa.Table) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     return buffer.getvalue()
+
+
+def read_table(uri: str, columns: list[str] | None = None) -> pa.Table:
+    """The Parquet file at `uri`, local or in an object store, read whole: `table_bytes`' counterpart."""
+    return pq.read_table(io.BytesIO(read_bytes(uri)), columns=columns)
+
+
+def conformed(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table`'s columns of `schema`, in its order and types; KeyError or an ArrowException where they do not fit."""
+    return table.select(schema.names).cast(schema)
 
 
 class ManifestWriter:
@@ -92,7 +102,7 @@ class ManifestWriter:
     def add(self, rows: pa.Table) -> None:
         if self.first_rows_at is None:
             self.first_rows_at = time.time()
-        rows = rows.select(self.row_schema.names).cast(self.row_schema)
+        rows = conformed(rows, self.row_schema)
         self.counts.update(status_counts(rows.column("status")))
         if len(self.samples) < self._want_samples:  # outputs of this run or kept from an earlier one
             made = rows.filter(pc.is_valid(rows.column("output_uri"))).slice(0, self._want_samples)

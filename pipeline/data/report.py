@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import posixpath
@@ -20,9 +19,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from pipeline.data.manifest import status_counts
+from pipeline.data.manifest import read_table, status_counts
 from pipeline.data.preview import sample_columns, thumbnail
 from pipeline.data.rows import ERROR, OK, STATUSES
 from pipeline.errors import ConfigError, describe, one_line
@@ -96,7 +94,7 @@ def _part(uri: str) -> pa.Table | None:
     """One manifest part's rows that name an input and a style, or None where it cannot be read
     (truncated, empty after a full disk, not a manifest part); what is left out, with a warning."""
     try:
-        table = pq.read_table(io.BytesIO(read_bytes(uri)), columns=list(COLUMNS)).cast(MANIFEST)
+        table = read_table(uri, columns=list(COLUMNS)).cast(MANIFEST)
     except pa.ArrowException as exc:
         log.warning("%s: unreadable manifest part, left out of the report (%s)", uri, describe(exc))
         return None
