@@ -27,6 +27,7 @@ import torch
 
 from pipeline.cli import main
 from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK
+from pipeline.config import Controls
 from pipeline.data.preflight import check_address, check_styles
 from pipeline.errors import ClusterError, ConfigError
 from tests import images
@@ -139,6 +140,26 @@ def test_a_missing_style_bank_or_image_is_found_before_ray(tmp_path: Path) -> No
     (tmp_path / "empty").mkdir()
     with pytest.raises(ConfigError, match="no style images in"):
         check_styles((str(tmp_path / "empty"),))
+
+
+
+def test_style_flags_that_do_not_fit_the_styles_are_found_before_ray(tmp_path: Path) -> None:
+    """They were found only as the styles were encoded, after Ray had started: 6-11 s later."""
+    for name in ("a", "b"):
+        images.write(tmp_path / "styles" / f"{name}.png", images.encoded(32, 32, "PNG", seed=len(name)))
+    (tmp_path / "bank.parquet").write_bytes(b"found, not read")
+    styles, bank = (str(tmp_path / "styles"),), (str(tmp_path / "bank.parquet"),)
+    check_styles(styles, Controls(style_weights=(1.0, 3.0)), per_image=2)
+    check_styles(bank, Controls(preserve_color="luminance"), per_image=5)  # a bank's rows count as it is read
+    for refs, controls, per_image, words in (
+        (styles, Controls(style_weights=(1.0, 2.0, 3.0)), 1, "3 weights for 2 styles"),
+        (styles, None, 3, "--per-image 3: there are only 2 styles"),
+        ((*bank, styles[0]), None, 1, "must be the only --style"),
+        (bank, Controls(preserve_color="coral"), 1, "coral"),
+        (bank, Controls(style_weights=(1.0,)), 1, "style-weights"),
+    ):
+        with pytest.raises(ConfigError, match=words):
+            check_styles(refs, controls, per_image)
 
 
 FAIL_FAST = ["unusable output", "missing output bucket", "missing input", "unreachable address", "missing style"]

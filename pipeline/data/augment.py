@@ -32,11 +32,11 @@ from pipeline.data.manifest import (
     table_bytes,
 )
 from pipeline.data.plan import RESUME_NEVER, RESUME_NEW_INPUTS, DrawnStyles, Plan
-from pipeline.data.preflight import check_address, check_styles, check_weights
+from pipeline.data.preflight import check_address, check_styles, check_weights, enough_styles
 from pipeline.data.progress import Progress
 from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR, OK
 from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove_orphan_shards
-from pipeline.errors import ConfigError, StorageError, describe
+from pipeline.errors import StorageError, describe
 from pipeline.storage.keys import augmented_key
 from pipeline.storage.lock import LeaseKeeper, acquire, release, release_if_dead
 from pipeline.storage.uri import check_writable, exists, join, write_bytes
@@ -105,7 +105,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
-    check_styles((cfg.styles,))
+    check_styles((cfg.styles,), per_image=cfg.per_image)
     release_if_dead(lock)
     lease = acquire(lock, run_id, cfg.lock_ttl_s)
     try:
@@ -133,8 +133,7 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
         return augment_styles(cfg.styles, cfg.model, cfg.sizing)
 
     styles = connect_while(cfg.address, encode_styles) if todo.num_rows else encode_styles()
-    if cfg.per_image > len(styles.ids):
-        raise ConfigError(f"--per-image {cfg.per_image}: there are only {len(styles.ids)} styles")
+    enough_styles(cfg.per_image, len(styles.ids))  # a bank's, counted only now
     from pipeline.data.job import Stages, stylized_rows
 
     low, high = cfg.alpha_range

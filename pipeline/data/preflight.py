@@ -11,7 +11,7 @@ import os
 import socket
 import time
 
-from pipeline.config import ModelConfig
+from pipeline.config import Controls, ModelConfig
 from pipeline.data.listing import is_bank, list_styles
 from pipeline.errors import ClusterError, ConfigError
 from pipeline.model.sources import weight_uri
@@ -27,15 +27,32 @@ def check_weights(model: ModelConfig) -> None:
     fetch(*weight_uri(model.decoder), flag="--decoder")
 
 
-
-def check_styles(refs: tuple[str, ...]) -> None:
-    """Every --style is there: a style bank, or style images (listed again as they are encoded, while Ray starts)."""
+def check_styles(refs: tuple[str, ...], controls: Controls | None = None, per_image: int = 1) -> None:
+    """Every --style is there and fits the flags that use it: a style bank, alone, or style images
+    (listed again as they are encoded, while Ray starts), as many as --style-weights and --per-image ask."""
     banks = [ref for ref in refs if is_bank(ref)]
     for bank in banks:
         if not exists(bank):
             raise ConfigError(f"--style {bank}: no such style bank; build one with adain styles index")
-    if len(banks) < len(refs):
-        list_styles(tuple(ref for ref in refs if ref not in banks))
+    if banks:
+        if len(refs) > 1:
+            raise ConfigError("--style: a style bank must be the only --style")
+        if controls is not None and controls.preserve_color == "coral":
+            raise ConfigError(
+                "--preserve-color coral recolours style images, which a bank no longer has; use luminance"
+            )
+        if controls is not None and controls.style_weights is not None:
+            raise ConfigError("--style-weights blends style images; with a style bank give each style as its own run")
+        return  # a bank's rows are counted as it is read, while Ray starts
+    found = len(list_styles(refs))
+    if controls is not None:
+        controls.weights_for(found)
+    enough_styles(per_image, found)
+
+
+def enough_styles(per_image: int, styles: int) -> None:
+    if per_image > styles:
+        raise ConfigError(f"--per-image {per_image}: there are only {styles} styles")
 
 
 def check_address(address: str | None, wait_s: float = WAIT_S) -> str | None:

@@ -19,7 +19,7 @@ import torch
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank import StyleBank, load_bank
 from pipeline.data.listing import is_bank, list_styles
-from pipeline.errors import ConfigError, ImageError, describe
+from pipeline.errors import ImageError, describe
 from pipeline.imaging.codec import prepare
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
@@ -102,18 +102,13 @@ def encode_styles(found: list[Variant], model: ModelConfig, sizing: Sizing, cora
 
 
 def stylize_styles(refs: tuple[str, ...], controls: Controls, model: ModelConfig, sizing: Sizing) -> StyleSet:
-    """`adain stylize`'s styles: the one style bank among `refs`, or the style images they name."""
+    """`adain stylize`'s styles: the one style bank among `refs`, or the style images they name
+    (`refs` and `controls` as `preflight.check_styles` passed them)."""
     banks = [ref for ref in refs if is_bank(ref)]
     if not banks:
         found = list_styles(refs)
         coral = controls.preserve_color == "coral"
         return encode_styles(variants(found, controls.weights_for(len(found))), model, sizing, coral)
-    if len(refs) > 1:
-        raise ConfigError("--style: a style bank must be the only --style")
-    if controls.preserve_color == "coral":
-        raise ConfigError("--preserve-color coral recolours style images, which a bank no longer has; use luminance")
-    if controls.style_weights is not None:
-        raise ConfigError("--style-weights blends style images; with a style bank give each style as its own run")
     bank = load_bank(banks[0], load_encoder(model.encoder).sha256)
     if bank.style_size != sizing.style_size:
         log.warning("the style bank was indexed at --style-size %d; its statistics are used", bank.style_size)
