@@ -26,7 +26,16 @@ from pipeline.data.listing import list_styles, style_ids
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ImageError
 from pipeline.imaging.codec import MAX_PIXELS, decode, prepare
-from pipeline.storage.keys import augmented_key, folded, output_stems, safe_relpath, sample_name, slug, unique_names
+from pipeline.storage.keys import (
+    augmented_key,
+    folded,
+    output_key,
+    output_stems,
+    safe_relpath,
+    sample_name,
+    slug,
+    unique_names,
+)
 from pipeline.train.data import decode_crops, skipped_images_actor
 from pipeline.transfer import pair_names
 from tests import fuzz, images
@@ -185,11 +194,49 @@ def test_augmented_outputs_never_land_among_the_runs_own_files(keys: list[str]) 
 
 
 STEMS, STYLE_IDS = st.text("ab._/", min_size=1, max_size=6), st.text("ab._", min_size=1, max_size=4)
+# Paths made of the pieces that have made names meet: dots, '_' and '__', folders, output extensions.
+PIECES = ["a", "b", ".", "_", "__", "/", "jpg", "JPG", "mp4", "png_"]
+RELS = st.lists(st.sampled_from(PIECES), min_size=1, max_size=8).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@example(rels=["x.png", "x.jpg/y.png", "clip.mov", "clip.mp4/f.png"], styles=["s"], videos=[False, False, True, False])
+@example(rels=["a.png", "a__b.png"], styles=["b__c", "c"], videos=[False, False])
+@example(rels=["q.png", "q__c.jpg/z.png"], styles=["c"], videos=[False, False])
+@given(st.lists(RELS, min_size=1, max_size=10, unique=True), st.lists(STYLE_IDS, min_size=1, max_size=3), st.data())
+def test_no_two_outputs_meet_and_no_output_is_another_outputs_folder(
+    rels: list[str], styles: list[str], videos: list[bool] | st.DataObject
+) -> None:
+    """Every (input, style) of a run, stylize's layout and augment's, images as --format and videos as
+    .mp4: distinct keys, and none of them a folder of another (input `x.png`'s output `x.jpg` was
+    the folder of input `x.jpg/y.png`'s, and `a` with style `b__c` met `a__b` with style `c`)."""
+    if not isinstance(videos, list):
+        videos = videos.draw(st.lists(st.booleans(), min_size=len(rels), max_size=len(rels)))
+    stems = output_stems([safe_relpath(rel) for rel in rels], rels).to_pylist()  # keys: the inputs, as URIs are
+    styles = sorted(set(styles), key=lambda s: slug(s).lower())
+    styles = [s for i, s in enumerate(styles) if slug(s).lower() not in {slug(t).lower() for t in styles[:i]}]
+    for naming in (output_key, augmented_key):
+        keys = [
+            naming("s3://b/out", style, stem, "mp4" if video else "jpg")
+            for stem, video in zip(stems, videos, strict=False)
+            for style in styles
+        ]
+        files = folded(keys)
+        folders = {folder for key in files for folder in _parents(key)}
+        assert len(set(files)) == len(files), sorted(keys)
+        assert not folders & set(files), sorted(folders & set(files))
+
+
+def _parents(key: str) -> list[str]:
+    parts = key.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
 @settings(max_examples=300, deadline=None)
 @example(pairs=[("a.b", "s"), ("a_b", "s")])
 @example(pairs=[("x", "a.b"), ("x", "a_b")])
+@example(pairs=[("a", "b__c"), ("a__b", "c")])
+@example(pairs=[("a_", "b"), ("a", "_b")])
 @given(st.lists(st.tuples(STEMS, STYLE_IDS), min_size=2))
 def test_shard_sample_names_tell_samples_apart(pairs: list[tuple[str, str]]) -> None:
     """Distinct (input stem, style id) pairs, as the augment job has them (stems told apart by

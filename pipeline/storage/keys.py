@@ -32,11 +32,33 @@ def slug(name: str) -> str:
 
 
 def sample_name(key: str, style_id: str) -> str:
-    """A WebDataset sample key, KEY__STYLE: loaders cut a name at its first dot, so dots become
-    '_', and a name that had any takes its short hash, to stay apart from one spelled with '_'
+    """A WebDataset sample key, KEY__STYLE (`_joined`): loaders cut a name at its first dot, so dots
+    become '_', and a name that had any takes its short hash, to stay apart from one spelled with '_'
     (`a.b` and `a_b` are two samples)."""
-    name = f"{safe_relpath(key)}__{slug(style_id)}"
+    name = _joined(safe_relpath(key), style_id)
     return name if "." not in name else f"{name.replace('.', '_')}-{_short_hash(name, 8)}"
+
+
+def _joined(rel: str, style_id: str) -> str:
+    """REL__STYLE, where it reads one way only; else REL__STYLE-HASH of the two: `a` with style
+    `b__c` and `a__b` with style `c` would both be `a__b__c`. A slug has no '_' at either end, so
+    a file name without '__' and not ending in '_' meets the style's slug at one '__' only."""
+    style, name = slug(style_id), rel.rsplit("/", 1)[-1]
+    if "__" in style or "__" in name or name.endswith("_"):  # then never a plain one: two '__'s, or '___'
+        return f"{rel}__{style}-{_short_hash(rel + chr(0) + style, 8)}"
+    return f"{rel}__{style}"
+
+
+# Every extension an output file takes: the image formats' (codec.FORMATS) and the videos' .mp4.
+_OUTPUT_FILE_LIKE = re.compile(r"\.(?:jpe?g|png|webp|mp4)_*$", re.IGNORECASE)
+
+
+def _folders_apart(rel: str) -> str:
+    """`rel` with each folder unlike any output file: a folder named as one (`x.jpg`, in any case)
+    takes one '_' more, as do those named so already (`x.jpg_`), which keeps them distinct. Input
+    `x.jpg/y.png` would otherwise have its output in the folder `x.jpg`, which is input `x.png`'s output."""
+    *folders, name = rel.split("/")
+    return "/".join([*(f"{f}_" if _OUTPUT_FILE_LIKE.search(f) else f for f in folders), name])
 
 
 def relative_to(uri: str, root: str) -> str:
@@ -151,16 +173,17 @@ def _clashing(names: pa.ChunkedArray) -> pa.Array:
 
 
 def output_key(output: str, style_id: str, stem: str, fmt: str) -> str:
-    """OUTPUT/STYLE/STEM.FMT, always inside OUTPUT."""
-    return f"{output.rstrip('/')}/{slug(style_id)}/{safe_relpath(stem)}.{fmt}"
+    """OUTPUT/STYLE/STEM.FMT, always inside OUTPUT; no output folder named as an output (`_folders_apart`)."""
+    return f"{output.rstrip('/')}/{slug(style_id)}/{_folders_apart(safe_relpath(stem))}.{fmt}"
 
 
 def augmented_key(output: str, style_id: str, stem: str, fmt: str) -> str:
     """OUTPUT/STEM__STYLE.FMT: the input's folders kept (class folders stay class folders),
     the style in the file name. A first folder named from '_' on gets one '_' more (`_a/x` ->
     `__a/x`, `__a/x` -> `___a/x`: still distinct), so that no output lands among the run's own
-    `_manifest/`, `_runs/` and `_state/`."""
-    rel = safe_relpath(stem)
+    `_manifest/`, `_runs/` and `_state/`. No output folder is named as an output (`_folders_apart`),
+    and STEM__STYLE reads one way only (`_joined`)."""
+    rel = _folders_apart(safe_relpath(stem))
     if rel.startswith("_") and "/" in rel:
         rel = f"_{rel}"
-    return f"{output.rstrip('/')}/{rel}__{slug(style_id)}.{fmt}"
+    return f"{output.rstrip('/')}/{_joined(rel, style_id)}.{fmt}"
