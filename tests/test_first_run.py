@@ -162,14 +162,22 @@ def test_style_flags_that_do_not_fit_the_styles_are_found_before_ray(tmp_path: P
             check_styles(refs, controls, per_image)
 
 
-FAIL_FAST = ["unusable output", "missing output bucket", "missing input", "unreachable address", "missing style"]
+FAIL_FAST = [
+    "unusable output",
+    "missing output bucket",
+    "missing input",
+    "unreachable address",
+    "missing style",
+    "local ray cannot start",
+]
 
 
 @pytest.mark.parametrize("case", FAIL_FAST)
 def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
     case: str, weights: WeightFiles, s3_server: S3Server, tmp_path: Path
 ) -> None:
-    """Before any Ray work, within 10 s, one line saying what failed, and no traceback."""
+    """Before any Ray work (or as a local Ray fails to start), within 10 s, one line saying what failed,
+    and no traceback."""
     photos(tmp_path / "in", 2)
     images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99))
     (tmp_path / "a-file").write_text("not a folder")
@@ -182,9 +190,11 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
         inputs = str(tmp_path / "no-such-folder")
     elif case == "missing style":
         style = "stlye.jpg"
-    else:
+    elif case == "unreachable address":
         address = ["--address", f"127.0.0.1:{free_port()}"]
     env = {k: "" for k in ("RAY_ADDRESS",) if k in os.environ}
+    if case == "local ray cannot start":  # Ray's temporary folder below a file: ray.init raised NotADirectoryError
+        env["RAY_TMPDIR"] = str(tmp_path / "a-file")
     started = time.monotonic()
     args = ["stylize", "--input", inputs, "--style", style, "--output", output, *address, *job_flags(weights)]
     result = run_cli(args, tmp_path, env=env, timeout=60)
@@ -199,6 +209,7 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
         "missing input": "not found",
         "unreachable address": "cannot reach the Ray cluster",
         "missing style": "stlye.jpg: not found",
+        "local ray cannot start": "could not start a local Ray (",
     }
     assert words[case] in lines[0], lines[0]
     assert took < 10, f"took {took:.1f} s"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import pyarrow as pa
 import ray
@@ -139,8 +140,10 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
         ray.init(
             address=address, log_to_driver=verbose, logging_level=max(level, logging.INFO), include_dashboard=False
         )
-    except (ConnectionError, ray.exceptions.AuthenticationError) as exc:
+    except Exception as exc:
         if address in (None, "auto", "local"):
+            _local_ray_failed(exc)
+        if not isinstance(exc, (ConnectionError, ray.exceptions.AuthenticationError)):
             raise
         # Ray 2.60 clusters use token authentication, and Ray sends no token to an explicit address unasked.
         raise ClusterError(
@@ -149,6 +152,22 @@ def connect(address: str | None, wait_s: float = WAIT_S) -> None:
             "~/.ray/auth_token or RAY_AUTH_TOKEN here"
         ) from None
     ray.data.DataContext.get_current().enable_progress_bars = verbose
+
+
+def _local_ray_failed(exc: Exception) -> NoReturn:
+    """A local Ray that did not start (a node timed out on a loaded machine, a temp dir it cannot use):
+    what Ray said, in one line, and where its logs are, with what it started stopped."""
+    ray.shutdown()
+    said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    raise ClusterError(
+        f"could not start a local Ray ({said}); check that this machine has CPU and memory to spare and that "
+        f"{ray_temp_dir()} is writable, see the logs under it, or pass --address to join a running cluster"
+    ) from None
+
+
+def ray_temp_dir() -> str:
+    """Where a local Ray keeps its sessions and logs: RAY_TMPDIR, else the system's temporary folder's ray/."""
+    return os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray")
 
 
 def connect_while(address: str | None, work: Callable[[], T]) -> T:
