@@ -236,8 +236,8 @@ def test_transfer_mixes_images_and_videos_and_reports_bad_videos(
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*"))
     assert written == ["clips/turned_stylized_style.mp4", "photo_stylized_style.jpg"]
     assert video.probe(tmp_path / "out/clips/turned_stylized_style.mp4").rotation == 90
-    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.jpg") == 1
-    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.mp4", "--temporal-smoothing", "1") == 1
+    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.jpg") == 2
+    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.mp4", "--temporal-smoothing", "1") == 2
     err = capsys.readouterr().err
     assert "a video is written as .mp4" in err and "--temporal-smoothing 1.0: must be at least 0 and below 1" in err
 

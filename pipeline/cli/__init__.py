@@ -63,7 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args)
         except AdainError as exc:
             print(one_line(f"adain: error: {exc}"), file=sys.stderr)
-            return EXIT_FAILED
+            # a value the configs refuse is the user's configuration, as a flag the parser refuses
+            return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
         except KeyboardInterrupt:
             print("adain: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

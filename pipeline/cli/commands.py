@@ -20,7 +20,7 @@ from pipeline.config import (
 from pipeline.errors import ConfigError, one_line
 
 # Exit statuses (README "Exit statuses"): every output ok or already there; the run failed (one
-# line says why); bad flags; the run finished, with error rows; interrupted.
+# line says why); the configuration is wrong (a ConfigError); the run finished, with error rows; interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
