@@ -185,6 +185,40 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
     assert not (tmp_path / "out").exists()
 
 
+OUTPUT_FLAGS = {
+    "stylize": "--output", "augment": "--output", "styles index": "--output", "train": "--storage",
+    "transfer": "-o", "transfer to a file": "-o",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_FLAGS))
+def test_an_output_that_is_a_file_is_one_plain_line(
+    command: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing file given as the folder to write under was 'Errno 17 File exists' on a probe's
+    or an output's path (exit 3 in transfer, for each image); one check says what it is instead."""
+    photos(tmp_path / "in", 1)
+    style = str(images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99)))
+    taken = tmp_path / "outfile"
+    taken.write_text("a file")
+    out, src, encoder = str(taken), str(tmp_path / "in"), str(weights.vgg)
+    argv = {
+        "stylize": ["stylize", "--input", src, "--style", style, "--output", out, *job_flags(weights)],
+        "augment": ["augment", "--input", src, "--style", style, "--output", out, *job_flags(weights)],
+        "styles index": ["styles", "index", "--style", style, "--output", f"{out}/bank.parquet", "--encoder", encoder],
+        "train": ["train", "--content", src, "--style", src, "--storage", out, "--name", "r", "--encoder", encoder],
+        "transfer": ["transfer", src, style, "-o", out, *job_flags(weights)[:6]],
+        "transfer to a file": ["transfer", src, style, "-o", f"{out}/x.jpg", *job_flags(weights)[:6]],
+    }[command]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == (
+        f"adain: error: {OUTPUT_FLAGS[command]}: {taken} is a file, not a directory; "
+        "give a directory (or prefix) to write under\n"
+    ), err
+    assert taken.read_text() == "a file"
+
+
 @pytest.mark.parametrize("command", ["stylize", "augment"])
 def test_damaged_weights_fail_in_the_driver_in_one_line(
     command: str, ray_cluster: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]

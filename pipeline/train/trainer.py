@@ -163,7 +163,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     Returns a summary: the iteration reached, final losses, where the decoder and metrics are.
     """
     started = time.time()
-    check_writable(cfg.run_uri)
+    check_writable(cfg.run_uri, "--storage")
     encoder = load_encoder(cfg.encoder)  # fail here, not on every worker, if the weights are unusable
     if cfg.decoder is not None:
         load_decoder(cfg.decoder)
