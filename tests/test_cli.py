@@ -227,3 +227,26 @@ def test_values_the_configs_refuse_exit_2_as_the_parsers_refusals_do(
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("adain: error: ") and words in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "words"),
+    [
+        (["transfer", "c.jpg", "s.jpg"], "adain transfer", "the following arguments are required: -o/--output"),
+        (["stylize", "--alpha", "high"], "adain stylize", "argument --alpha: invalid float value: 'high'"),
+        (["styles", "index", "--decoder", "d.pth"], "adain styles index", "unrecognized arguments: --decoder d.pth"),
+        (["styles"], "adain styles", "the following arguments are required: ACTION"),
+        (["stylise"], "adain", "argument COMMAND: invalid choice: 'stylise'"),
+    ],
+)
+def test_a_flag_the_parser_refuses_is_one_line_and_where_the_help_is(
+    argv: list[str], prog: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse printed the usage, some 19 lines, above the one line that says what is wrong;
+    an unknown flag of a command was `adain`'s error, pointing at `adain`'s help."""
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{prog}: error: ") and words in lines[0], lines
+    assert lines[1] == f"see: {prog} --help"
