@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from pipeline.config import Controls, ModelConfig, Sizing
-from pipeline.errors import AdainError, ConfigError, ImageError, describe, one_line
+from pipeline.errors import AdainError, ConfigError, ImageError, counted, describe, one_line
 from pipeline.imaging.codec import (
     FORMATS,
     IMAGE_EXTENSIONS,
@@ -230,7 +230,8 @@ def _video(
         with _about(uri):
             row = _write_video(source, target, stylize_frames, req, sizing)
         flicker = "" if row["flicker"] is None else f", flicker {row['flicker']:.2f}"
-        print(one_line(f"wrote {target} ({row['frames']} frames, {row['segments']} segments{flicker})"))
+        made = f"{counted(row['frames'], 'frame')}, {counted(row['segments'], 'segment')}{flicker}"
+        print(one_line(f"wrote {target} ({made})"))
 
 
 def _write_video(source: str | bytes, target: str, stylize: Callable, req: TransferRequest, sizing: Sizing) -> dict:

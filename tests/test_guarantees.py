@@ -132,7 +132,9 @@ DAMAGED_OUTPUTS = {
     "empty-part": ("_manifest/zz.parquet", b"", "zz.parquet: unreadable manifest part", None),
     "part-of-other-columns": ("_manifest/y.parquet", _parquet([{"run_id": "r"}]), "y.parquet: unreadable", None),
     "part-of-lists": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "style": ["s"]}]), "y.parquet: unreadable", None),
-    "rows-naming-nothing": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "input_uri": None}]), "1 rows name no", None),
+    "rows-naming-nothing": (
+        "_manifest/y.parquet", _parquet([{**GOOD_ROW, "input_uri": None}]), "1 row naming no", None
+    ),
     "style-sources-a-list": ("_runs/b.json", b'{"run_id": "b", "style_sources": ["a"]}', None, "b ? ? ? ? ? ?"),
     "style-sources-not-paths": (  # a later run's: it names the style image the contact sheet shows
         "_runs/b.json",

@@ -218,7 +218,7 @@ def test_transfer_stylizes_a_video(clips: dict[str, Path], weights: WeightFiles,
     src, dst = video.probe(clips["long"]), video.probe(out)
     assert (dst.frames, dst.fps, dst.width, dst.height) == (src.frames, src.fps, 42, 32)  # shorter side to 32
     assert abs(dst.duration - src.duration) < 1 / 24 and videos.packets(out) == videos.packets(clips["long"])
-    assert "40 frames, 1 segments, flicker" in capsys.readouterr().out
+    assert "40 frames, 1 segment, flicker" in capsys.readouterr().out
 
 
 def test_transfer_mixes_images_and_videos_and_reports_bad_videos(

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.data.manifest import status_counts
 from pipeline.data.preview import sample_columns, thumbnail
 from pipeline.data.rows import ERROR, OK, STATUSES
-from pipeline.errors import ConfigError, describe, one_line
+from pipeline.errors import ConfigError, counted, describe, one_line
 from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, encode
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
@@ -102,7 +102,7 @@ def _part(uri: str) -> pa.Table | None:
         return None
     named = pc.and_(pc.is_valid(table.column("input_uri")), pc.is_valid(table.column("style")))
     if unnamed := table.num_rows - pc.sum(named).as_py():
-        log.warning("%s: %d rows name no input or style, left out of the report", uri, unnamed)
+        log.warning("%s: %s naming no input or style, left out of the report", uri, counted(unnamed, "row"))
     return table.filter(named)
 
 

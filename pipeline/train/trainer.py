@@ -32,7 +32,7 @@ from ray.util.queue import Empty
 
 from pipeline.config import TrainConfig
 from pipeline.data.cluster import ONE_ARENA_RUNTIME_ENV, check_fits, connect
-from pipeline.errors import AdainError, ConfigError
+from pipeline.errors import AdainError, ConfigError, counted
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
 from pipeline.model.nets import Decoder
 from pipeline.storage.listing import list_files
@@ -173,7 +173,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     style_uris = image_uris(cfg.style, cfg, "--style")
     connect(cfg.address)
     gpus = {"GPU": cfg.workers * cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
-    check_fits({"CPU": cfg.workers * cfg.cpus_per_worker, **gpus}, f"{cfg.workers} training workers",
+    check_fits({"CPU": cfg.workers * cfg.cpus_per_worker, **gpus}, counted(cfg.workers, "training worker"),
                "fewer --workers, --gpus-per-worker 0 or a smaller --cpus-per-worker")  # fmt: skip
     write_run(cfg, previous, encoder.sha256)
 
