@@ -14,7 +14,7 @@ import time
 from pipeline.config import ModelConfig
 from pipeline.data.listing import is_bank, list_styles
 from pipeline.errors import ClusterError, ConfigError
-from pipeline.model.sources import weight_uri
+from pipeline.model.sources import naming_the_rest, weight_uri
 from pipeline.storage.cache import fetch
 from pipeline.storage.uri import exists
 
@@ -23,7 +23,8 @@ WAIT_S = 3.0  # how long a cluster address may refuse connections before the job
 
 def check_weights(model: ModelConfig) -> None:
     """Fail before any cluster work if either network's weights cannot be had."""
-    fetch(*weight_uri(model.encoder), flag="--encoder")
+    with naming_the_rest((model.decoder, "--decoder")):
+        fetch(*weight_uri(model.encoder), flag="--encoder")
     fetch(*weight_uri(model.decoder), flag="--decoder")
 
 

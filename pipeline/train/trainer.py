@@ -35,6 +35,7 @@ from pipeline.data.cluster import ONE_ARENA_RUNTIME_ENV, check_fits, connect
 from pipeline.errors import AdainError, ConfigError, counted
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
 from pipeline.model.nets import Decoder
+from pipeline.model.sources import naming_the_rest
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
 from pipeline.train import loop
@@ -164,7 +165,8 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     """
     started = time.time()
     check_writable(cfg.run_uri, "--storage")
-    encoder = load_encoder(cfg.encoder)  # fail here, not on every worker, if the weights are unusable
+    with naming_the_rest((cfg.decoder, "--decoder")):  # offline: every file to fetch named at once
+        encoder = load_encoder(cfg.encoder)  # fail here, not on every worker, if the weights are unusable
     if cfg.decoder is not None:
         load_decoder(cfg.decoder)
     previous = read_run(cfg)
