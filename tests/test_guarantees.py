@@ -147,6 +147,29 @@ DAMAGED_OUTPUTS = {
 }
 
 
+def test_report_shows_runs_that_never_ended_and_tells_apart_runs_of_one_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run interrupted or killed writes manifest rows but no summary: it was missing from the
+    report. Two runs given one --run-id (each keeps its summary) showed as two rows of the same id."""
+    out = tmp_path / "out"
+    for rel, started in (("nightly.json", "2026-01-01T00:00:00Z"), ("nightly.1.json", "2026-01-02T00:00:00Z")):
+        images.write(out / "_runs" / rel, json.dumps({**GOOD_RUN, "run_id": "nightly", "started_at": started}).encode())
+    rows = [{**GOOD_ROW, "run_id": "nightly"}]
+    rows += [{**GOOD_ROW, "run_id": "killed", "input_uri": f"/in/{i}.jpg"} for i in range(3)]
+    rows[-1] = {**rows[-1], "status": "error", "output_uri": None, "error": "not an image"}
+    images.write(out / "_manifest" / "nightly-00000.parquet", _parquet(rows))
+    assert main(["report", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("outputs now"))
+    runs = [line.split() for line in lines[2:end]]  # below the table's header
+    assert runs == [
+        ["nightly", "#1", "2026-01-01T00:00:00Z", "1", "0", "0", "1.0", "?"],
+        ["nightly", "#2", "2026-01-02T00:00:00Z", "1", "0", "0", "1.0", "?"],
+        ["killed", "-", "2", "1", "0", "-", "-", "unfinished", "(no", "summary)"],
+    ], runs
+
+
 @pytest.mark.parametrize("damage", list(DAMAGED_OUTPUTS))
 def test_report_over_damaged_manifest_parts_and_summaries(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog, damage: str
