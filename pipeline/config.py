@@ -6,7 +6,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, counted
 from pipeline.imaging.codec import (
     FORMATS,
     IMAGE_EXTENSIONS,
@@ -67,7 +67,8 @@ class Controls:
     def weights_for(self, styles: int) -> tuple[float, ...] | None:
         """--style-weights, checked against the number of style images they blend."""
         if self.style_weights is not None and len(self.style_weights) != styles:
-            raise ConfigError(f"--style-weights has {len(self.style_weights)} weights for {styles} styles")
+            given, wanted = counted(len(self.style_weights), "weight"), counted(styles, "style")
+            raise ConfigError(f"--style-weights has {given} for {wanted}")
         return self.style_weights
 
 

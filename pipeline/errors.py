@@ -52,6 +52,11 @@ _CONTROLS = {
 }
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """`n` and the noun that agrees with it: 1 segment, 2 segments, 0 errors (`plural` where it is not noun + s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def one_line(text: str) -> str:
     """`text` as one line of plain characters: control characters written as escapes (\\n, \\x1b)."""
     return text.translate(_CONTROLS)

@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from pipeline.config import Controls, ModelConfig, Sizing
-from pipeline.errors import AdainError, ConfigError, ImageError, describe, one_line
+from pipeline.errors import AdainError, ConfigError, ImageError, counted, describe, one_line
 from pipeline.imaging.codec import (
     FORMATS,
     IMAGE_EXTENSIONS,
@@ -43,7 +43,16 @@ from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
 from pipeline.storage.keys import output_stems, safe_relpath, unique_names
 from pipeline.storage.listing import list_files
-from pipeline.storage.uri import canonical, is_dir, is_remote, join, read_bytes, within, write_bytes
+from pipeline.storage.uri import (
+    canonical,
+    check_not_a_file,
+    is_dir,
+    is_remote,
+    join,
+    read_bytes,
+    within,
+    write_bytes,
+)
 
 VIDEO_BATCH = 8  # frames a model call, at most
 
@@ -140,6 +149,7 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
 
     outputs = [output_uri(c, s) for c in range(len(contents)) for s in range(1 if combined else len(styles))]
     _check_apart(req, [uri for uri, _ in contents + styles], outputs)
+    check_not_a_file(req.output if to_dir else posixpath.dirname(req.output), "-o")
     model = load_model(model_cfg.encoder, model_cfg.decoder, model_cfg.device, model_cfg.precision, model_cfg.compile)
     style_images = [_load(uri, sizing.style_size, sizing) for uri, _ in styles]
     mask_image = None
@@ -220,7 +230,8 @@ def _video(
         with _about(uri):
             row = _write_video(source, target, stylize_frames, req, sizing)
         flicker = "" if row["flicker"] is None else f", flicker {row['flicker']:.2f}"
-        print(one_line(f"wrote {target} ({row['frames']} frames, {row['segments']} segments{flicker})"))
+        made = f"{counted(row['frames'], 'frame')}, {counted(row['segments'], 'segment')}{flicker}"
+        print(one_line(f"wrote {target} ({made})"))
 
 
 def _write_video(source: str | bytes, target: str, stylize: Callable, req: TransferRequest, sizing: Sizing) -> dict:

@@ -294,7 +294,7 @@ def test_bank_from_another_encoder_is_refused(
         load_bank(str(bank), other_sha)
 
     code = main(stylize_argv(weights, contents, bank, tmp_path / "out", "--encoder", str(other_vgg)))
-    assert code == 1
+    assert code == 2  # the user's configuration: bank and encoder do not go together
     line = one_error_line(capsys)
     assert "encoder" in line and str(bank) in line
     assert not (tmp_path / "out").exists()
@@ -319,7 +319,7 @@ def test_parquet_that_is_not_a_bank(
         index(weights, styles, tmp_path / "bank.csv")
 
     code = main(stylize_argv(weights, contents, other, tmp_path / "out"))
-    assert code == 1
+    assert code == 2
     assert "not an adain-ray style bank" in one_error_line(capsys)
 
 
@@ -332,7 +332,7 @@ def test_bank_excludes_coral_weights_and_other_styles(
     index(weights, styles, bank)
 
     code = main(stylize_argv(weights, contents, bank, tmp_path / "out", "--preserve-color", "coral"))
-    assert code == 1
+    assert code == 2
     assert "coral" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
 
@@ -473,5 +473,5 @@ def test_bank_columns_of_other_types_are_nothing_to_reuse(
 
 
 def test_cli_index_needs_styles_and_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["styles", "index", "--output", str(tmp_path / "bank.parquet")]) == 1
+    assert main(["styles", "index", "--output", str(tmp_path / "bank.parquet")]) == 2
     assert "needs --style and --output" in one_error_line(capsys)  # --style, as in every command

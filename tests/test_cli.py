@@ -176,8 +176,8 @@ def test_whole_numbers_out_of_their_meaningful_range_are_one_line(
     argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A negative augment seed failed every input in NumPy; a training --resize past --max-pixels
-    would resize every image to gigabytes."""
-    assert main(argv) == 1
+    would resize every image to gigabytes. Refused as the user's configuration: exit 2, as the parser's refusals."""
+    assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err
 
@@ -208,3 +208,45 @@ def test_object_store_uris_without_a_bucket_are_one_line_before_anything_is_made
     err = capsys.readouterr().err.strip()
     assert err.startswith("adain: error: ") and "no bucket in the URI" in err and "\n" not in err, err
     assert list(tmp_path.iterdir()) == []  # no folder 's3:' or 'gs:' made here
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["transfer", "c.jpg", "s.jpg", "-o", "o.jpg", "--alpha", "2"], "--alpha 2.0: must be between 0 and 1"),
+        (["stylize", "--input", "in", "--style", "s.jpg", "--output", "out", "--batch-size", "0"], "--batch-size"),
+        (["stylize", "--input", "in", "--style", "s.jpg"], "--output is required"),
+    ],
+    ids=["transfer-alpha", "stylize-batch-size", "stylize-no-output"],
+)
+def test_values_the_configs_refuse_exit_2_as_the_parsers_refusals_do(
+    argv: list[str], words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A value out of its range, or a missing --output, is the user's configuration as a flag the
+    parser refuses is: exit 2 (it was 1, while `transfer` without -o exited 2)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("adain: error: ") and words in err, err
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "words"),
+    [
+        (["transfer", "c.jpg", "s.jpg"], "adain transfer", "the following arguments are required: -o/--output"),
+        (["stylize", "--alpha", "high"], "adain stylize", "argument --alpha: invalid float value: 'high'"),
+        (["styles", "index", "--decoder", "d.pth"], "adain styles index", "unrecognized arguments: --decoder d.pth"),
+        (["styles"], "adain styles", "the following arguments are required: ACTION"),
+        (["stylise"], "adain", "argument COMMAND: invalid choice: 'stylise'"),
+    ],
+)
+def test_a_flag_the_parser_refuses_is_one_line_and_where_the_help_is(
+    argv: list[str], prog: str, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """argparse printed the usage, some 19 lines, above the one line that says what is wrong;
+    an unknown flag of a command was `adain`'s error, pointing at `adain`'s help."""
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"{prog}: error: ") and words in lines[0], lines
+    assert lines[1] == f"see: {prog} --help"

@@ -26,9 +26,10 @@ import pytest
 import torch
 
 from pipeline.cli import main
-from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK
+from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, outcome
 from pipeline.config import Controls
 from pipeline.data.preflight import check_address, check_styles
+from pipeline.data.progress import Progress
 from pipeline.errors import ClusterError, ConfigError
 from tests import images
 from tests.conftest import S3Server, WeightFiles, free_port
@@ -200,7 +201,8 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
     result = run_cli(args, tmp_path, env=env, timeout=60)
     took = time.monotonic() - started
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert result.returncode == EXIT_FAILED, result.stderr
+    # a --style that is not there is the user's configuration (a ConfigError); the rest fail to start
+    assert result.returncode == (EXIT_USAGE if case == "missing style" else EXIT_FAILED), result.stderr
     assert len(lines) == 1 and lines[0].startswith("adain: error: "), result.stderr
     assert "Traceback" not in result.stderr
     words = {
@@ -214,6 +216,40 @@ def test_what_a_user_gets_wrong_fails_in_seconds_in_one_line(
     assert words[case] in lines[0], lines[0]
     assert took < 10, f"took {took:.1f} s"
     assert not (tmp_path / "out").exists()
+
+
+OUTPUT_FLAGS = {
+    "stylize": "--output", "augment": "--output", "styles index": "--output", "train": "--storage",
+    "transfer": "-o", "transfer to a file": "-o",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", list(OUTPUT_FLAGS))
+def test_an_output_that_is_a_file_is_one_plain_line(
+    command: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An existing file given as the folder to write under was 'Errno 17 File exists' on a probe's
+    or an output's path (exit 3 in transfer, for each image); one check says what it is instead."""
+    photos(tmp_path / "in", 1)
+    style = str(images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=99)))
+    taken = tmp_path / "outfile"
+    taken.write_text("a file")
+    out, src, encoder = str(taken), str(tmp_path / "in"), str(weights.vgg)
+    argv = {
+        "stylize": ["stylize", "--input", src, "--style", style, "--output", out, *job_flags(weights)],
+        "augment": ["augment", "--input", src, "--style", style, "--output", out, *job_flags(weights)],
+        "styles index": ["styles", "index", "--style", style, "--output", f"{out}/bank.parquet", "--encoder", encoder],
+        "train": ["train", "--content", src, "--style", src, "--storage", out, "--name", "r", "--encoder", encoder],
+        "transfer": ["transfer", src, style, "-o", out, *job_flags(weights)[:6]],
+        "transfer to a file": ["transfer", src, style, "-o", f"{out}/x.jpg", *job_flags(weights)[:6]],
+    }[command]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert err == (
+        f"adain: error: {OUTPUT_FLAGS[command]}: {taken} is a file, not a directory; "
+        "give a directory (or prefix) to write under\n"
+    ), err
+    assert taken.read_text() == "a file"
 
 
 @pytest.mark.parametrize("command", ["stylize", "augment"])
@@ -245,12 +281,12 @@ def test_work_a_local_ray_cannot_hold_fails_at_once_and_a_cluster_says_what_it_w
     stylize = ["stylize", "--input", str(tmp_path / "in"), "--style", str(tmp_path / "style.jpg")]
     assert main([*stylize, "--output", str(tmp_path / "out"), *job_flags(weights), "--device", "cuda"]) == EXIT_FAILED
     err = capsys.readouterr().err.strip()
-    assert err.startswith("adain: error: 1 model actors on GPUs need 1 GPU") and "--device cpu" in err, err
+    assert err.startswith("adain: error: 1 model actor on GPUs would need 1 GPU") and "--device cpu" in err, err
     train = ["train", "--content", str(tmp_path / "in"), "--style", str(tmp_path / "in"), "--storage",
              str(tmp_path / "runs"), "--name", "gpus", "--encoder", str(weights.vgg)]  # fmt: skip
     assert main([*train, "--workers", "2", "--gpus-per-worker", "1"]) == EXIT_FAILED
     err = capsys.readouterr().err.strip()
-    assert err.startswith("adain: error: 2 training workers need 2 GPU, and this machine's Ray has 0 GPU"), err
+    assert err.startswith("adain: error: 2 training workers would need 2 GPU, and this machine's Ray has 0 GPU"), err
     assert not (tmp_path / "runs" / "gpus").exists()  # the name is not taken by a run that never started
     # Joined from another process, the same cluster may be one an autoscaler grows: a warning, no wait here.
     code = (
@@ -259,7 +295,18 @@ def test_work_a_local_ray_cannot_hold_fails_at_once_and_a_cluster_says_what_it_w
     )
     joined = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert joined.returncode == 0 and joined.stdout.strip() == "on", joined.stderr
-    assert "work wait for 4 GPU: the cluster has 0 GPU now" in joined.stderr, joined.stderr
+    assert "work: waiting for 4 GPU; the cluster has 0 GPU now" in joined.stderr, joined.stderr
+
+
+def test_counts_agree_with_their_number(capsys: pytest.CaptureFixture[str]) -> None:
+    """'1 errors', '1 outputs failed': what a run prints says one thing in the singular."""
+    failure = {"input_uri": "in/a.jpg", "style": "wave", "error": "not an image"}
+    assert outcome({"error": 1, "failures": [failure]}, "out") == EXIT_ERROR_ROWS
+    assert capsys.readouterr().err.splitlines()[-1].startswith("adain: 1 output failed; list them all with: ")
+    for errors in (1, 2):  # each update prints its line (every_s 0)
+        Progress(2, interactive=False, every_s=0.0).update({"ok": 2 - errors, "error": errors})
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].endswith(" images/s, 1 error") and lines[1].endswith(" images/s, 2 errors"), lines
 
 
 def test_error_rows_exit_3_name_the_failures_and_the_report_lists_them(

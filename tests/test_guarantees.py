@@ -132,7 +132,9 @@ DAMAGED_OUTPUTS = {
     "empty-part": ("_manifest/zz.parquet", b"", "zz.parquet: unreadable manifest part", None),
     "part-of-other-columns": ("_manifest/y.parquet", _parquet([{"run_id": "r"}]), "y.parquet: unreadable", None),
     "part-of-lists": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "style": ["s"]}]), "y.parquet: unreadable", None),
-    "rows-naming-nothing": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "input_uri": None}]), "1 rows name no", None),
+    "rows-naming-nothing": (
+        "_manifest/y.parquet", _parquet([{**GOOD_ROW, "input_uri": None}]), "1 row naming no", None
+    ),
     "style-sources-a-list": ("_runs/b.json", b'{"run_id": "b", "style_sources": ["a"]}', None, "b ? ? ? ? ? ?"),
     "style-sources-not-paths": (  # a later run's: it names the style image the contact sheet shows
         "_runs/b.json",
@@ -143,6 +145,29 @@ DAMAGED_OUTPUTS = {
     "run-id-an-int": ("_runs/b.json", b'{"run_id": 5, "ok": 1, "wall_s": "1"}', None, "? ? 1 ? ? ? ?"),
     "started-at-an-int": ("_runs/b.json", b'{"run_id": "b", "started_at": 5, "ok": true}', None, "b ? ? ? ? ? ?"),
 }
+
+
+def test_report_shows_runs_that_never_ended_and_tells_apart_runs_of_one_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run interrupted or killed writes manifest rows but no summary: it was missing from the
+    report. Two runs given one --run-id (each keeps its summary) showed as two rows of the same id."""
+    out = tmp_path / "out"
+    for rel, started in (("nightly.json", "2026-01-01T00:00:00Z"), ("nightly.1.json", "2026-01-02T00:00:00Z")):
+        images.write(out / "_runs" / rel, json.dumps({**GOOD_RUN, "run_id": "nightly", "started_at": started}).encode())
+    rows = [{**GOOD_ROW, "run_id": "nightly"}]
+    rows += [{**GOOD_ROW, "run_id": "killed", "input_uri": f"/in/{i}.jpg"} for i in range(3)]
+    rows[-1] = {**rows[-1], "status": "error", "output_uri": None, "error": "not an image"}
+    images.write(out / "_manifest" / "nightly-00000.parquet", _parquet(rows))
+    assert main(["report", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    end = next(i for i, line in enumerate(lines) if line.startswith("outputs now"))
+    runs = [line.split() for line in lines[2:end]]  # below the table's header
+    assert runs == [
+        ["nightly", "#1", "2026-01-01T00:00:00Z", "1", "0", "0", "1.0", "?"],
+        ["nightly", "#2", "2026-01-02T00:00:00Z", "1", "0", "0", "1.0", "?"],
+        ["killed", "-", "2", "1", "0", "-", "-", "unfinished", "(no", "summary)"],
+    ], runs
 
 
 @pytest.mark.parametrize("damage", list(DAMAGED_OUTPUTS))
@@ -439,7 +464,7 @@ def test_an_unwritable_output_fails_before_any_work(ray_cluster: str, weights: W
     blocker = tmp_path / "file"
     blocker.write_text("a file where the output folder would be")
     started = time.time()
-    with pytest.raises(StorageError, match="cannot write to the output") as caught:
+    with pytest.raises(StorageError, match=r"--output: .*file is a file, not a directory") as caught:
         run_stylize(make_config(weights, str(src), (style_file(tmp_path),), str(blocker / "out")))
     assert time.time() - started < 5 and "\n" not in str(caught.value)
 

@@ -699,6 +699,6 @@ def test_missing_style_file_fails_fast(
     argv = ["stylize", "--input", str(src), "--style", missing, "--output", str(out)]
     argv += ["--encoder", str(weights.vgg), "--decoder", str(weights.decoder), "--device", "cpu"]
     argv += ["--content-size", "32", "--style-size", "32"]
-    assert main(argv) == 1
+    assert main(argv) == 2  # a --style that is not there: the user's configuration
     assert "nope.png" in one_line_error(capsys.readouterr().err)
     assert not out.exists()

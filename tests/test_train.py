@@ -256,7 +256,7 @@ def _cli_has_train() -> bool:
 def test_adain_train_and_the_ray_job_entrypoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`adain train` reports bad options in one line; jobs/train.py is the same command."""
     argv = ["train", "--content", str(tmp_path), "--style", str(tmp_path), "--storage", str(tmp_path)]
-    assert main([*argv, "--name", "x", "--crop", "600"]) == 1
+    assert main([*argv, "--name", "x", "--crop", "600"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "adain: error: --crop 600 is larger than --resize 512; crops are cut from it"
     assert main([*argv, "--name", "x", "--config", str(tmp_path / "missing.yaml")]) == 2

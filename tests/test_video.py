@@ -218,7 +218,7 @@ def test_transfer_stylizes_a_video(clips: dict[str, Path], weights: WeightFiles,
     src, dst = video.probe(clips["long"]), video.probe(out)
     assert (dst.frames, dst.fps, dst.width, dst.height) == (src.frames, src.fps, 42, 32)  # shorter side to 32
     assert abs(dst.duration - src.duration) < 1 / 24 and videos.packets(out) == videos.packets(clips["long"])
-    assert "40 frames, 1 segments, flicker" in capsys.readouterr().out
+    assert "40 frames, 1 segment, flicker" in capsys.readouterr().out
 
 
 def test_transfer_mixes_images_and_videos_and_reports_bad_videos(
@@ -236,8 +236,8 @@ def test_transfer_mixes_images_and_videos_and_reports_bad_videos(
     written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.*"))
     assert written == ["clips/turned_stylized_style.mp4", "photo_stylized_style.jpg"]
     assert video.probe(tmp_path / "out/clips/turned_stylized_style.mp4").rotation == 90
-    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.jpg") == 1
-    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.mp4", "--temporal-smoothing", "1") == 1
+    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.jpg") == 2
+    assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.mp4", "--temporal-smoothing", "1") == 2
     err = capsys.readouterr().err
     assert "a video is written as .mp4" in err and "--temporal-smoothing 1.0: must be at least 0 and below 1" in err
 

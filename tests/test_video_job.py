@@ -218,7 +218,7 @@ def test_video_flags_are_checked_at_the_edge(tmp_path: Path, capsys: pytest.Capt
         (["--video-quality", "52"], "--video-quality 52: x264's CRF"),
         (["--segment-seconds", "0"], "--segment-seconds 0.0: must be positive"),
     ):
-        assert main([*base, *flags]) == 1
+        assert main([*base, *flags]) == 2
         assert words in capsys.readouterr().err
     assert VideoSpec(0.9).lead_in == 66 and VideoSpec(0.0).lead_in == 0 and VideoSpec(0.999).lead_in == 300
 

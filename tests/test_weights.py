@@ -378,6 +378,32 @@ def test_cli_offline_is_one_error_line(
     assert not (tmp_path / "out.jpg").exists()
 
 
+@pytest.mark.parametrize("command", ["transfer", "stylize"])
+def test_offline_names_every_weight_file_that_is_missing(
+    command: str, weights: WeightFiles, adain_cache: Path, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both default weights missing on an offline machine: one line names both files, where each
+    goes and both flags (it named the encoder; the decoder's turn came a run later); one already
+    in the cache is not named."""
+    monkeypatch.setenv("ADAIN_WEIGHTS_MIRROR", f"http://127.0.0.1:{free_port()}")
+    args = _transfer_args(tmp_path, weights, "adain-vgg")
+    args[args.index("--decoder") + 1] = "adain-decoder"
+    if command == "stylize":  # the job's own check of the weights, before Ray starts
+        args = ["stylize", "--input", args[1], "--style", args[2], "--output", str(tmp_path / "out"), *args[5:]]
+    (encoder, _), (decoder, _) = weight_uri("adain-vgg"), weight_uri("adain-decoder")
+    assert cli.main(args) == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("adain: error: could not download"), lines
+    for url, flag in ((encoder, "--encoder"), (decoder, "--decoder")):
+        assert url in lines[0] and str(cached_path(url)) in lines[0] and f"{flag} PATH" in lines[0], lines[0]
+    cached_path(decoder).parent.mkdir(parents=True)
+    shutil.copyfile(weights.decoder, cached_path(decoder))
+    assert cli.main(args) == 1
+    line = capsys.readouterr().err
+    assert encoder in line and decoder not in line and "--decoder" not in line, line
+    assert files_under(adain_cache) == [cached_path(decoder)]
+
+
 def test_cli_subprocess_offline_prints_no_traceback(weights: WeightFiles, tmp_path: Path) -> None:
     """The real entry point, in its own process: the user sees one line and exit status 1."""
     url = closed_port_url()

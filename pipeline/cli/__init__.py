@@ -16,7 +16,7 @@ from contextlib import nullcontext
 
 from pipeline.cli.commands import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 from pipeline.cli.console import native_logs_filtered
-from pipeline.cli.flags import build_parser, build_parsers, command_words
+from pipeline.cli.flags import Parsers, build_parser, build_parsers, command_words
 from pipeline.cli.options import option_values
 from pipeline.errors import AdainError, ConfigError, one_line
 
@@ -27,17 +27,26 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse the flags; a --config file supplies defaults that the flags then override (a list
     flag given on the command line replaces the file's list)."""
     root, parsers = build_parsers()
-    args = root.parse_args(argv)
+    args = _parse_args(root, parsers, argv)
     if not getattr(args, "config", None):
         return args
     words = command_words(args)
     values = option_values(args.config, build_parsers(strict=True)[1][words])
     parsers[words].set_defaults(**values)
-    merged = root.parse_args(argv)
+    merged = _parse_args(root, parsers, argv)
     for dest, value in vars(args).items():
         if isinstance(value, list) and dest in values:
             setattr(merged, dest, value)
     return merged
+
+
+def _parse_args(root: argparse.ArgumentParser, parsers: Parsers, argv: Sequence[str] | None) -> argparse.Namespace:
+    """`root.parse_args`, with flags no parser took refused by the command's own parser (its help
+    names them), not by `adain`'s."""
+    args, extras = root.parse_known_args(argv)
+    if extras:
+        parsers[command_words(args)].error(f"unrecognized arguments: {' '.join(extras)}")
+    return args
 
 
 class _OneLineMessages(logging.Formatter):
@@ -63,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run(args)
         except AdainError as exc:
             print(one_line(f"adain: error: {exc}"), file=sys.stderr)
-            return EXIT_FAILED
+            # a value the configs refuse is the user's configuration, as a flag the parser refuses
+            return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
         except KeyboardInterrupt:
             print("adain: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED

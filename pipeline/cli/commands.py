@@ -17,10 +17,10 @@ from pipeline.config import (
     TrainConfig,
     VideoSpec,
 )
-from pipeline.errors import ConfigError, one_line
+from pipeline.errors import ConfigError, counted, one_line
 
 # Exit statuses (README "Exit statuses"): every output ok or already there; the run failed (one
-# line says why); bad flags; the run finished, with error rows; interrupted.
+# line says why); the configuration is wrong (a ConfigError); the run finished, with error rows; interrupted.
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_ERROR_ROWS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
@@ -102,7 +102,7 @@ def outcome(summary: dict[str, Any], output: str) -> int:
         print(one_line(line), file=sys.stderr)
     more = summary["error"] - len(summary["failures"])
     print(
-        f"adain: {summary['error']} outputs failed{f' ({more} more not shown)' if more > 0 else ''}; "
+        f"adain: {counted(summary['error'], 'output')} failed{f' ({more} more not shown)' if more > 0 else ''}; "
         f"list them all with: adain report {output} --errors",
         file=sys.stderr,
     )
@@ -117,9 +117,10 @@ def index_styles(args: argparse.Namespace) -> int:
     result = index_styles(args.style, args.output, model_config(args), sizing(args), scale(args), args.address)
     for error in result["errors"]:
         print(one_line(f"adain: skipped style {error['uri']}: {error['error']}"), file=sys.stderr)
+    styles = counted(result["styles"], "style")
     print(
-        f"bank {result['bank']}: {result['styles']} styles ({result['encoded']} encoded, {result['unchanged']} "
-        f"unchanged, {result['removed']} removed, {len(result['errors'])} unreadable) in {result['wall_s']:.1f} s"
+        f"bank {result['bank']}: {styles} ({result['encoded']} encoded, {result['unchanged']} unchanged, "
+        f"{result['removed']} removed, {len(result['errors'])} unreadable) in {result['wall_s']:.1f} s"
     )
     return 0
 
@@ -193,7 +194,7 @@ def run_train(args: argparse.Namespace) -> int:
     losses = ", ".join(f"{k} {v:.4g}" for k, v in summary["losses"].items())
     print(
         f"run {summary['name']}: iteration {summary['iteration']} ({losses}) in {summary['wall_s']:.1f} s, "
-        f"{summary['skipped_images']} unreadable images skipped\n"
+        f"{counted(summary['skipped_images'], 'unreadable image')} skipped\n"
         f"decoder:    {summary['decoder']}\n"
         + (f"pytorch-AdaIN decoder: {summary['decoder_pytorch_adain']}\n" if summary["decoder_pytorch_adain"] else "")
         + f"checkpoint: {summary['checkpoint']}\nmetrics:    {summary['metrics']}"

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline.cli import commands as run
 from pipeline.config import JPEG_CODECS, PRESERVE_COLOR, VIDEO_DECODERS
+from pipeline.errors import one_line
 from pipeline.imaging.codec import (
     FORMATS,
     IMAGE_EXTENSIONS,
@@ -69,6 +70,13 @@ def _alpha_range(text: str) -> tuple[float, float]:
     except (ValueError, argparse.ArgumentTypeError):
         raise argparse.ArgumentTypeError(f"{text!r}: expected LO,HI, e.g. 0.5,1") from None
     return low, high
+
+
+class _Parser(argparse.ArgumentParser):
+    """A refused flag is its one line and where the help is: the usage, a screenful, is what --help shows."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(run.EXIT_USAGE, f"{self.prog}: error: {one_line(message)}\nsee: {self.prog} --help\n")
 
 
 class _Help(argparse.HelpFormatter):
@@ -324,7 +332,7 @@ def build_parsers(strict: bool = False) -> tuple[argparse.ArgumentParser, Parser
     `strict` parsers raise `argparse.ArgumentError` instead of exiting and take flag names only
     whole: the YAML options are checked with them (see `options.py`)."""
     options: dict[str, Any] = {"allow_abbrev": not strict, "exit_on_error": not strict, "formatter_class": _Help}
-    root = argparse.ArgumentParser(
+    root = _Parser(  # the commands' parsers are of its class too (argparse's add_subparsers)
         prog="adain", description="AdaIN arbitrary style transfer, from one image to millions.", **options
     )
     root.add_argument("-v", "--verbose", action="store_true", help="log more")

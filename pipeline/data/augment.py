@@ -36,7 +36,7 @@ from pipeline.data.preflight import check_address, check_styles, check_weights, 
 from pipeline.data.progress import Progress
 from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR, OK
 from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove_orphan_shards
-from pipeline.errors import StorageError, describe
+from pipeline.errors import StorageError, counted, describe
 from pipeline.storage.keys import augmented_key
 from pipeline.storage.lock import LeaseKeeper, acquire, release, release_if_dead
 from pipeline.storage.uri import check_writable, exists, join, write_bytes
@@ -101,7 +101,8 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster.
     listed, videos = split_videos(list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri))
     if videos.num_rows:  # training sets are images: a video's frames as copies would be another job
-        log.warning("left out %d videos: augment makes training images; stylize videos with adain stylize", len(videos))
+        left_out = counted(len(videos), "video")
+        log.warning("left out %s: augment makes training images; stylize videos with adain stylize", left_out)
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
@@ -155,7 +156,7 @@ def _run(cfg: AugmentConfig, listed: pa.Table, run_id: str, started: float) -> d
             plan = Plan(drawn, FileWriter(cfg.output, augmented_key), RESUME_NEW_INPUTS)
         stages = Stages(cfg.model, cfg.sizing, cfg.scale, cfg.preserve_color)
         if cfg.shards and (orphans := remove_orphan_shards(cfg.output.uri)):
-            log.warning("removed %d shards of a run that died before it finished", orphans)
+            log.warning("removed %s of a run that died before it finished", counted(orphans, "shard"))
         progress = Progress(todo.num_rows * cfg.per_image, "augment")
         for rows in stylized_rows(Inputs.of(todo), plan, styles, stages, plan.existing()):
             manifest.add(rows)

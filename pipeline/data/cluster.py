@@ -18,7 +18,7 @@ from ray.data import ActorPoolStrategy
 
 from pipeline.config import ModelConfig, OutputSpec, Scale
 from pipeline.data.preflight import WAIT_S, check_address
-from pipeline.errors import ClusterError, ConfigError
+from pipeline.errors import ClusterError, ConfigError, counted
 from pipeline.model.host import ONE_ARENA
 
 T = TypeVar("T")
@@ -44,7 +44,7 @@ def model_stage(model: ModelConfig, scale: Scale, calls: int | None = None) -> t
     if model.device.startswith("cuda") or (model.device == "auto" and gpus > 0):
         cpus = scale.cpus_per_actor or 1.0
         actors = min(scale.actors or max(1, int(gpus / scale.gpus_per_actor)), calls or math.inf)
-        check_fits({"GPU": actors * scale.gpus_per_actor}, f"{actors} model actors on GPUs", "--device cpu")
+        check_fits({"GPU": actors * scale.gpus_per_actor}, f"{counted(actors, 'model actor')} on GPUs", "--device cpu")
         pool = ActorPoolStrategy(size=actors, max_concurrent_calls_per_actor=2, enable_true_multi_threading=True)
         return {"compute": pool, "num_gpus": scale.gpus_per_actor, "num_cpus": cpus}, None
     sized = cpu_pool(worker_nodes_cpus(), resources.get("CPU", 1.0), scale, calls)
@@ -96,8 +96,8 @@ def check_fits(needed: dict[str, float], what: str, instead: str) -> None:
     asked = ", ".join(f"{amount:g} {name}" for name, amount in short.items())
     there = ", ".join(f"{have.get(name, 0.0):g} {name}" for name in short)
     if _started_here():
-        raise ClusterError(f"{what} need {asked}, and this machine's Ray has {there}; pass {instead}")
-    log.warning("%s wait for %s: the cluster has %s now (an autoscaler may add them; else stop and pass %s)",
+        raise ClusterError(f"{what} would need {asked}, and this machine's Ray has {there}; pass {instead}")
+    log.warning("%s: waiting for %s; the cluster has %s now (an autoscaler may add them; else stop and pass %s)",
                 what, asked, there, instead)  # fmt: skip
 
 

@@ -27,7 +27,7 @@ from ray.data.exceptions import UserCodeException
 from ray.exceptions import RayError
 
 from pipeline.data.listing import Inputs, ListFile, entry_uri, first_of_each, names_video, per_row, split_videos
-from pipeline.errors import ConfigError, describe
+from pipeline.errors import ConfigError, counted, describe
 from pipeline.storage.index import name_hashes
 from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
 from pipeline.storage.uri import resolve
@@ -132,7 +132,7 @@ def _stem_hashes(found: ListFile) -> tuple[np.ndarray, int]:
         inside += int(part["inside"].sum())
         videos += int((part["video"] & ~part["inside"]).sum())
     if inside:
-        log.warning("%s: left out %d files under the output %s", found.uri, inside, found.exclude)
+        log.warning("%s: left out %s under the output %s", found.uri, counted(inside, "file"), found.exclude)
     return (np.concatenate(parts) if parts else np.empty(0, np.uint64)), videos
 
 

@@ -17,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, counted
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug, unique_names
 from pipeline.storage.listing import list_files, stat_table
@@ -190,7 +190,7 @@ def list_inputs(
     if exclude is not None:
         inside = pc.starts_with(stats.column("uri"), exclude.rstrip("/") + "/")
         if pc.any(inside).as_py():
-            log.warning("%s: left out %d files under the output %s", source, pc.sum(inside).as_py(), exclude)
+            log.warning("%s: left out %s under the output %s", source, counted(pc.sum(inside).as_py(), "file"), exclude)
             stats = stats.filter(pc.invert(inside))
     if not stats.num_rows:
         raise ConfigError(f"{source}: no input images (extensions {', '.join(extensions)})")

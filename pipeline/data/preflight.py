@@ -13,8 +13,8 @@ import time
 
 from pipeline.config import Controls, ModelConfig
 from pipeline.data.listing import is_bank, list_styles
-from pipeline.errors import ClusterError, ConfigError
-from pipeline.model.sources import weight_uri
+from pipeline.errors import ClusterError, ConfigError, counted
+from pipeline.model.sources import naming_the_rest, weight_uri
 from pipeline.storage.cache import fetch
 from pipeline.storage.uri import exists
 
@@ -23,7 +23,8 @@ WAIT_S = 3.0  # how long a cluster address may refuse connections before the job
 
 def check_weights(model: ModelConfig) -> None:
     """Fail before any cluster work if either network's weights cannot be had."""
-    fetch(*weight_uri(model.encoder), flag="--encoder")
+    with naming_the_rest((model.decoder, "--decoder")):
+        fetch(*weight_uri(model.encoder), flag="--encoder")
     fetch(*weight_uri(model.decoder), flag="--decoder")
 
 
@@ -52,7 +53,7 @@ def check_styles(refs: tuple[str, ...], controls: Controls | None = None, per_im
 
 def enough_styles(per_image: int, styles: int) -> None:
     if per_image > styles:
-        raise ConfigError(f"--per-image {per_image}: there are only {styles} styles")
+        raise ConfigError(f"--per-image {per_image}: there are only {counted(styles, 'style')}")
 
 
 def check_address(address: str | None, wait_s: float = WAIT_S) -> str | None:

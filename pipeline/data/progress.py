@@ -16,6 +16,7 @@ from typing import TextIO
 from tqdm import tqdm
 
 from pipeline.data.rows import ERROR, SKIPPED
+from pipeline.errors import counted
 
 # tqdm's default, with the rate always in units per second (never seconds per unit).
 BAR = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_noinv_fmt}{postfix}]"
@@ -72,7 +73,7 @@ class Progress:
             self._line()
 
     def _counts(self) -> str:
-        parts = [f"{self.errors} errors"] if self.errors else []
+        parts = [counted(self.errors, "error")] if self.errors else []
         return ", ".join([*parts, f"{self.skipped} already there"] if self.skipped else parts)
 
     def _line(self) -> None:

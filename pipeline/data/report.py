@@ -1,6 +1,7 @@
 """`adain report OUTPUT`: what the runs under an output prefix did, from their summaries and manifest.
 
-runs      OUTPUT/_runs/RUN_ID.json      counts, wall time and rate of each run
+runs      OUTPUT/_runs/RUN_ID.json      counts, wall time and rate of each run; a run with rows in the
+                                        manifest but no summary (interrupted, killed) by its rows' counts
 outputs   OUTPUT/_manifest/*.parquet    the latest row of each (input, style): the state now
 errors    the most common reasons, and every failed output on request
 html      a page with the same tables and a labelled contact sheet (content | style | output)
@@ -23,7 +24,7 @@ import pyarrow.compute as pc
 from pipeline.data.manifest import read_table, status_counts
 from pipeline.data.preview import sample_columns, thumbnail
 from pipeline.data.rows import ERROR, OK, STATUSES
-from pipeline.errors import ConfigError, describe, one_line
+from pipeline.errors import ConfigError, counted, describe, one_line
 from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, encode
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import is_dir, join, read_bytes, write_bytes
@@ -41,6 +42,7 @@ class Report:
     counts: dict[str, int] = field(default_factory=dict)
     reasons: list[tuple[str, int]] = field(default_factory=list)
     sources: dict[str, list[str]] = field(default_factory=dict)  # style id -> its style images
+    unfinished: dict[str, dict[str, int]] = field(default_factory=dict)  # run id with no summary -> its rows' counts
 
 
 def read_report(output: str, top: int = 10) -> Report:
@@ -48,14 +50,25 @@ def read_report(output: str, top: int = 10) -> Report:
     runs_dir, manifest_dir = join(output, "_runs"), join(output, "_manifest")
     if not is_dir(manifest_dir) and not is_dir(runs_dir):
         raise ConfigError(f"{output}: no runs here (no _runs/ or _manifest/); give the --output of a job")
-    runs = [_summary(uri) for uri, _ in list_files(runs_dir, (".json",))] if is_dir(runs_dir) else []
+    listed = list_files(runs_dir, (".json",)) if is_dir(runs_dir) else []
+    runs = [_summary(uri) for uri, _ in listed]
     runs.sort(key=lambda run: (summary_field(run, "started_at", str) or "", summary_field(run, "run_id", str) or ""))
-    latest = latest_rows(_manifest(manifest_dir))
+    rows = _manifest(manifest_dir)
+    # A summary is written as a run ends: ids in the manifest that none names (nor a summary's file) did not finish.
+    summarized = {summary_field(run, "run_id", str) for run in runs} | {rel.removesuffix(".json") for _, rel in listed}
+    named = pa.array(sorted(summarized - {None}), pa.string())
+    unnamed = rows.filter(pc.invert(pc.is_in(rows.column("run_id"), value_set=named)))
+    unfinished = {
+        run_id: status_counts(unnamed.filter(pc.equal(unnamed.column("run_id"), run_id)).column("status"))
+        for run_id in sorted(set(unnamed.column("run_id").drop_null().to_pylist()))
+    }
+    latest = latest_rows(rows)
     counts = status_counts(latest.column("status"))
     errors = latest.filter(pc.equal(latest.column("status"), ERROR))
     reasons = Counter(reason(row["error"] or "", row["input_uri"]) for row in errors.to_pylist())
     sources = {k: v for run in runs for k, v in style_sources(run).items()}
-    return Report(output, runs, latest, {s: counts.get(s, 0) for s in STATUSES}, reasons.most_common(top), sources)
+    statuses = {s: counts.get(s, 0) for s in STATUSES}
+    return Report(output, runs, latest, statuses, reasons.most_common(top), sources, unfinished)
 
 
 def _summary(uri: str) -> dict[str, Any]:
@@ -100,7 +113,7 @@ def _part(uri: str) -> pa.Table | None:
         return None
     named = pc.and_(pc.is_valid(table.column("input_uri")), pc.is_valid(table.column("style")))
     if unnamed := table.num_rows - pc.sum(named).as_py():
-        log.warning("%s: %d rows name no input or style, left out of the report", uri, unnamed)
+        log.warning("%s: %s naming no input or style, left out of the report", uri, counted(unnamed, "row"))
     return table.filter(named)
 
 
@@ -125,11 +138,20 @@ def text(report: Report, errors_listed: bool = False) -> str:
     """The report as the terminal shows it: names and summary fields escaped (`one_line`), one line
     each; how to list every failed output, unless they are `errors_listed` after it."""
     lines = [f"runs under {report.output}:"]
-    header = ("run", "started", "ok", "error", "skipped", "wall s", "images/s")
-    table = [header] + [_cells(run) for run in report.runs]
+    header = ("run", "started", "ok", "error", "skipped", "wall s", "images/s", "")
+    ids = Counter(summary_field(run, "run_id", str) for run in report.runs)
+    nth: Counter[str | None] = Counter()
+    table = [header]
+    for run in report.runs:  # a run id used again: each of its runs numbered, in the order they started
+        run_id = summary_field(run, "run_id", str)
+        nth[run_id] += 1
+        table.append(_cells(run, f"{run_id} #{nth[run_id]}" if run_id is not None and ids[run_id] > 1 else None))
+    for run_id, counts in report.unfinished.items():  # rows in the manifest, and no summary: it never ended
+        cells = (one_line(run_id), "-", *(str(counts.get(s, 0)) for s in STATUSES), "-", "-")
+        table.append((*cells, "unfinished (no summary)"))
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
-    lines += ["  " + "  ".join(cell.rjust(w) if i > 1 else cell.ljust(w) for i, (cell, w) in
-                               enumerate(zip(row, widths, strict=True))) for row in table]  # fmt: skip
+    lines += ["  " + "  ".join(cell.rjust(w) if 1 < i < 7 else cell.ljust(w) for i, (cell, w) in
+                               enumerate(zip(row, widths, strict=True))).rstrip() for row in table]  # fmt: skip
     counts = ", ".join(f"{n} {status}" for status, n in report.counts.items())
     lines.append(f"outputs now: {counts} (the latest row of each input and style)")
     if report.reasons:
@@ -140,17 +162,18 @@ def text(report: Report, errors_listed: bool = False) -> str:
     return "\n".join(one_line(line) for line in lines)
 
 
-def _cells(run: dict[str, Any]) -> tuple[str, ...]:
-    """A run's row of the table, escaped (`one_line`): `?` for a field missing or of another type."""
+def _cells(run: dict[str, Any], label: str | None = None) -> tuple[str, ...]:
+    """A run's row of the table, escaped (`one_line`): `?` for a field missing or of another type;
+    `label` names the run instead of its id."""
     wall, rate = summary_field(run, "wall_s", (int, float)), summary_field(run, "images_per_s", (int, float))
     cells = (
-        summary_field(run, "run_id", str),
+        label or summary_field(run, "run_id", str),
         summary_field(run, "started_at", str),
         *(summary_field(run, status, int) for status in STATUSES),
         None if wall is None else f"{wall:.1f}",
         None if rate is None else f"{rate:.2f}",
     )
-    return tuple("?" if cell is None else one_line(str(cell)) for cell in cells)
+    return (*("?" if cell is None else one_line(str(cell)) for cell in cells), "")
 
 
 def failed(report: Report) -> list[dict[str, Any]]:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 
-from pipeline.model.checkpoint import load_decoder, load_encoder
+from pipeline.model.checkpoint import Weights, load_decoder, load_encoder
 from pipeline.model.nets import Decoder
+from pipeline.model.sources import naming_the_rest
 from pipeline.model.stylizer import StyleTransfer, pick_device
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,7 @@ def load_model(
     The model's `identity` (sha256 of each network's weights) goes into every manifest
     row, so results can always be traced to the exact weights that made them.
     """
-    encoder, decoder = load_encoder(encoder_ref), load_decoder(decoder_ref)
+    encoder, decoder = _load_both(encoder_ref, decoder_ref)
     trained_for = decoder.meta.get("encoder")
     if trained_for and trained_for != encoder.sha256:
         log.warning(
@@ -36,8 +37,13 @@ def load_model(
 def check_networks(encoder_ref: str, decoder_ref: str) -> None:
     """Load both networks once and drop them: a damaged file, a wrong layout or non-finite weights
     fail here, in one line, rather than in every model actor a job starts."""
-    load_encoder(encoder_ref)
-    load_decoder(decoder_ref)
+    _load_both(encoder_ref, decoder_ref)
+
+
+def _load_both(encoder_ref: str, decoder_ref: str) -> tuple[Weights, Weights]:
+    with naming_the_rest((decoder_ref, "--decoder")):  # offline: both files named in one message
+        encoder = load_encoder(encoder_ref)
+    return encoder, load_decoder(decoder_ref)
 
 
 def load_style_encoder(encoder_ref: str, device: str = "cpu", precision: str = "fp32") -> StyleTransfer:

@@ -6,9 +6,12 @@ No torch here: the CLI and the job configs name weights long before a network is
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from pipeline.storage.cache import split_checksum
-from pipeline.storage.uri import absolute
+from pipeline.errors import WeightsError
+from pipeline.storage.cache import Unreachable, cached_path, split_checksum
+from pipeline.storage.uri import absolute, scheme
 
 _ADAIN_RELEASE = "https://github.com/naoto0804/pytorch-AdaIN/releases/download/v0.0.0"
 # name -> (url, sha256 or its prefix, or None where no checksum is published)
@@ -32,6 +35,25 @@ def weight_uri(ref: str) -> tuple[str, str | None]:
             url = f"{mirror.rstrip('/')}/{url.rsplit('/', 1)[1]}"
         return url, digest
     return split_checksum(ref)
+
+
+@contextmanager
+def naming_the_rest(*rest: tuple[str | None, str]) -> Iterator[None]:
+    """Within, weights that cannot be downloaded (offline) name also each of `rest` ((ref, flag); a
+    None ref: none asked for) that is to be downloaded and is not in the cache: the user fetches
+    them all at once, not one per run. Nothing is tried over the network for them."""
+    try:
+        yield
+    except Unreachable as exc:
+        missing = list(exc.missing)
+        for ref, flag in rest:
+            try:
+                uri = weight_uri(ref)[0] if ref is not None else None
+            except WeightsError:  # a malformed '#sha256=': its own message when it is loaded
+                continue
+            if uri is not None and scheme(uri) != "file" and not cached_path(uri).is_file():
+                missing.append((uri, cached_path(uri), flag))
+        raise Unreachable(exc.reason, missing) from exc
 
 
 def absolute_ref(ref: str) -> str:

@@ -28,6 +28,28 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ADAIN_CACHE", "~/.cache/adain")).expanduser()
 
 
+class Unreachable(WeightsError):
+    """Weights that could not be downloaded (offline, no route): names each file that is missing
+    here (`missing`: URI, where it goes in the cache, the flag that takes a local path instead)."""
+
+    def __init__(self, reason: str, missing: list[tuple[str, Path, str]]) -> None:
+        self.reason, self.missing = reason, missing
+        (uri, _, _), others = missing[0], [other for other, _, _ in missing[1:]]
+        failed = f"could not download {uri} ({reason})"
+        if others:  # not tried: this machine could not download the first, and they are not cached either
+            failed += f"; not cached here either: {' and '.join(others)}"
+        one = ("that file", "it", "its local path")
+        files, them, paths = ("those files", "them", "their local paths") if others else one
+        super().__init__(
+            f"{failed}. This machine may be offline. Fetch {files} where there is network access, then either "
+            f"copy {them} to {' and '.join(str(dest) for _, dest, _ in missing)} "
+            f"or pass {paths} with {' and '.join(f'{flag} PATH' for _, _, flag in missing)}."
+        )
+
+    def __reduce__(self) -> tuple[type, tuple[str, list[tuple[str, Path, str]]]]:
+        return Unreachable, (self.reason, self.missing)  # raised in a Ray worker, it is pickled to the driver
+
+
 def split_checksum(ref: str) -> tuple[str, str | None]:
     """'URI#sha256=HEX' -> ('URI', 'hex')."""
     uri, sep, fragment = ref.partition("#sha256=")
@@ -117,11 +139,7 @@ def _stream(uri: str, dest: Path, flag: str) -> Iterator[bytes]:
         if kind not in ("http", "https") and not _is_network_error(exc):
             raise WeightsError(f"{storage_error(exc, uri)}; or pass a local weight file with {flag}") from exc
         reason = getattr(exc, "reason", None) or str(exc).strip().splitlines()[0]
-        raise WeightsError(
-            f"could not download {uri} ({reason}). This machine may be offline. "
-            f"Fetch that file where there is network access, then either copy it to {dest} "
-            f"or pass its local path with {flag} PATH."
-        ) from exc
+        raise Unreachable(str(reason), [(uri, dest, flag)]) from exc
 
 
 def _broken_off(uri: str, what: str, flag: str) -> WeightsError:

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
+from pipeline.errors import counted
 from pipeline.storage.uri import (
     canonical,
     inside,
@@ -95,18 +96,21 @@ def _local_files(root: str, extensions: tuple[str, ...], skip: str | None = None
     paths: list[str] = []
     sizes: list[int] = []
     mtimes: list[int] = []
-    skipped = {
-        "links leaving the input": 0,
-        "directories already listed (link loops)": 0,
-        "names that are not UTF-8 (rename them to include them)": 0,
-        "folders in the output (or links to them)": 0,
-    }
+    # what is left out, as (one, several): each count is said in the words that agree with it
+    link = ("link leaving the input", "links leaving the input")
+    loop = ("directory already listed (link loop)", "directories already listed (link loops)")
+    not_utf8 = (
+        "name that is not UTF-8 (rename it to include it)",
+        "names that are not UTF-8 (rename them to include them)",
+    )
+    in_output = ("folder in the output (or link to it)", "folders in the output (or links to them)")
+    skipped = dict.fromkeys((link, loop, not_utf8, in_output), 0)
     stack = [root]
     while stack:
         directory = stack.pop()
         info = os.stat(directory)
         if (info.st_dev, info.st_ino) in seen:
-            skipped["directories already listed (link loops)"] += 1
+            skipped[loop] += 1
             continue
         seen.add((info.st_dev, info.st_ino))
         try:
@@ -115,15 +119,15 @@ def _local_files(root: str, extensions: tuple[str, ...], skip: str | None = None
             raise storage_error(exc, directory) from exc
         for entry in entries:
             if not utf8(entry.name):
-                skipped["names that are not UTF-8 (rename them to include them)"] += 1
+                skipped[not_utf8] += 1
                 continue
             if entry.is_symlink() and not inside(os.path.realpath(entry.path), top):
-                skipped["links leaving the input"] += 1
+                skipped[link] += 1
                 continue
             try:
                 if entry.is_dir():
                     if skip and inside(os.path.realpath(entry.path), skip):
-                        skipped["folders in the output (or links to them)"] += 1
+                        skipped[in_output] += 1
                         continue
                     stack.append(entry.path)
                 elif entry.is_file() and entry.name.lower().endswith(extensions):
@@ -133,9 +137,9 @@ def _local_files(root: str, extensions: tuple[str, ...], skip: str | None = None
                     mtimes.append(stat.st_mtime_ns)
             except OSError:  # a dangling link, a file gone meanwhile
                 continue
-    for what, count in skipped.items():
+    for (one, several), count in skipped.items():
         if count:
-            log.warning("%s: left out %d %s", root, count, what)
+            log.warning("%s: left out %s", root, counted(count, one, several))
     columns = {"path": (paths, pa.string()), "size": (sizes, pa.int64()), "mtime_ns": (mtimes, pa.int64())}
     return pa.table({name: pa.array(values, kind) for name, (values, kind) in columns.items()})
 

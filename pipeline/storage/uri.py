@@ -353,10 +353,23 @@ def delete(uri: str) -> None:
     retrying(remove, uri)
 
 
-def check_writable(prefix: str) -> None:
+def check_not_a_file(prefix: str, flag: str = "--output") -> None:
+    """A local `prefix` to write under is a folder, or can be made one: no file is there or above
+    it (else every write fails on it, naming the file's own path as 'File exists')."""
+    if not prefix or scheme(prefix) != "file":
+        return  # an object store's prefix is a name, whatever object has that name
+    path = resolve(prefix)[1]
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise StorageError(f"{flag}: {path} is a file, not a directory; give a directory (or prefix) to write under")
+
+
+def check_writable(prefix: str, flag: str = "--output") -> None:
     """Prove that objects can be written under `prefix` (a probe written and deleted), before any
     work is spent on outputs that could not be written. Leaves nothing behind: local folders
     it had to make are removed again."""
+    check_not_a_file(prefix, flag)
     probe = join(prefix, f".adain-probe-{uuid.uuid4().hex[:12]}")
     made = _missing_folders(probe) if scheme(prefix) == "file" else []
     try:

@@ -19,7 +19,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from pipeline.config import TrainConfig
 from pipeline.data.listing import list_inputs
-from pipeline.errors import ConfigError, ImageError, describe
+from pipeline.errors import ConfigError, ImageError, counted, describe
 from pipeline.imaging.codec import decode
 from pipeline.storage.uri import read_bytes
 
@@ -97,7 +97,8 @@ def image_uris(source: str, cfg: TrainConfig, flag: str) -> list[str]:
     except ConfigError as exc:
         raise ConfigError(f"{flag} {exc}") from None
     if len(uris) < cfg.workers:
-        raise ConfigError(f"{flag} {source}: {len(uris)} images for {cfg.workers} workers; each needs one at least")
+        found = counted(len(uris), "image")
+        raise ConfigError(f"{flag} {source}: {found} for {cfg.workers} workers; each needs one at least")
     return uris
 
 

@@ -32,9 +32,10 @@ from ray.util.queue import Empty
 
 from pipeline.config import TrainConfig
 from pipeline.data.cluster import ONE_ARENA_RUNTIME_ENV, check_fits, connect
-from pipeline.errors import AdainError, ConfigError
+from pipeline.errors import AdainError, ConfigError, counted
 from pipeline.model.checkpoint import load_decoder, load_encoder, save_checkpoint
 from pipeline.model.nets import Decoder
+from pipeline.model.sources import naming_the_rest
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import check_writable, exists, join, read_bytes, write_bytes
 from pipeline.train import loop
@@ -163,8 +164,9 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     Returns a summary: the iteration reached, final losses, where the decoder and metrics are.
     """
     started = time.time()
-    check_writable(cfg.run_uri)
-    encoder = load_encoder(cfg.encoder)  # fail here, not on every worker, if the weights are unusable
+    check_writable(cfg.run_uri, "--storage")
+    with naming_the_rest((cfg.decoder, "--decoder")):  # offline: every file to fetch named at once
+        encoder = load_encoder(cfg.encoder)  # fail here, not on every worker, if the weights are unusable
     if cfg.decoder is not None:
         load_decoder(cfg.decoder)
     previous = read_run(cfg)
@@ -173,7 +175,7 @@ def run_training(cfg: TrainConfig) -> dict[str, Any]:
     style_uris = image_uris(cfg.style, cfg, "--style")
     connect(cfg.address)
     gpus = {"GPU": cfg.workers * cfg.gpus_per_worker} if cfg.gpus_per_worker else {}
-    check_fits({"CPU": cfg.workers * cfg.cpus_per_worker, **gpus}, f"{cfg.workers} training workers",
+    check_fits({"CPU": cfg.workers * cfg.cpus_per_worker, **gpus}, counted(cfg.workers, "training worker"),
                "fewer --workers, --gpus-per-worker 0 or a smaller --cpus-per-worker")  # fmt: skip
     write_run(cfg, previous, encoder.sha256)
 
