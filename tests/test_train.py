@@ -72,9 +72,9 @@ def batch(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
 def write_image_sets(root: Path, contents: int = 6, styles: int = 4, bad: int = 1) -> tuple[Path, Path]:
     """Content and style folders of small images of assorted sizes and formats, plus broken files."""
     for i in range(contents):
-        images.write(root / "content" / f"c{i}.jpg", images.encoded(48 + 4 * i, 40, seed=i))
+        images.write(root / "content" / f"c{i}.jpg", images.encoded(48 + 4 * (i % 6), 40, seed=i))
     for i in range(styles):
-        images.write(root / "style" / f"s{i}.png", images.encoded(40, 56 - 4 * i, "PNG", seed=100 + i))
+        images.write(root / "style" / f"s{i}.png", images.encoded(40, 56 - 4 * (i % 4), "PNG", seed=100 + i))
     for i in range(bad):
         images.write(root / "content" / f"broken{i}.jpg", images.truncated_jpeg())
     return root / "content", root / "style"
@@ -335,7 +335,8 @@ def test_short_run_learns_and_exports_a_decoder_that_transfer_loads(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    content, style = write_image_sets(tmp_path / "data", bad=2)
+    # 24 images a set: 4 epochs of 6 steps, as each epoch starts the reading over (seconds).
+    content, style = write_image_sets(tmp_path / "data", contents=24, styles=24, bad=2)
     monkeypatch.chdir(weights.vgg.parent)  # --encoder relative to here, as the README's offline example has it
     storage = tmp_path / "runs"
     argv = [
@@ -407,7 +408,8 @@ def test_a_run_on_s3_stops_and_resumes_at_the_saved_iteration_and_learning_rate(
     second session needs --resume, and goes on from the checkpoint there: the iteration, the
     learning-rate schedule and Adam's moments carry over."""
     s3 = s3_server.client()
-    for i in range(4):
+    # 16 images a set: a session's iterations within one epoch, as each epoch starts the reading over (seconds).
+    for i in range(16):
         s3.put_object(Bucket=bucket, Key=f"coco/c{i}.jpg", Body=images.encoded(48, 40, seed=i))
         s3.put_object(Bucket=bucket, Key=f"wikiart/s{i}.png", Body=images.encoded(40, 48, "PNG", seed=50 + i))
     s3.put_object(Bucket=bucket, Key="coco/broken.jpg", Body=b"not an image")
