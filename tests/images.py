@@ -53,12 +53,31 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _png(width: int, height: int, idat: bytes, color_type: int = 2) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
 def huge_header_png(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG file whose header claims width x height pixels (a decompression bomb)."""
+    return _png(width, height, zlib.compress(b"\0" * 16))
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
+def zeros_png(width: int, height: int) -> bytes:
+    """A real width x height RGBA PNG of zeros: about 1000 times smaller than its pixels."""
+    return _png(width, height, zlib.compress(b"\0" * ((1 + 4 * width) * height), 9), color_type=6)
+
+
+def in_ico(png: bytes) -> bytes:
+    """An ICO file holding `png` as its one image, its directory claiming 16 x 16."""
+    return struct.pack("<HHHBBBBHHII", 0, 1, 1, 16, 16, 0, 0, 1, 32, len(png), 22) + png
+
+
+def in_icns(png: bytes) -> bytes:
+    """An ICNS file holding `png` as its 128 x 128 ('ic07') image."""
+    entry = b"ic07" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(entry)) + entry

@@ -22,9 +22,12 @@ from pipeline.errors import ConfigError, ImageError, describe
 # Pillow's own default limit (about 89 MP). We check it ourselves, before decoding, so
 # the limit is a flag (--max-pixels) and the message says what to do.
 MAX_PIXELS = 89_478_485
-Image.MAX_IMAGE_PIXELS = None
+Image.MAX_IMAGE_PIXELS = None  # Pillow's check is one limit for the whole process, not one per call
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# The Pillow formats of IMAGE_EXTENSIONS, the only ones `decode` opens, whatever a file is named: others
+# (ICO, ICNS) decode an embedded image of any size inside Image.open or load, before the size check.
+PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # Videos (imaging/video.py); here so that listings and flags need not import PyAV.
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 VIDEO_QUALITY = 20  # x264 CRF: 0 lossless, 51 worst; 17-23 look like the source
@@ -46,9 +49,9 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
+        img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)  # reads the header only
     except UnidentifiedImageError:
-        raise ImageError("not an image, or a format Pillow cannot read") from None
+        raise ImageError("not an image, or not a JPEG, PNG, WebP, BMP, TIFF or GIF") from None
     except Exception as exc:
         raise ImageError(f"unreadable image header ({describe(exc)})") from None
     width, height = img.size
@@ -87,7 +90,7 @@ def plain_jpeg_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int
     if not data.startswith(b"\xff\xd8") or not data.endswith(b"\xff\xd9"):
         return None
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=("JPEG",))
         upright = img.getexif().get(0x0112, 1) == 1
     except Exception:  # anything odd takes the Pillow path, which says what is wrong with it
         return None
