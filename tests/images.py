@@ -53,12 +53,64 @@ def truncated_jpeg() -> bytes:
     return data[: len(data) // 2]
 
 
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def _png(width: int, height: int, idat: bytes, color_type: int = 2) -> bytes:
+    header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
+
+
 def huge_header_png(width: int = 30000, height: int = 30000) -> bytes:
     """A tiny PNG file whose header claims width x height pixels (a decompression bomb)."""
+    return _png(width, height, zlib.compress(b"\0" * 16))
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
-    return b"\x89PNG\r\n\x1a\n" + body
+def zeros_png(width: int, height: int) -> bytes:
+    """A real width x height RGBA PNG of zeros: about 1000 times smaller than its pixels."""
+    return _png(width, height, zlib.compress(b"\0" * ((1 + 4 * width) * height), 9), color_type=6)
+
+
+def in_ico(png: bytes) -> bytes:
+    """An ICO file holding `png` as its one image, its directory claiming 16 x 16."""
+    return struct.pack("<HHHBBBBHHII", 0, 1, 1, 16, 16, 0, 0, 1, 32, len(png), 22) + png
+
+
+def in_icns(png: bytes) -> bytes:
+    """An ICNS file holding `png` as its 128 x 128 ('ic07') image."""
+    entry = b"ic07" + struct.pack(">I", 8 + len(png)) + png
+    return b"icns" + struct.pack(">I", 8 + len(entry)) + entry
+
+
+def _jpeg_segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(start, end, marker) of a JPEG's marker segments up to its EOI, a scan's with its entropy-coded data."""
+    segments, at = [], 2
+    while data[at + 1] != 0xD9:
+        marker, end = data[at + 1], at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+        if marker == 0xDA:  # to the next marker: FF 00 is an escaped 0xFF, FF D0-D7 a restart
+            while data[end] != 0xFF or data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                end += 1
+        segments.append((at, end, marker))
+        at = end
+    return segments
+
+
+def scan_bomb_jpeg(width: int = 64, height: int = 48, copies: int = 300) -> bytes:
+    """A progressive RGB JPEG whose last first-pass AC scan (with the Huffman table before it) is there
+    `copies` times: a few dozen bytes each, each a pass over the whole image for libjpeg."""
+    buffer = io.BytesIO()
+    Image.fromarray(gradient(width, height)).save(buffer, "JPEG", progressive=True, optimize=True)
+    data = buffer.getvalue()
+    segments = _jpeg_segments(data)
+    for k, (start, end, marker) in enumerate(segments):
+        header = start + 5 + 2 * data[start + 4]  # Ss, Se, Ah|Al after the scan's component list
+        if marker == 0xDA and data[header] > 0 and data[header + 2] >> 4 == 0:
+            chosen = (segments[k - 1][0] if segments[k - 1][2] == 0xC4 else start, end)
+    scan = data[chosen[0] : chosen[1]]
+    return data[:-2] + scan * copies + data[-2:]
+
+
+def with_app1(jpeg: bytes, payload: bytes) -> bytes:
+    """`jpeg` with an APP1 segment holding `payload` (as EXIF holds a thumbnail) after its SOI."""
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]

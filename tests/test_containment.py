@@ -8,6 +8,8 @@ import dataclasses
 import io
 import posixpath
 import string
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from pipeline.data.decode import decode_one
 from pipeline.data.listing import list_styles, style_ids
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ImageError
-from pipeline.imaging.codec import MAX_PIXELS, decode, prepare
+from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, PILLOW_FORMATS, decode, prepare
 from pipeline.storage.keys import (
     augmented_key,
     folded,
@@ -105,6 +107,47 @@ def test_fuzzed_files_never_stop_indexing_or_training(ray_cluster: str, weights:
 
 # ---------------------------------------------------------------------------------------------
 # memory: bounded before decoding, and after resizing
+
+# `codec.decode` of stdin's bytes at argv[1] pixels: the outcome, then how far the peak RSS rose (KB) after import.
+DECODE_IN_A_CHILD = """
+import resource, sys
+from pipeline.imaging.codec import decode
+data, peak = sys.stdin.buffer.read(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    outcome = f"decoded {decode(data, int(sys.argv[1])).size}"
+except Exception as exc:
+    outcome = f"{type(exc).__name__}: {exc}"
+print(outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak, sep="\\n")
+"""
+
+
+def decode_in_a_child(data: bytes, max_pixels: int) -> tuple[str, float]:
+    """What `decode` makes of `data`, and the MB its peak memory rose by, measured in a process of its own."""
+    done = subprocess.run(
+        [sys.executable, "-c", DECODE_IN_A_CHILD, str(max_pixels)], input=data, capture_output=True, timeout=60
+    )
+    outcome, rise = done.stdout.decode().splitlines()
+    return outcome, int(rise) / 1024
+
+
+@pytest.fixture(scope="module")
+def png_bomb() -> bytes:
+    return images.zeros_png(4096, 4096)  # 64 MB of pixels in 65 KB
+
+
+def test_only_the_listed_formats_are_opened() -> None:
+    registered = Image.registered_extensions()
+    assert set(PILLOW_FORMATS) == {registered[ext] for ext in IMAGE_EXTENSIONS}
+    for fmt in PILLOW_FORMATS:
+        assert decode(images.encoded(40, 30, fmt)).size == (40, 30)
+
+
+@pytest.mark.parametrize("wrap", [images.in_ico, images.in_icns], ids=["ico", "icns"])
+def test_formats_that_decode_before_the_size_check_are_refused_unread(wrap, png_bomb: bytes) -> None:
+    """ICO and ICNS (whatever the file's name) hold a PNG of any size that Pillow decodes whole, inside
+    Image.open (ICO) or at a size the header does not say (ICNS): refused, their pixels never decoded."""
+    outcome, rise = decode_in_a_child(wrap(png_bomb), max_pixels=1_000_000)
+    assert outcome.startswith("ImageError: not an image") and rise < 16, (outcome, rise)
 
 
 @pytest.mark.parametrize("jpeg_to_model", [False, True], ids=["pillow", "device-jpeg"])

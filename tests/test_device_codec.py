@@ -23,11 +23,12 @@ from PIL import Image
 
 from pipeline.config import OutputSpec, Scale, Sizing
 from pipeline.data.cluster import jpeg_on_model
+from pipeline.data.decode import decode_one
 from pipeline.data.model_actor import ModelIO
 from pipeline.data.stylize import run_stylize
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ImageError
 from pipeline.imaging import device_codec
-from pipeline.imaging.codec import encode, output_size, plain_jpeg_size, prepare
+from pipeline.imaging.codec import decode, encode, output_size, plain_jpeg_size, prepare
 from pipeline.imaging.device_codec import decode_jpegs, encode_jpegs, prepare_on_device
 from pipeline.imaging.tensors import batch_to_pixels, to_tensor
 from tests import fuzz, images
@@ -57,6 +58,20 @@ def test_plain_jpegs_only_go_to_the_device() -> None:
     ):
         assert plain_jpeg_size(data) is None
     assert plain_jpeg_size(images.encoded(64, 48), max_pixels=64 * 48 - 1) is None
+
+
+def test_jpegs_of_too_many_scans_are_refused_on_either_path(tmp_path: Path) -> None:
+    """A progressive JPEG with one scan there 300 times (13 KB; each scan a pass over the whole image) is refused
+    before decoding, and never goes to the device; the scans of a JPEG inside a marker segment (a thumbnail
+    in APP1) are not counted."""
+    bomb = images.scan_bomb_jpeg(copies=300)
+    assert plain_jpeg_size(bomb) is None
+    with pytest.raises(ImageError, match="a JPEG of more than 256 scans"):
+        decode(bomb)
+    row = decode_one(str(images.write(tmp_path / "bomb.jpg", bomb)), Sizing(content_size=32), jpeg_to_model=True)
+    assert "a JPEG of more than 256 scans" in row["error"] and "pixels" not in row
+    thumbnailed = images.with_app1(images.encoded(64, 48), b"thumb\0" + images.scan_bomb_jpeg(32, 32, copies=300))
+    assert plain_jpeg_size(thumbnailed) == (64, 48) and decode(thumbnailed).size == (64, 48)
 
 
 @pytest.mark.parametrize(

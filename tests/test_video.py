@@ -131,6 +131,14 @@ def test_bad_videos_are_one_line_errors(tmp_path: Path) -> None:
         video_write.SegmentWriter(tmp_path / "x.mp4", video.probe(tmp_path / "clip.mp4"), quality=60)
 
 
+def test_no_frame_is_decoded_larger_than_the_stream_says(tmp_path: Path) -> None:
+    """Each PNG frame says its own size: a 2000 x 2000 first frame behind a 64 x 48 header is refused before
+    FFmpeg allocates it (in opening, and in decoding), not decoded and then found over --max-pixels."""
+    first = videos.png_frames(tmp_path / "first.mov", [images.zeros_png(2000, 2000), images.encoded(64, 48, "PNG")])
+    with pytest.raises(VideoError, match="png video, or a frame larger than the video's 64x48"):
+        video.probe(first, max_pixels=1_000_000)
+
+
 # ---------------------------------------------------------------------------- temporal smoothing
 
 

@@ -150,6 +150,21 @@ def decoded(path: Path) -> tuple[list[np.ndarray], list[float]]:
     return [f.to_ndarray(format="rgb24") for f in frames], [float(f.time) for f in frames]
 
 
+def png_frames(path: Path, frames: list[bytes], size: tuple[int, int] = (WIDTH, HEIGHT)) -> Path:
+    """A MOV of PNG files as its frames, one a second, its header saying `size`: each frame has a size of its own."""
+    with av.open(str(path), "w", format="mov") as out:
+        stream = out.add_stream("png", rate=1)
+        stream.width, stream.height, stream.pix_fmt = *size, "rgb24"
+        stream.time_base = Fraction(1, 1000)
+        for i, data in enumerate(frames):
+            packet = av.Packet(data)
+            packet.stream, packet.time_base, packet.is_keyframe = stream, stream.time_base, True
+            packet.pts = packet.dts = i * 1000
+            packet.duration = 1000
+            out.mux(packet)
+    return path
+
+
 BAD_VIDEO_ERRORS = {  # bad_videos' names -> words of the one-line error each gives
     "truncated": "not a video FFmpeg can read",
     "truncated-indexed": "truncated or corrupt video",
@@ -160,6 +175,8 @@ BAD_VIDEO_ERRORS = {  # bad_videos' names -> words of the one-line error each gi
     "corrupt mid-file": "corrupt",
     "not a video": "not a video container (jpeg_pipe)",
     "empty": "empty file",
+    "a larger frame": "corrupt video at frame 1, or a frame larger than the video's 64x48",
+    "a smaller frame": "frame 1 is 32x24, the video 64x48: videos whose frames change size are not supported",
 }
 
 
@@ -169,6 +186,7 @@ def bad_videos(root: Path) -> dict[str, bytes]:
     fast = make_clip(root / "fast.mp4", frames=24, gop=6, faststart=True).read_bytes()
     corrupt = bytearray(fast)
     corrupt[len(fast) // 2 : len(fast) // 2 + 400] = random.Random(1).randbytes(400)
+    frame = images.encoded(WIDTH, HEIGHT, "PNG")
     return {
         "truncated": clip[: len(clip) // 2],  # the index (moov) is at the end: gone
         "truncated-indexed": fast[: len(fast) * 2 // 3],  # index first: frames missing
@@ -179,4 +197,6 @@ def bad_videos(root: Path) -> dict[str, bytes]:
         "corrupt mid-file": bytes(corrupt),
         "not a video": images.encoded(),
         "empty": b"",
+        "a larger frame": png_frames(root / "larger.mov", [frame, images.zeros_png(2000, 2000), frame]).read_bytes(),
+        "a smaller frame": png_frames(root / "smaller.mov", [frame, images.encoded(32, 24, "PNG"), frame]).read_bytes(),
     }

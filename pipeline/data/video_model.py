@@ -184,7 +184,7 @@ class VideoModel(StyleModel):
             except DeviceDecodeUnavailable as exc:  # before any frame: the CPU decodes the whole segment
                 log.warning("--video-decoder device: TorchCodec cannot decode here (%s); decoding with PyAV", exc)
                 self.device_decoding = False
-        for frames in batched(video.frames(source, segment), self.batch_size):
+        for frames in batched(video.frames(source, segment, self.sizing.max_pixels), self.batch_size):
             inputs = [np.asarray(self._fit(frame)) for frame in frames]
             yield pixels_to_batch(np.stack(inputs), self.model.device), inputs
 

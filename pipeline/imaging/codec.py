@@ -11,6 +11,7 @@ workers import this module, and start in a fraction of a second without it.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -22,15 +23,24 @@ from pipeline.errors import ConfigError, ImageError, describe
 # Pillow's own default limit (about 89 MP). We check it ourselves, before decoding, so
 # the limit is a flag (--max-pixels) and the message says what to do.
 MAX_PIXELS = 89_478_485
-Image.MAX_IMAGE_PIXELS = None
+Image.MAX_IMAGE_PIXELS = None  # Pillow's check is one limit for the whole process, not one per call
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# The Pillow formats of IMAGE_EXTENSIONS, the only ones `decode` opens, whatever a file is named: others
+# (ICO, ICNS) decode an embedded image of any size inside Image.open or load, before the size check.
+PILLOW_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
 # Videos (imaging/video.py); here so that listings and flags need not import PyAV.
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi")
 VIDEO_QUALITY = 20  # x264 CRF: 0 lossless, 51 worst; 17-23 look like the source
 SEGMENT_SECONDS = 10.0  # videos are cut into keyframe-aligned segments of about this length
 
 FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP"}
+
+# Each scan of a JPEG is a pass over the whole image: libjpeg's progressive files have 10 (6 in grayscale);
+# 256 is nvImageCodec's default limit, after cure53's audit of libjpeg-turbo (a pass at 89 MP takes ~8 ms).
+MAX_JPEG_SCANS = 256
+# The next marker: entropy-coded data escapes each 0xFF byte as FF 00 and holds restart markers (FF D0-D7).
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def is_video(path: str) -> bool:
@@ -46,13 +56,15 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
-        img = Image.open(io.BytesIO(data))  # reads the header only
+        img = Image.open(io.BytesIO(data), formats=PILLOW_FORMATS)  # reads the header only
     except UnidentifiedImageError:
-        raise ImageError("not an image, or a format Pillow cannot read") from None
+        raise ImageError("not an image, or not a JPEG, PNG, WebP, BMP, TIFF or GIF") from None
     except Exception as exc:
         raise ImageError(f"unreadable image header ({describe(exc)})") from None
     width, height = img.size
     check_pixels(width, height, max_pixels)
+    if img.format in ("JPEG", "MPO"):
+        check_scans(data)
     try:
         with warnings.catch_warnings():  # Pillow warns about some truncated files; we raise instead
             warnings.simplefilter("ignore")
@@ -79,16 +91,38 @@ def check_pixels(width: int, height: int, max_pixels: int, after: str = "") -> N
     )
 
 
+def check_scans(data: bytes, most: int = MAX_JPEG_SCANS) -> None:
+    """Refuse a JPEG of more than `most` scans (SOS markers) before it is decoded. Marker segments are
+    skipped by their lengths, so an EXIF thumbnail's scans (in APP1) are not counted; the count stops at
+    the first image's end (an MPO's others are not decoded)."""
+    scans, at = 0, 2
+    while (found := _NEXT_MARKER.search(data, at)) is not None:
+        at, marker = found.start(), data[found.start() + 1]
+        if marker == 0xD9:  # EOI
+            return
+        if marker == 0x01:  # TEM: a marker without a length
+            at += 2
+            continue
+        scans += marker == 0xDA
+        if scans > most:
+            raise ImageError(
+                f"a JPEG of more than {most} scans, each a pass over the whole image (a decompression bomb?); "
+                "re-encode it if the file is trusted"
+            )
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+
+
 def plain_jpeg_size(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[int, int] | None:
     """(W, H) of a JPEG that any JPEG decoder (nvJPEG, torchvision's) turns into the image `decode`
     makes: complete (ends in its EOI marker), three-channel, upright (no EXIF rotation), within
-    `max_pixels`. None for anything else, which then goes through `decode`, made for every case.
-    Reads the header only."""
+    `max_pixels` and `check_scans`. None for anything else, which then goes through `decode`, made for
+    every case. Reads the markers only."""
     if not data.startswith(b"\xff\xd8") or not data.endswith(b"\xff\xd9"):
         return None
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=("JPEG",))
         upright = img.getexif().get(0x0112, 1) == 1
+        check_scans(data)
     except Exception:  # anything odd takes the Pillow path, which says what is wrong with it
         return None
     if img.format != "JPEG" or img.mode != "RGB" or not upright or img.width * img.height > max_pixels:

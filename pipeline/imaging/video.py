@@ -81,9 +81,10 @@ def _why(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def open_input(source: Source) -> Iterator[av.container.InputContainer]:
+def open_input(source: Source, max_pixels: int = MAX_PIXELS) -> Iterator[av.container.InputContainer]:
     """An input container, or VideoError. Bytes are read through BytesIO, and a file object (`storage.streams.
-    open_seekable`) from its start: PyAV needs a seekable file."""
+    open_seekable`) from its start: PyAV needs a seekable file. FFmpeg decodes a first frame while opening,
+    to learn the stream's format: one over `max_pixels` is left undecoded (the stream keeps its header's size)."""
     if _size(source) == 0:
         raise VideoError("empty file (0 bytes)")
     if isinstance(source, io.IOBase):
@@ -91,7 +92,8 @@ def open_input(source: Source) -> Iterator[av.container.InputContainer]:
     try:
         if isinstance(source, bytes | bytearray):
             source = io.BytesIO(source)
-        container = av.open(source if isinstance(source, io.IOBase) else os.fspath(source))
+        options = {"max_pixels": str(max_pixels)}  # the decoders' limit, for the frames they decode in opening
+        container = av.open(source if isinstance(source, io.IOBase) else os.fspath(source), options=options)
     except Exception as exc:
         raise VideoError(f"not a video FFmpeg can read ({_why(exc)})") from None
     try:
@@ -138,28 +140,53 @@ def video_stream(container: av.container.InputContainer) -> av.VideoStream:
 
 
 def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    """The video stream, set up for decoding."""
+    """The video stream, set up for decoding. Each frame says its own size, whatever the stream's header
+    says: FFmpeg is told to allocate none much larger than the stream's, which --max-pixels checked."""
     stream = video_stream(container)
     if stream.codec_context is None:
         raise VideoError("unsupported video codec: FFmpeg has no decoder for it")
     stream.thread_type = "AUTO"  # frame and slice threads: decoding keeps up with the model
+    stream.codec_context.options = {"max_pixels": str(_decoder_limit(stream.width, stream.height))}
     return stream
+
+
+def _decoder_limit(width: int, height: int) -> int:
+    """FFmpeg's `max_pixels` for a width x height stream: what its decoders check is more than the frame (rows
+    aligned to 64 pixels, coded sizes, and MPEG-4's scratch buffers: 53,760 pixels at 64 x 48, some 285 a column)."""
+    return 2 * (width + 64) * (height + 64) + (1 << 20)
+
+
+def _decoding_error(exc: Exception, size: tuple[int, int]) -> str:
+    """' (FFmpeg's words)' of a frame that did not decode; EINVAL is also what FFmpeg says of a frame its
+    size limit (`_video_stream`) refuses."""
+    larger = f", or a frame larger than the video's {size[0]}x{size[1]}" if isinstance(exc, av.ArgumentError) else ""
+    return f"{larger} ({_why(exc)})"
+
+
+def _check_size(frame: av.VideoFrame, size: tuple[int, int], index: int) -> None:
+    """Refuse a frame of another size than the stream's: --max-pixels checked the stream's."""
+    if (frame.width, frame.height) != size:
+        raise VideoError(
+            f"frame {index} is {frame.width}x{frame.height}, the video {size[0]}x{size[1]}: "
+            "videos whose frames change size are not supported"
+        )
 
 
 def probe(source: Source, max_pixels: int = MAX_PIXELS) -> VideoInfo:
     """Read a video's packets (not its frames) and decode its first frame; VideoError if it is not usable."""
-    with open_input(source) as container:
+    with open_input(source, max_pixels) as container:
         stream = _video_stream(container)
+        size = stream.width, stream.height  # before decoding, which may change them
         try:
-            check_pixels(stream.width, stream.height, max_pixels)
+            check_pixels(*size, max_pixels)
         except ImageError as exc:
             raise VideoError(str(exc)) from None
         packets = _timestamps(container, stream)
         if not packets:
             raise VideoError("the video stream has no frames")
-        rotation = _first_frame_rotation(container, stream)
+        rotation = _first_frame_rotation(container, stream, size)
         audio = len(container.streams.audio)
-        codec, size = stream.codec_context.name, (stream.width, stream.height)
+        codec = stream.codec_context.name
         time_base, rate = stream.time_base, stream.average_rate
     order = sorted(range(len(packets)), key=lambda i: packets[i][0])
     pts = tuple(packets[i][0] for i in order)
@@ -192,15 +219,18 @@ def _timestamps(container: av.container.InputContainer, stream: av.VideoStream) 
     return rows
 
 
-def _first_frame_rotation(container: av.container.InputContainer, stream: av.VideoStream) -> int:
-    """Decode the first frame (the codec works, the data is there) and read its display rotation."""
+def _first_frame_rotation(container: av.container.InputContainer, stream: av.VideoStream, size: tuple[int, int]) -> int:
+    """Decode the first frame (the codec works, the data is there, the size is the stream's) and read its
+    display rotation."""
     try:
         container.seek(0, stream=stream)
         frame = next(container.decode(stream), None)
     except Exception as exc:
-        raise VideoError(f"corrupt or undecodable {stream.codec_context.name} video ({_why(exc)})") from None
+        codec = stream.codec_context.name
+        raise VideoError(f"corrupt or undecodable {codec} video{_decoding_error(exc, size)}") from None
     if frame is None:
         raise VideoError(f"undecodable {stream.codec_context.name} video: no frame decodes")
+    _check_size(frame, size, 0)
     return round(frame.rotation) % 360
 
 
@@ -233,13 +263,16 @@ def lead_in(info: VideoInfo, segment: Segment, count: int) -> Segment | None:
     return Segment(segment.index, start, segment.start, seek, pts[0], info.pts[segment.start], pts)
 
 
-def frames(source: Source, segment: Segment) -> Iterator[np.ndarray]:
-    """The segment's frames as (H, W, 3) uint8 RGB, decoded from its keyframe; VideoError if any is missing."""
-    with open_input(source) as container:
+def frames(source: Source, segment: Segment, max_pixels: int = MAX_PIXELS) -> Iterator[np.ndarray]:
+    """The segment's frames as (H, W, 3) uint8 RGB, decoded from its keyframe; VideoError if any is missing
+    or not the stream's size."""
+    with open_input(source, max_pixels) as container:
         stream = _video_stream(container)
+        size = stream.width, stream.height
         count = 0
         try:
             for frame in _decode_from(container, stream, segment):
+                _check_size(frame, size, segment.start + count)
                 yield frame.to_ndarray(format="rgb24")
                 count += 1
                 if count == segment.frames:
@@ -247,7 +280,7 @@ def frames(source: Source, segment: Segment) -> Iterator[np.ndarray]:
         except VideoError:
             raise
         except Exception as exc:
-            raise VideoError(f"corrupt video at frame {segment.start + count} ({_why(exc)})") from None
+            raise VideoError(f"corrupt video at frame {segment.start + count}{_decoding_error(exc, size)}") from None
     raise VideoError(
         f"truncated or corrupt video: frames {segment.start + count}-{segment.end - 1} "
         f"(segment {segment.index}) do not decode"

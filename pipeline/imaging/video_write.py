@@ -171,7 +171,7 @@ def stylize_video(
         for segment, path in zip(parts, files, strict=True):
             with SegmentWriter(path, info, quality) as writer:
                 pts = iter(segment.pts)
-                for inputs in batched(frames(source, segment), batch):
+                for inputs in batched(frames(source, segment, max_pixels), batch):
                     outputs = stylize_frames(inputs)
                     if len(outputs) != len(inputs):
                         raise ValueError(f"stylize_frames gave {len(outputs)} frames for {len(inputs)}")
