@@ -31,11 +31,11 @@ from pipeline.data.listing import list_inputs
 from pipeline.data.manifest import ManifestWriter, run_values
 from pipeline.data.model_actor import NOT_FINITE, StyleModel
 from pipeline.data.plan import EveryStyle, Plan
-from pipeline.data.report import read_report
+from pipeline.data.report import read_report, reason
 from pipeline.data.rows import DECODED_SCHEMA, ERROR, ROW_SCHEMA
 from pipeline.data.styles import StyleSet
 from pipeline.data.stylize import run_stylize
-from pipeline.data.writers import FileWriter, shard_index
+from pipeline.data.writers import FileWriter, remove_orphan_shards, shard_index
 from pipeline.errors import ConfigError, ImageError, StorageError, WeightsError, one_line
 from pipeline.imaging.codec import FORMATS, encode
 from pipeline.model.checkpoint import load_decoder, save_checkpoint
@@ -144,6 +144,7 @@ DAMAGED_OUTPUTS = {
     ),
     "run-id-an-int": ("_runs/b.json", b'{"run_id": 5, "ok": 1, "wall_s": "1"}', None, "? ? 1 ? ? ? ?"),
     "started-at-an-int": ("_runs/b.json", b'{"run_id": "b", "started_at": 5, "ok": true}', None, "b ? ? ? ? ? ?"),
+    "summary-nested-deep": ("_runs/b.json", b"[" * 100_000, None, "b ? ? ? ? ? ?"),  # json: a RecursionError
 }
 
 
@@ -299,6 +300,34 @@ def test_shards_of_a_dead_run_are_never_read(ray_cluster: str, weights: WeightFi
     indexed = shard_index(str(out))
     assert sorted(p.name for p in (out / "shards").glob("*.tar")) == indexed and indexed
     assert all(name.startswith("r1-") for name in indexed)
+
+
+
+@pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"shards": 5}', b'{"shards": [1, {"a": 2}]}', b"[" * 100_000])
+def test_a_damaged_shard_index_stops_the_run_before_work_and_deletes_no_shard(tmp_path: Path, body: bytes) -> None:
+    """An index edited by hand was a traceback once all the work was done; read as empty, it would
+    have had every finished run's shards deleted as a dead run's."""
+    shard = tmp_path / "shards" / "r1-0123456789ab.tar"
+    images.write(shard, b"a finished run's shard")
+    images.write(tmp_path / "shards" / "index.json", body)
+    with pytest.raises(StorageError, match="unreadable shard index") as caught:
+        remove_orphan_shards(str(tmp_path))
+    assert "\n" not in str(caught.value) and shard.read_bytes() == b"a finished run's shard"
+
+
+def test_a_dangling_link_among_the_outputs_is_not_an_output(tmp_path: Path) -> None:
+    """A dangling link (or a file removed while its folder is listed) stopped the job with os.stat's
+    traceback, as the existing outputs were listed after Ray had started."""
+    images.write(tmp_path / "s" / "a.jpg", images.encoded(32, 32))
+    (tmp_path / "s" / "old.jpg").symlink_to(tmp_path / "gone.jpg")
+    pages = list(iter_files(str(tmp_path), (".jpg",)))
+    assert [rel for rels, _ in pages for rel in rels] == ["s/a.jpg"]
+
+
+@pytest.mark.parametrize("input_uri", ["s3://", "s3://bucket/in/", "/"])
+def test_error_reasons_of_inputs_without_a_file_name(input_uri: str) -> None:
+    """'' as the file name to take out was put between every letter: 'FILEnFILEoFILEt...'."""
+    assert reason(f"{input_uri}: not found; check the path", input_uri) == "not found; check the path"
 
 
 # ---------------------------------------------------------------------------------------------

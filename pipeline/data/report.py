@@ -74,7 +74,7 @@ def read_report(output: str, top: int = 10) -> Report:
 def _summary(uri: str) -> dict[str, Any]:
     try:
         return dict(json.loads(read_bytes(uri)))
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # RecursionError: arrays nested thousands deep
         return {"run_id": posixpath.basename(uri).removesuffix(".json"), "unreadable": describe(exc)}
 
 
@@ -130,7 +130,8 @@ def latest_rows(rows: pa.Table) -> pa.Table:
 def reason(error: str, input_uri: str) -> str:
     """An error with its file's name taken out, so that the same failure of many files counts once."""
     for name in (input_uri, posixpath.basename(input_uri)):
-        error = error.replace(f"{name}: ", "").replace(name, "FILE")
+        if name:  # '' (an input named `s3://`, or ending in '/') would be replaced between every letter
+            error = error.replace(f"{name}: ", "").replace(name, "FILE")
     return error
 
 

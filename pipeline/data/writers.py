@@ -24,7 +24,7 @@ from PIL import Image
 
 from pipeline.config import OutputSpec
 from pipeline.data.rows import ERROR, OK, PENDING, WRITTEN_SCHEMA, elapsed_ms
-from pipeline.errors import describe
+from pipeline.errors import StorageError, describe
 from pipeline.imaging.codec import encode
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.keys import sample_name
@@ -173,7 +173,21 @@ SHARD_INDEX = "index.json"  # in OUTPUT/shards/: the shards of the runs that fin
 def shard_index(output: str) -> list[str]:
     """The shards (file names in OUTPUT/shards/) that finished runs wrote: the ones to read."""
     uri = join(output, "shards", SHARD_INDEX)
-    return list(json.loads(read_bytes(uri))["shards"]) if exists(uri) else []
+    if not exists(uri):
+        return []
+    try:
+        names = json.loads(read_bytes(uri))["shards"]
+    except (ValueError, TypeError, KeyError, RecursionError) as exc:
+        names, why = None, describe(exc)
+    else:
+        why = "its shards are not a list of file names"
+    if isinstance(names, list) and all(isinstance(name, str) for name in names):
+        return names
+    # Read before any work (remove_orphan_shards): taken as empty, it would have every finished run's shards deleted.
+    raise StorageError(
+        f"{uri}: unreadable shard index ({why}); restore it, or list the shards it should hold as "
+        '{"shards": ["NAME.tar", ...]}'
+    )
 
 
 def record_shards(output: str, written: list[str]) -> None:

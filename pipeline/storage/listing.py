@@ -170,12 +170,21 @@ def iter_files(uri: str, extensions: tuple[str, ...]) -> Iterator[Page]:
         for folder, folders, names in os.walk(root):
             folders[:] = filter(utf8, folders)
             paths = [os.path.join(folder, n) for n in names if n.lower().endswith(extensions) and utf8(n)]
-            stats = [(p, os.stat(p)) for p in paths]
+            stats = [(p, st) for p in paths if (st := _stat(p)) is not None]
             if stats:
                 yield [p[len(root) + 1 :] for p, _ in stats], [st.st_mtime_ns for _, st in stats]
     else:
         table = stat_table(uri, extensions)
         yield table.column("rel").to_pylist(), table.column("mtime_ns").to_pylist()
+
+
+def _stat(path: str) -> os.stat_result | None:
+    """A listed file's stat, or None where there is none to take: a dangling link, a file removed
+    since its folder was read, one this user may not see."""
+    try:
+        return os.stat(path)
+    except OSError:
+        return None
 
 
 # Sub-prefixes listed at once, and how deep the listing splits into them (a prefix's folders
