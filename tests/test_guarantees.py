@@ -488,6 +488,19 @@ def test_odd_object_keys_are_read_as_the_objects_they_are(
     assert summary["ok"] == len(keys) and len({r["output_uri"] for r in rows}) == len(keys), rows
 
 
+def test_a_prefix_written_with_its_slash_is_listed_beside_an_object_of_its_name(
+    s3_server: S3Server, bucket: str
+) -> None:
+    """An object `in` beside `in/a.jpg`: s3://B/in/ was taken for the object, as one input `in/`
+    that did not exist, and the prefix's images were never read. Without the '/', `in` is the object."""
+    s3 = s3_server.client()
+    for key in ("in", "in/a.jpg", "in/sub/b.jpg"):
+        s3.put_object(Bucket=bucket, Key=key, Body=images.encoded(32, 32, seed=len(key)))
+    listed = list_inputs(f"s3://{bucket}/in/")
+    assert sorted(listed.column("rel_path").to_pylist()) == ["a.jpg", "sub/b.jpg"]
+    assert list_inputs(f"s3://{bucket}/in").column("input_uri").to_pylist() == [f"s3://{bucket}/in"]
+
+
 def test_an_unwritable_output_fails_before_any_work(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
     src = inputs(tmp_path / "in", ["a.png"])
     blocker = tmp_path / "file"

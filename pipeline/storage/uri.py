@@ -413,6 +413,11 @@ def version(uri: str) -> str:
 
 
 def is_dir(uri: str) -> bool:
-    """True for a local directory or an object-store prefix with objects under it."""
+    """True for a local directory or an object-store prefix with objects under it. An object-store
+    URI written with a trailing '/' is that prefix, even where an object has its name without the '/'
+    (s3://b/in beside s3://b/in/a.jpg, which makes `get_file_info` answer File)."""
     filesystem, path = resolve(uri)
+    if is_remote(uri) and uri.endswith("/"):
+        under = pafs.FileSelector(path, allow_not_found=True)
+        return retrying(lambda: bool(filesystem.get_file_info(under)), uri)
     return retrying(lambda: filesystem.get_file_info(path).type == pafs.FileType.Directory, uri)
