@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,14 @@ from PIL import Image
 
 from pipeline.cli import main
 from pipeline.config import Controls, ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
-from pipeline.data.bank import index_styles, is_bank, load_bank, read_bank_table, reusable_rows
+from pipeline.data.bank import BANK_SCHEMA, index_styles, is_bank, load_bank, read_bank_table, reusable_rows
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ConfigError
 from pipeline.imaging.codec import prepare
 from pipeline.model.checkpoint import load_encoder
 from tests import images, reference
 from tests.conftest import S3Server, WeightFiles
+from tests.test_guarantees import bank_row, write_bank
 
 SIZING = Sizing(content_size=32, style_size=32)
 SCALE = Scale(actors=1, batch_size=2)
@@ -475,3 +477,32 @@ def test_bank_columns_of_other_types_are_nothing_to_reuse(
 def test_cli_index_needs_styles_and_output(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["styles", "index", "--output", str(tmp_path / "bank.parquet")]) == 2
     assert "needs --style and --output" in one_error_line(capsys)  # --style, as in every command
+
+
+# A bank written with float64 statistics: finite and positive there, but not all of them as float32.
+WIDE = pa.schema(
+    [f if f.name not in ("mean", "std") else pa.field(f.name, pa.list_(pa.float64(), 512)) for f in BANK_SCHEMA]
+)
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        (bank_row("huge", mean=[1e39] * 512), "NaN or inf"),
+        (bank_row("huge", mean=[0.1] * 511 + [-1e39]), "NaN or inf"),
+        (bank_row("tiny", std=[1e-50] * 512), "not positive"),
+    ],
+    ids=["mean-past-float32", "one-negative-mean-past-float32", "std-zero-in-float32"],
+)
+def test_bank_statistics_are_checked_as_the_model_takes_them(tmp_path: Path, row: dict, words: str) -> None:
+    """Statistics the float32 model would make inf or 0 are refused in one line, with no numpy warning;
+    float64 values that float32 holds (its largest, a subnormal std) load."""
+    path = write_bank(tmp_path / "bad.parquet", [bank_row("fine"), row], WIDE)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ConfigError, match=words) as caught:
+            load_bank(path)
+    assert "\n" not in str(caught.value)
+    edge = write_bank(tmp_path / "edge.parquet", [bank_row("edge", mean=[3.4e38] * 512, std=[1e-44] * 512)], WIDE)
+    bank = load_bank(edge)
+    assert torch.isfinite(bank.mean).all() and (bank.std > 0).all()

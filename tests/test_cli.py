@@ -250,3 +250,26 @@ def test_a_flag_the_parser_refuses_is_one_line_and_where_the_help_is(
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"{prog}: error: ") and words in lines[0], lines
     assert lines[1] == f"see: {prog} --help"
+
+
+BAD = "/tmp/out\udcff"  # the byte 0xff in an argument, as Python hands it over
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (["transfer", "c.jpg", "s.jpg", "-o", f"{BAD}.jpg"], "--output"),
+        (["transfer", f"{BAD}.jpg", "s.jpg", "-o", "o.jpg"], "content"),
+        (["stylize", "--input", BAD, "--output", "o", "--style", "s.jpg"], "--input"),
+        (["stylize", "--input", "i", "--output", BAD, "--style", "s.jpg"], "--output"),
+        (["augment", "--input", "i", "--output", "o", "--style", "s.jpg", "--style", BAD], "--style"),
+        (["report", BAD], "output"),
+        (["stylize", "--config", BAD], "--config"),
+    ],
+)
+def test_a_path_that_is_not_utf8_is_one_line(argv: list[str], name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """A non-UTF-8 byte in any argument is refused by name before anything runs (it ended every command
+    with a UnicodeEncodeError from the storage layer)."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"adain: error: {name}: ") and err.count("\n") == 1 and "paths must be valid UTF-8" in err

@@ -29,6 +29,8 @@ from pipeline.data.stylize import run_stylize
 from pipeline.errors import ImageError
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, PILLOW_FORMATS, decode, prepare
 from pipeline.storage.keys import (
+    _round_hash,
+    _short_hash,
     augmented_key,
     folded,
     output_key,
@@ -298,6 +300,62 @@ def test_listed_names_that_meet(tmp_path: Path) -> None:
     rels = ["x.jpg", "x.jpg", "d/y.jpg", "d/y.jpg"]
     uris = ["s3://one/x.jpg", "s3://two/x.jpg", "s3://b/d/y.jpg", "s3://b/d/../y.jpg"]
     assert len(set(output_stems(pa.chunked_array([rels]), pa.chunked_array([uris])).to_pylist())) == 4
+
+
+def test_names_crafted_to_meet_each_renaming_are_told_apart() -> None:
+    """Names made in advance with the hashes the renaming gives: `x_jpg-H.jpg`, `x_jpg-H-H.jpg`, ...
+    (which outlasted output_stems' rounds) and `a-H8`, `a-H16`, `a-H64` (unique_names' digits)."""
+    h = _short_hash("/in/x.jpg", 8)
+    rels = ["x.jpg", "x.png", "x_jpg.jpg", f"x_jpg-{h}.jpg", f"x_jpg-{h}-{h}.jpg", f"x_jpg-{h}-{h}-{h}.jpg"]
+    stems = output_stems(rels, [f"/in/{rel}" for rel in rels]).to_pylist()
+    assert len(set(folded(stems))) == len(rels) and stems[1] == "x_png"
+    rels = ["a.jpg", "a.png", *(f"a-{_short_hash('/s/a.jpg', digits)}.jpg" for digits in (8, 16, 64))]
+    ids = style_ids(rels, [f"/s/{rel}" for rel in rels])
+    assert len(set(folded(ids))) == len(rels) and ids[1] == f"a-{_short_hash('/s/a.png', 8)}"
+
+
+def _crafted(names: list[str], keys: list[str], data: st.DataObject, extension: str = "") -> None:
+    """Adds to `names` (and fresh `keys`) names made of another item's name and the suffixes its key
+    gets in renaming rounds (`_round_hash`: 8, 16 and 64 digits, then the later rounds'), side by
+    side (`a-H8`, `a-H16`) or chained (`a-H8`, `a-H8-H8`), the name cut at `extension`'s dot."""
+    for _ in range(data.draw(st.integers(0, 4))):
+        i = data.draw(st.integers(0, len(names) - 1))
+        base = posixpath.splitext(names[i])[0] if extension else names[i]
+        if extension and data.draw(st.booleans()):
+            base = f"{base}_{posixpath.splitext(names[i])[1].lstrip('.')}"  # as a name met renamed (`x_jpg`)
+        chained, n = data.draw(st.booleans()), data.draw(st.integers(1, 5))
+        # output_stems renames a met name again by 8 digits (`x_jpg-H-H`); unique_names by 8, 16, 64, ...
+        for rounds in [0] * n if chained else range(n):
+            name = f"{base}-{_round_hash(keys[i], rounds)}"
+            base = name if chained else base  # chained: the next suffix goes after this one
+            names.append(name + extension)
+            keys.append(f"s3://crafted/{len(keys)}{extension}")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(["a", "A", "b", "a-0"]), min_size=1, max_size=5), st.data())
+def test_unique_names_tells_crafted_names_apart(names: list[str], data: st.DataObject) -> None:
+    """Names that hold the very suffixes other items' keys get: always distinct, never an error, the same every run."""
+    keys = [f"s3://b/{i}" for i in range(len(names))]
+    _crafted(names, keys, data)
+    out = unique_names(names, keys)
+    assert len(set(folded(out))) == len(out)
+    assert unique_names(names, keys) == out
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.sampled_from(["x.jpg", "x.png", "X.JPG", "x_jpg.jpg", "x", "d/x.jpg"]), min_size=1, max_size=5),
+    st.data(),
+)
+def test_output_stems_tell_crafted_names_apart(rels: list[str], data: st.DataObject) -> None:
+    """Input names that hold the suffixes other inputs get when renamed: as many outputs as inputs, the same
+    every run."""
+    uris = [f"s3://b{i}/{rel}" for i, rel in enumerate(rels)]
+    _crafted(rels, uris, data, extension=".jpg")
+    stems = output_stems(rels, uris).to_pylist()
+    assert len(set(folded(stems))) == len(rels)
+    assert output_stems(rels, uris).to_pylist() == stems
 
 
 @settings(max_examples=200, deadline=None)

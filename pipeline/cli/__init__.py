@@ -46,7 +46,20 @@ def _parse_args(root: argparse.ArgumentParser, parsers: Parsers, argv: Sequence[
     args, extras = root.parse_known_args(argv)
     if extras:
         parsers[command_words(args)].error(f"unrecognized arguments: {' '.join(extras)}")
+    _valid_utf8(parsers[command_words(args)], args)
     return args
+
+
+def _valid_utf8(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a value holding a byte that is not UTF-8 (which Python keeps as a surrogate): every storage
+    layer would fail on it with a traceback, and no object store takes such a name."""
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        for text in value if isinstance(value, list) else [value]:
+            if isinstance(text, str) and any("\ud800" <= c <= "\udfff" for c in text):
+                name = next((flag for flag in action.option_strings if flag.startswith("--")), action.dest)
+                shown = text.encode("utf-8", "backslashreplace").decode()
+                raise ConfigError(f"{name}: {shown} is not valid UTF-8; paths must be valid UTF-8")
 
 
 class _OneLineMessages(logging.Formatter):

@@ -97,7 +97,7 @@ def meeting_ids(ids: list[str]) -> tuple[str, str] | None:
 
 def read_bank_table(uri: str) -> pa.Table:
     """A bank's table, checked: its metadata, its columns, unique ids whose outputs are named
-    apart, 512 finite means and 512 finite positive stds a row."""
+    apart, 512 means finite and 512 stds finite and positive a row, as float32."""
     try:
         table = read_table(uri)
     except (pa.ArrowException, OSError) as exc:
@@ -129,12 +129,18 @@ def read_bank_table(uri: str) -> pa.Table:
             raise _unusable(uri, f"{name} is not a list of floats")
         if column.null_count or pc.any(pc.not_equal(pc.list_value_length(column), FEATURES)).as_py():
             raise _unusable(uri, f"every {name} must have {FEATURES} values")
-        values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float64)
+        values = _as_model_takes(column)  # checked as the model takes them: 1e39 is inf there, 1e-50 is 0
         if not np.isfinite(values).all():
-            raise _unusable(uri, f"{name} holds NaN or inf")
+            raise _unusable(uri, f"{name} holds NaN or inf (or values past float32's range)")
         if name == "std" and (values <= 0).any():
-            raise _unusable(uri, "std holds values that are not positive")
+            raise _unusable(uri, "std holds values that are not positive (or too small for float32)")
     return table
+
+
+def _as_model_takes(column: pa.Array) -> np.ndarray:
+    """A list column's values as float32, what the model computes in (past its range: inf, unwarned)."""
+    with np.errstate(over="ignore"):
+        return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
 
 
 def load_bank(uri: str, encoder_sha256: str | None = None) -> StyleBank:
@@ -151,7 +157,7 @@ def load_bank(uri: str, encoder_sha256: str | None = None) -> StyleBank:
         raise ConfigError(f"{uri}: the style bank is empty")
 
     def stacked(column: str) -> torch.Tensor:
-        flat = table.column(column).combine_chunks().flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+        flat = _as_model_takes(table.column(column).combine_chunks())
         return torch.from_numpy(np.ascontiguousarray(flat)).view(-1, FEATURES, 1, 1)
 
     return StyleBank(

@@ -8,6 +8,7 @@ stays inside the output prefix.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import posixpath
 import re
 from collections.abc import Sequence
@@ -81,24 +82,33 @@ def folded(names: Sequence[str]) -> list[str]:
     return pc.utf8_lower(pa.array(list(names), pa.string())).to_pylist()
 
 
-def unique_names(names: Sequence[str], keys: Sequence[str]) -> list[str]:
+def unique_names(names: Sequence[str], keys: Sequence[str], taken: set[str] | None = None) -> list[str]:
     """`names` made distinct, compared case-insensitively (`folded`: outputs may land on a
     filesystem that ignores case): each name that several keys share gets '-' and a short hash of its own key,
-    longer until all are distinct. A pure function of (names, keys): the same on every run and
-    machine. The keys must be distinct: they are what tells the items apart."""
+    longer until all are distinct (8, 16, 64 hex digits, then 64 of the key and the round, for
+    names crafted to meet those). A pure function of (names, keys): the same on every run and
+    machine. The keys must be distinct: they are what tells the items apart. `taken`, when given,
+    gets every name (`folded`) given on the way (see `output_stems`)."""
     out = list(names)
-    for digits in (8, 16, 64, 0):
+    for rounds in itertools.count():
         groups: dict[str, list[int]] = {}
         for i, name in enumerate(folded(out)):
             groups.setdefault(name, []).append(i)
         shared = [i for group in groups.values() if len(group) > 1 for i in group]
         if not shared:
             return out
-        if not digits:
-            raise ValueError(f"unique_names: {len(shared)} items share their names and their keys")
+        # Ends: names from round 2 end in hashes of distinct (key, round)s; each clash moves an item off an older name.
         for i in shared:
-            out[i] = f"{names[i]}-{_short_hash(keys[i], digits)}"
+            out[i] = f"{names[i]}-{_round_hash(keys[i], rounds)}"
+        _take(taken, [out[i] for i in shared])
     raise AssertionError("unreachable")
+
+
+def _round_hash(key: str, rounds: int) -> str:
+    """The suffix `unique_names` gives in its round `rounds` (from 0)."""
+    if rounds < 3:
+        return _short_hash(key, (8, 16, 64)[rounds])
+    return _short_hash(f"{key}\0{rounds}", 64)  # str(rounds) has no NUL: one (key, round) per string
 
 
 # A path and its extension: the last dot of the file name and what follows, unless the name is
@@ -148,7 +158,9 @@ def output_stems(
             names[i] = name
         _take(taken, [names[i] for i in rows])
         named = _chunked(names)
-    raise ValueError("output names: inputs with the same key")
+    # Names crafted to meet each renaming (`x_jpg-H.jpg`, `x_jpg-H-H.jpg`, ...): the whole list through
+    # unique_names, which always ends; names that no longer meet come back as they are.
+    return _chunked(unique_names(names, keys.to_pylist(), taken))
 
 
 def _take(taken: set[str] | None, names: list[str]) -> None:
