@@ -302,6 +302,12 @@ def test_listed_names_that_meet(tmp_path: Path) -> None:
     assert len(set(output_stems(pa.chunked_array([rels]), pa.chunked_array([uris])).to_pylist())) == 4
 
 
+def test_names_that_share_their_keys_too_are_a_mistake_not_a_hang() -> None:
+    """Keys tell items apart; two items with one name and one key would get the same hash every round."""
+    with pytest.raises(ValueError, match="share their names and their keys"):
+        unique_names(["a", "A", "b"], ["k", "k", "j"])
+
+
 def test_names_crafted_to_meet_each_renaming_are_told_apart() -> None:
     """Names made in advance with the hashes the renaming gives: `x_jpg-H.jpg`, `x_jpg-H-H.jpg`, ...
     (which outlasted output_stems' rounds) and `a-H8`, `a-H16`, `a-H64` (unique_names' digits)."""

@@ -94,7 +94,10 @@ def unique_names(names: Sequence[str], keys: Sequence[str], taken: set[str] | No
         groups: dict[str, list[int]] = {}
         for i, name in enumerate(folded(out)):
             groups.setdefault(name, []).append(i)
-        shared = [i for group in groups.values() if len(group) > 1 for i in group]
+        clashes = [group for group in groups.values() if len(group) > 1]
+        if any(len({keys[i] for i in group}) < len(group) for group in clashes):  # would never end
+            raise ValueError("unique_names: items share their names and their keys")
+        shared = [i for group in clashes for i in group]
         if not shared:
             return out
         # Ends: names from round 2 end in hashes of distinct (key, round)s; each clash moves an item off an older name.
