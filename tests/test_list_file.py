@@ -140,6 +140,8 @@ def test_list_files_on_s3_are_read_by_ray_data(ray_cluster: str, s3_server: S3Se
 def test_a_bad_list_file_fails_before_ray(tmp_path: Path, s3_server: S3Server, bucket: str) -> None:
     """Missing, empty or not what its name says: one line, from its first bytes, no Ray needed."""
     (tmp_path / "empty.csv").write_text("")
+    (tmp_path / "headless.csv").write_text("photos/a.jpg\nphotos/b.jpg\n")  # its first entry was taken for a name
+    (tmp_path / "named.csv").write_text("path\nphotos/a.jpg\n")  # another name than uri: the first column
     (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
     buffer = io.BytesIO()
     pq.write_table(pa.table({"uri": ["a.jpg"]}), buffer)
@@ -149,9 +151,16 @@ def test_a_bad_list_file_fails_before_ray(tmp_path: Path, s3_server: S3Server, b
         (f"s3://{bucket}/missing.parquet", "not found"),
         (str(tmp_path / "empty.csv"), "no columns"),
         (str(tmp_path / "bad.parquet"), "not a list file"),
+        (str(tmp_path / "headless.csv"), r"first line \(photos/a.jpg\) is an entry"),
     ):
         with pytest.raises(AdainError, match=reason):
             find_inputs(source)
+        if source.endswith(".csv"):  # as `adain augment` reads a list file, on the driver
+            with pytest.raises(AdainError, match=reason):
+                list_inputs(source)
+    assert find_inputs(str(tmp_path / "named.csv")).column == "path"
+    named_rows = list_inputs(str(tmp_path / "named.csv"), root=str(tmp_path))
+    assert named_rows.column("rel_path").to_pylist() == ["photos/a.jpg"]
     assert find_inputs(str(tmp_path / "ok.parquet")).column == "uri"
 
 

@@ -37,10 +37,11 @@ def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     if uri.lower().endswith(".txt"):
         lines = [line.strip() for line in utf8_text(data, uri).splitlines()]
         return pa.chunked_array([[line for line in lines if line and not line.startswith("#")]], pa.string())
-    table = pq.read_table(io.BytesIO(data)) if uri.lower().endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
-    if table.num_columns == 0:
-        raise ConfigError(f"{uri}: the list file has no columns; give a 'uri' column")
-    column = (table.column("uri") if "uri" in table.column_names else table.column(0)).cast(pa.string())
+    if not data.strip():
+        uri_column([], uri)  # says there are no columns
+    parquet = uri.lower().endswith(".parquet")
+    table = _or_invalid(lambda: (pq.read_table if parquet else pacsv.read_csv)(io.BytesIO(data)), uri)
+    column = table.column(uri_column(table.column_names, uri)).cast(pa.string())
     return column.filter(pc.invert(pc.or_kleene(pc.is_null(column), pc.equal(column, ""))))
 
 
@@ -69,9 +70,22 @@ def check_list_file(uri: str, root: str | None = None, exclude: str | None = Non
             return ListFile(uri, None, root, exclude)
         header = head.split(b"\n", 1)[0] + b"\n"
         names = _or_invalid(lambda: pacsv.read_csv(io.BytesIO(header)).column_names, uri) if head.strip() else []
+    return ListFile(uri, uri_column(names, uri), root, exclude)
+
+
+def uri_column(names: list[str], uri: str) -> str:
+    """A Parquet or CSV list file's column of URIs: `uri`, else the first. A CSV whose first line is
+    an entry (it has no header) is refused: that entry would be taken for the column's name, unread."""
     if not names:
         raise ConfigError(f"{uri}: the list file has no columns; give a 'uri' column")
-    return ListFile(uri, "uri" if "uri" in names else names[0], root, exclude)
+    if "uri" in names:
+        return "uri"
+    first = names[0]
+    if uri.lower().endswith(".csv") and ("/" in first or first.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)):
+        raise ConfigError(
+            f"{uri}: its first line ({first}) is an entry, not the columns' names; add a first line 'uri'"
+        )
+    return first
 
 
 _HEAD_BYTES = 1 << 16  # enough for any header line a list file has
