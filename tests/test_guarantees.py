@@ -208,6 +208,22 @@ def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights:
             make_config(weights, spelled, (style_file(tmp_path),), str(src))
 
 
+def test_a_link_inside_the_output_never_carries_a_write_outside(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path
+) -> None:
+    """OUTPUT/in, a link back to the input, is where style `in`'s outputs go: error rows, inputs untouched."""
+    src, out = inputs(tmp_path / "realin", ["a.png", "b.png"]), tmp_path / "out"
+    out.mkdir()
+    (out / "in").symlink_to(src, target_is_directory=True)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    style = str(images.write(tmp_path / "styles" / "in.png", images.encoded(32, 32, "PNG", seed=3)))
+    summary = run_stylize(make_config(weights, str(src), (style,), str(out)))
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    rows = local_manifest(out)
+    assert summary["error"] == 2 and [r["status"] for r in rows] == ["error", "error"], rows
+    assert all(f"{out / 'in'} leads outside the output (a symbolic link)" in r["error"] for r in rows), rows
+
+
 def test_symlinks_inside_the_input_only_and_loops_once(tmp_path: Path) -> None:
     src = inputs(tmp_path / "in", ["a.png", "sub/b.png"])
     outside = inputs(tmp_path / "elsewhere", ["secret.png"])

@@ -66,6 +66,23 @@ def inside(place: str, top: str) -> bool:
     return place == top or place.startswith(top.rstrip("/") + "/")
 
 
+def check_inside(uri: str, top: str) -> None:
+    """Refuse a local `uri` whose folder, links resolved, is not under `top` (links resolved): a
+    symbolic link inside `top` would land the write elsewhere (onto an input, say). The first
+    folder on the way that leads out is named."""
+    if scheme(uri) != "file":
+        return  # an object store has no links: a key is where its name says
+    real_top, folder = canonical(top), os.path.dirname(resolve(uri)[1])
+    if inside(os.path.realpath(folder), real_top):
+        return
+    place = resolve(top)[1]
+    for part in os.path.relpath(folder, place).split(os.sep):
+        place = os.path.join(place, part)
+        if not inside(os.path.realpath(place), real_top):
+            break
+    raise StorageError(f"{place} leads outside the output (a symbolic link); remove it")
+
+
 def join(base: str, *parts: str) -> str:
     """Join with "/", keeping the scheme."""
     out = base.rstrip("/")
