@@ -4,6 +4,7 @@ load, file modes, odd object keys, failing fast, and the manifest of skipped out
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -222,6 +223,26 @@ def test_a_link_inside_the_output_never_carries_a_write_outside(
     rows = local_manifest(out)
     assert summary["error"] == 2 and [r["status"] for r in rows] == ["error", "error"], rows
     assert all(f"{out / 'in'} leads outside the output (a symbolic link)" in r["error"] for r in rows), rows
+
+
+def test_a_fifo_among_the_inputs_is_its_error_row(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    """Opening a FIFO waits for a writer: one a list file names is refused unopened, and the job finishes."""
+    src, out = inputs(tmp_path / "in", ["a.png", "b.png"]), tmp_path / "out"
+    os.mkfifo(src / "pipe.png")
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{src / name}\n" for name in ("a.png", "b.png", "pipe.png")))
+    cfg = make_config(weights, str(listed), (style_file(tmp_path),), str(out))
+    done: dict[str, dict] = {}
+    job = threading.Thread(target=lambda: done.update(summary=run_stylize(cfg)), daemon=True)
+    job.start()
+    job.join(120)
+    if job.is_alive():  # a reader stuck on the FIFO: an end of file frees it, the test fails
+        with contextlib.suppress(OSError):
+            os.close(os.open(src / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+    assert "summary" in done, "the job hung on the FIFO"
+    rows = {Path(r["input_uri"]).name: r for r in local_manifest(out)}
+    assert [rows[name]["status"] for name in ("a.png", "b.png", "pipe.png")] == ["ok", "ok", "error"], rows
+    assert "pipe.png: not a regular file" in rows["pipe.png"]["error"]
 
 
 def test_symlinks_inside_the_input_only_and_loops_once(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import re
+import stat
 import tempfile
 import time
 import uuid
@@ -219,19 +220,46 @@ def _bucket_exists(uri: str) -> bool:
         return True  # can't tell: keep the plain "not found"
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole object or file. On S3 one GET (pyarrow would ask for the size first, a HEAD)."""
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole object or file. On S3 one GET (pyarrow would ask for the size first, a HEAD).
+
+    With `max_bytes`, a file: a local path that is not a regular file (a FIFO, a device) is refused
+    unopened, and anything larger than `max_bytes` unread."""
     if scheme(uri) == "s3":
         bucket, key = _bucket_key(uri)
-        get = lambda: request_client().get_object(Bucket=bucket, Key=key)["Body"].read()  # noqa: E731
+
+        def get() -> bytes:
+            answer = request_client().get_object(Bucket=bucket, Key=key)
+            if max_bytes is not None:
+                _check_size(uri, answer["ContentLength"], max_bytes)
+            return answer["Body"].read()
+
         return retrying(lambda: s3_call(get), uri)
     filesystem, path = resolve(uri)
+    if max_bytes is not None:
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            _check_size(uri, regular_file_size(uri), max_bytes)
+        else:
+            _check_size(uri, retrying(lambda: filesystem.get_file_info(path).size, uri) or 0, max_bytes)
 
     def read() -> bytes:
         with filesystem.open_input_stream(path) as stream:
             return stream.read()
 
     return retrying(read, uri)
+
+
+def regular_file_size(uri: str) -> int:
+    """A local file's size; one that is not a regular file (a FIFO, a device, a socket) is refused."""
+    status = retrying(lambda: os.stat(resolve(uri)[1]), uri)  # stat, not open: opening a FIFO waits for a writer
+    if not stat.S_ISREG(status.st_mode):
+        raise StorageError(f"{uri}: not a regular file (a FIFO, device or socket); give a file")
+    return status.st_size
+
+
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise StorageError(f"{uri}: {size:,} bytes, over the limit of {max_bytes:,} for one file")
 
 
 # At most this many requests in flight per process (--io-concurrency): one pooled connection each.
