@@ -34,6 +34,7 @@ from pipeline.imaging.codec import (
     fit,
     format_of,
     is_video,
+    max_file_bytes,
     prepare,
 )
 from pipeline.imaging.tensors import batch_to_pixels, mask_tensor, to_image, to_tensor
@@ -100,7 +101,8 @@ def _about(uri: str) -> Iterator[None]:
 
 def _load(uri: str, size: int, sizing: Sizing) -> Tensor:
     with _about(uri):
-        return to_tensor(prepare(read_bytes(uri), size, sizing.crop, sizing.max_pixels, sizing.max_side))
+        data = read_bytes(uri, max_file_bytes(sizing.max_pixels))
+        return to_tensor(prepare(data, size, sizing.crop, sizing.max_pixels, sizing.max_side))
 
 
 def _stems(files: list[tuple[str, str]]) -> list[str]:
@@ -155,7 +157,7 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
     mask_image = None
     if req.mask:
         with _about(req.mask):
-            mask_image = decode(read_bytes(req.mask), sizing.max_pixels)
+            mask_image = decode(read_bytes(req.mask, max_file_bytes(sizing.max_pixels)), sizing.max_pixels)
     cached = None if controls.preserve_color == "coral" else [model.style_stats(s[None]) for s in style_images]
     failures = 0
     for c, (uri, _) in enumerate(contents):

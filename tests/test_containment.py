@@ -10,6 +10,7 @@ import posixpath
 import string
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -150,6 +151,18 @@ def test_formats_that_decode_before_the_size_check_are_refused_unread(wrap, png_
     Image.open (ICO) or at a size the header does not say (ICNS): refused, their pixels never decoded."""
     outcome, rise = decode_in_a_child(wrap(png_bomb), max_pixels=1_000_000)
     assert outcome.startswith("ImageError: not an image") and rise < 16, (outcome, rise)
+
+
+def test_huge_files_and_devices_are_refused_unread(tmp_path: Path) -> None:
+    """A sparse 1 TiB file (nothing on disk) and /dev/zero would be read until memory runs out."""
+    sparse = tmp_path / "big.jpg"
+    with open(sparse, "wb") as handle:
+        handle.truncate(2**40)
+    started = time.perf_counter()
+    rows = [decode_one(uri, Sizing(content_size=32)) for uri in (str(sparse), "/dev/zero")]
+    assert "big.jpg: 1,099,511,627,776 bytes, over the limit" in rows[0]["error"], rows[0]
+    assert "/dev/zero: not a regular file" in rows[1]["error"], rows[1]
+    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize("jpeg_to_model", [False, True], ids=["pillow", "device-jpeg"])

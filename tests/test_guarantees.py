@@ -4,6 +4,7 @@ load, file modes, odd object keys, failing fast, and the manifest of skipped out
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -207,6 +208,42 @@ def test_outputs_inside_the_input_are_never_read_back(ray_cluster: str, weights:
     for spelled in (str(src) + "/", str(tmp_path / "alias")):
         with pytest.raises(ConfigError, match="is the --input"):
             make_config(weights, spelled, (style_file(tmp_path),), str(src))
+
+
+def test_a_link_inside_the_output_never_carries_a_write_outside(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path
+) -> None:
+    """OUTPUT/in, a link back to the input, is where style `in`'s outputs go: error rows, inputs untouched."""
+    src, out = inputs(tmp_path / "realin", ["a.png", "b.png"]), tmp_path / "out"
+    out.mkdir()
+    (out / "in").symlink_to(src, target_is_directory=True)
+    before = {p.name: p.read_bytes() for p in src.iterdir()}
+    style = str(images.write(tmp_path / "styles" / "in.png", images.encoded(32, 32, "PNG", seed=3)))
+    summary = run_stylize(make_config(weights, str(src), (style,), str(out)))
+    assert {p.name: p.read_bytes() for p in src.iterdir()} == before
+    rows = local_manifest(out)
+    assert summary["error"] == 2 and [r["status"] for r in rows] == ["error", "error"], rows
+    assert all(f"{out / 'in'} leads outside the output (a symbolic link)" in r["error"] for r in rows), rows
+
+
+def test_a_fifo_among_the_inputs_is_its_error_row(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    """Opening a FIFO waits for a writer: one a list file names is refused unopened, and the job finishes."""
+    src, out = inputs(tmp_path / "in", ["a.png", "b.png"]), tmp_path / "out"
+    os.mkfifo(src / "pipe.png")
+    listed = tmp_path / "list.txt"
+    listed.write_text("".join(f"{src / name}\n" for name in ("a.png", "b.png", "pipe.png")))
+    cfg = make_config(weights, str(listed), (style_file(tmp_path),), str(out))
+    done: dict[str, dict] = {}
+    job = threading.Thread(target=lambda: done.update(summary=run_stylize(cfg)), daemon=True)
+    job.start()
+    job.join(120)
+    if job.is_alive():  # a reader stuck on the FIFO: an end of file frees it, the test fails
+        with contextlib.suppress(OSError):
+            os.close(os.open(src / "pipe.png", os.O_WRONLY | os.O_NONBLOCK))
+    assert "summary" in done, "the job hung on the FIFO"
+    rows = {Path(r["input_uri"]).name: r for r in local_manifest(out)}
+    assert [rows[name]["status"] for name in ("a.png", "b.png", "pipe.png")] == ["ok", "ok", "error"], rows
+    assert "pipe.png: not a regular file" in rows["pipe.png"]["error"]
 
 
 def test_symlinks_inside_the_input_only_and_loops_once(tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from pipeline.data.cluster import fetched
 from pipeline.data.plan import Plan, plan_inputs
 from pipeline.data.rows import DECODED_SCHEMA, elapsed_ms
 from pipeline.errors import describe
-from pipeline.imaging.codec import check_plan, plain_jpeg_size, prepare
+from pipeline.imaging.codec import check_plan, max_file_bytes, plain_jpeg_size, prepare
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.uri import io_pool, read_bytes
 
@@ -41,7 +41,7 @@ def decode_one(
     start = time.perf_counter()
     row: dict[str, Any] = {}
     try:
-        data = read_bytes(uri) if read is None else read.result()
+        data = read_bytes(uri, max_file_bytes(sizing.max_pixels)) if read is None else read.result()
         size = plain_jpeg_size(data, sizing.max_pixels) if jpeg_to_model else None
         if size is not None:
             plan = sizing.content_plan(*size)
@@ -56,10 +56,11 @@ def decode_one(
     return row
 
 
-def read_all(uris: list[str], concurrency: int) -> list[Future[bytes]]:
-    """Each URI's read, in order, with up to `concurrency` in flight (the batch's bytes at most)."""
-    pool = io_pool(concurrency)
-    return [pool.submit(read_bytes, uri) for uri in uris]
+def read_all(uris: list[str], concurrency: int, max_pixels: int) -> list[Future[bytes]]:
+    """Each URI's read, in order, with up to `concurrency` in flight (the batch's bytes at most); each a
+    regular file of at most `max_file_bytes(max_pixels)`."""
+    pool, most = io_pool(concurrency), max_file_bytes(max_pixels)
+    return [pool.submit(read_bytes, uri, most) for uri in uris]
 
 
 @dataclass
@@ -86,12 +87,14 @@ class Reading:
         return pa.Table.from_pylist(self.rows, schema=DECODED_SCHEMA)
 
 
-def start_reading(batch: pa.Table, plan: Plan, existing: ObjectIndex | None, concurrency: int) -> Reading:
+def start_reading(
+    batch: pa.Table, plan: Plan, existing: ObjectIndex | None, concurrency: int, max_pixels: int
+) -> Reading:
     """Plan the listing's rows against what `existing` (the plan's listing of its outputs) holds, and
     start reading the inputs with an output still to make, `concurrency` at a time."""
     rows = plan_inputs(batch, plan, existing)  # no Arrow round trip between planning and decoding
     todo = [row for row in rows if not all(row["done"])]
-    return Reading(rows, todo, read_all([row["input_uri"] for row in todo], concurrency))
+    return Reading(rows, todo, read_all([row["input_uri"] for row in todo], concurrency, max_pixels))
 
 
 def decode_inputs(
@@ -105,4 +108,4 @@ def decode_inputs(
 ) -> pa.Table:
     """The decoding stage: the listing's rows -> DECODED rows, planned and read (`start_reading`),
     the inputs read already decoded one at a time (the task's CPU share) while the rest arrive."""
-    return start_reading(batch, plan, fetched(existing), concurrency).decoded(sizing, jpeg_to_model)
+    return start_reading(batch, plan, fetched(existing), concurrency, sizing.max_pixels).decoded(sizing, jpeg_to_model)

@@ -111,7 +111,7 @@ class OnOneNode:
         self.cpu_turn = threading.Lock()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        reading = start_reading(batch, self.plan, self.existing, self.concurrency)
+        reading = start_reading(batch, self.plan, self.existing, self.concurrency, self.sizing.max_pixels)
         reading.wait()  # the network's time: the other call has the cores meanwhile
         with self.cpu_turn:
             decoded = reading.decoded(self.sizing, self.jpeg_to_model, self.cores)

@@ -6,7 +6,7 @@ import posixpath
 
 from PIL import Image, ImageDraw, ImageFont
 
-from pipeline.imaging.codec import decode, encode, format_of
+from pipeline.imaging.codec import decode, encode, format_of, max_file_bytes
 from pipeline.storage.uri import read_bytes, write_bytes
 
 THUMB = 192
@@ -16,7 +16,7 @@ LABEL = 18  # px of caption under each picture
 def thumbnail(uri: str, max_pixels: int, side: int = THUMB) -> Image.Image | None:
     """A small copy of the image at `uri`; None if it cannot be read (a preview never fails a run)."""
     try:
-        img = decode(read_bytes(uri), max_pixels)
+        img = decode(read_bytes(uri, max_file_bytes(max_pixels)), max_pixels)
     except Exception:
         return None
     img.thumbnail((side, side))

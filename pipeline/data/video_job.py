@@ -33,11 +33,11 @@ from pipeline.data.plan import RESUME_NEVER, Plan, plan_inputs
 from pipeline.data.rows import ERROR, OK, ROW_SCHEMA, SEGMENT_SCHEMA, SKIPPED, elapsed_ms
 from pipeline.data.styles import StyleSet
 from pipeline.data.video_model import VideoModel, sidecar
-from pipeline.errors import describe
+from pipeline.errors import StorageError, describe
 from pipeline.imaging import video, video_write
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.streams import download_file, readable_source, upload_file
-from pipeline.storage.uri import delete, is_remote, join, resolve, version
+from pipeline.storage.uri import check_inside, delete, is_remote, join, resolve, version
 
 PARTS = "_parts"  # OUTPUT/_parts/: the encoded segments of videos not yet joined
 
@@ -45,8 +45,26 @@ PARTS = "_parts"  # OUTPUT/_parts/: the encoded segments of videos not yet joine
 def part_uri(output: str, target: str, segment: video.Segment) -> str:
     """Where a segment of `target` (OUTPUT/STYLE/REL.mp4) is kept until the join: named by its index and
     frame range, so that a run cut into other segments never takes it for one of its own."""
-    rel = target[len(output.rstrip("/")) + 1 :]
-    return join(output, PARTS, rel, f"{segment.index:05d}-{segment.start}-{segment.end}.mp4")
+    return join(parts_folder(output, target), f"{segment.index:05d}-{segment.start}-{segment.end}.mp4")
+
+
+def parts_folder(output: str, target: str) -> str:
+    """The folder of `target`'s parts, OUTPUT/_parts/STYLE/REL.mp4/."""
+    return join(output, PARTS, target[len(output.rstrip("/")) + 1 :])
+
+
+def refused(todo: dict[str, list], output: str) -> list[dict[str, Any]]:
+    """Take out of `todo` each output that a link inside the output would write outside it (its target
+    or its parts): their error rows. Checked once, here: the parts' uploads and the joiner know no output."""
+    rows = []
+    for k in reversed(range(len(todo["targets"]))):
+        target = todo["targets"][k]
+        try:
+            check_inside(target, output)
+            check_inside(join(parts_folder(output, target), "part"), output)
+        except StorageError as exc:
+            rows.append({name: [todo[name].pop(k)] for name in todo} | {"error": f"writing {target}: {exc}"})
+    return rows
 
 
 def part_index(plan: Plan) -> ObjectIndex | None:
@@ -85,6 +103,7 @@ def _segments(
     base = {k: planned[k] for k in ("input_uri", "rel_path", "mtime_ns")}
     rows = [base | items(True)] if any(planned["done"]) else []
     todo = items(False)
+    rows += [base | row for row in refused(todo, plan.writer.output.uri)]
     if not todo["styles"]:
         return rows
     start = time.perf_counter()

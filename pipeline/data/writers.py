@@ -29,7 +29,7 @@ from pipeline.imaging.codec import encode
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.keys import sample_name
 from pipeline.storage.listing import list_files
-from pipeline.storage.uri import delete, exists, io_pool, is_dir, join, read_bytes, write_bytes
+from pipeline.storage.uri import check_inside, delete, exists, io_pool, is_dir, join, read_bytes, write_bytes
 
 
 class Writer(Protocol):
@@ -105,6 +105,7 @@ class FileWriter:
 
         def upload(row: dict[str, Any], data: bytes, start: float) -> None:
             try:
+                check_inside(row["target"], self.output.uri)
                 write_bytes(row["target"], data)
             except Exception as exc:
                 failed(row, exc, start)
@@ -159,6 +160,7 @@ class ShardWriter:
                     tar.addfile(info, io.BytesIO(data))
                 row.update(shard_member=row["target"], write_ms=elapsed_ms(start))
         try:
+            check_inside(uri, self.output.uri)
             write_bytes(uri, buffer.getvalue())
             for row in rows:
                 row.update(status=OK, output_uri=uri)

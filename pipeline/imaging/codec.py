@@ -48,6 +48,13 @@ def is_video(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTENSIONS)
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The most bytes an image file may have: what `max_pixels` take uncompressed at 16 bits per channel
+    with alpha (8 bytes a pixel, TIFF's widest), and never under 1 GiB; a larger one is not an image
+    worth reading whole into memory (a sparse file, /dev/zero under an image's name)."""
+    return max(2**30, 8 * max_pixels)
+
+
 def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Encoded bytes -> an upright 8-bit RGB image, or ImageError saying why not.
 

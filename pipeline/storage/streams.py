@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
-from pipeline.storage.uri import FILE_MODE, SINGLE_PUT_BYTES, resolve, retrying, write_bytes
+from pipeline.storage.uri import FILE_MODE, SINGLE_PUT_BYTES, regular_file_size, resolve, retrying, write_bytes
 
 # Reads of a seekable object go to the store a block at a time: PyAV's reads of a few KiB each
 # would otherwise be one ranged GET each.
@@ -76,6 +76,7 @@ def readable_source(uri: str) -> Iterator[str | io.BufferedReader]:
     `open_seekable`."""
     filesystem, path = resolve(uri)
     if isinstance(filesystem, pafs.LocalFileSystem):
+        regular_file_size(uri)  # a FIFO would hang the reader that opens it
         yield path
         return
     with open_seekable(uri) as reader:

@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import re
+import stat
 import tempfile
 import time
 import uuid
@@ -64,6 +65,23 @@ def within(uri: str, folder: str) -> bool:
 def inside(place: str, top: str) -> bool:
     """Whether the canonical `place` is the canonical `top` or lies under it."""
     return place == top or place.startswith(top.rstrip("/") + "/")
+
+
+def check_inside(uri: str, top: str) -> None:
+    """Refuse a local `uri` whose folder, links resolved, is not under `top` (links resolved): a
+    symbolic link inside `top` would land the write elsewhere (onto an input, say). The first
+    folder on the way that leads out is named."""
+    if scheme(uri) != "file":
+        return  # an object store has no links: a key is where its name says
+    real_top, folder = canonical(top), os.path.dirname(resolve(uri)[1])
+    if inside(os.path.realpath(folder), real_top):
+        return
+    place = resolve(top)[1]
+    for part in os.path.relpath(folder, place).split(os.sep):
+        place = os.path.join(place, part)
+        if not inside(os.path.realpath(place), real_top):
+            break
+    raise StorageError(f"{place} leads outside the output (a symbolic link); remove it")
 
 
 def join(base: str, *parts: str) -> str:
@@ -202,19 +220,46 @@ def _bucket_exists(uri: str) -> bool:
         return True  # can't tell: keep the plain "not found"
 
 
-def read_bytes(uri: str) -> bytes:
-    """The whole object or file. On S3 one GET (pyarrow would ask for the size first, a HEAD)."""
+def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
+    """The whole object or file. On S3 one GET (pyarrow would ask for the size first, a HEAD).
+
+    With `max_bytes`, a file: a local path that is not a regular file (a FIFO, a device) is refused
+    unopened, and anything larger than `max_bytes` unread."""
     if scheme(uri) == "s3":
         bucket, key = _bucket_key(uri)
-        get = lambda: request_client().get_object(Bucket=bucket, Key=key)["Body"].read()  # noqa: E731
+
+        def get() -> bytes:
+            answer = request_client().get_object(Bucket=bucket, Key=key)
+            if max_bytes is not None:
+                _check_size(uri, answer["ContentLength"], max_bytes)
+            return answer["Body"].read()
+
         return retrying(lambda: s3_call(get), uri)
     filesystem, path = resolve(uri)
+    if max_bytes is not None:
+        if isinstance(filesystem, pafs.LocalFileSystem):
+            _check_size(uri, regular_file_size(uri), max_bytes)
+        else:
+            _check_size(uri, retrying(lambda: filesystem.get_file_info(path).size, uri) or 0, max_bytes)
 
     def read() -> bytes:
         with filesystem.open_input_stream(path) as stream:
             return stream.read()
 
     return retrying(read, uri)
+
+
+def regular_file_size(uri: str) -> int:
+    """A local file's size; one that is not a regular file (a FIFO, a device, a socket) is refused."""
+    status = retrying(lambda: os.stat(resolve(uri)[1]), uri)  # stat, not open: opening a FIFO waits for a writer
+    if not stat.S_ISREG(status.st_mode):
+        raise StorageError(f"{uri}: not a regular file (a FIFO, device or socket); give a file")
+    return status.st_size
+
+
+def _check_size(uri: str, size: int, max_bytes: int) -> None:
+    if size > max_bytes:
+        raise StorageError(f"{uri}: {size:,} bytes, over the limit of {max_bytes:,} for one file")
 
 
 # At most this many requests in flight per process (--io-concurrency): one pooled connection each.

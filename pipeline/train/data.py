@@ -20,7 +20,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from pipeline.config import TrainConfig
 from pipeline.data.listing import list_inputs
 from pipeline.errors import ConfigError, ImageError, counted, describe
-from pipeline.imaging.codec import decode
+from pipeline.imaging.codec import decode, max_file_bytes
 from pipeline.storage.uri import read_bytes
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,8 @@ def decode_crops(
     images, errors = [], []
     for uri in batch["uri"]:
         try:
-            img = decode(read_bytes(str(uri)), max_pixels).resize((resize, resize), Image.BILINEAR)
+            data = read_bytes(str(uri), max_file_bytes(max_pixels))
+            img = decode(data, max_pixels).resize((resize, resize), Image.BILINEAR)
         except Exception as exc:  # an unreadable image, a file gone since the listing, anything
             errors.append((str(uri), describe(exc)))
             continue
