@@ -51,6 +51,7 @@ from pipeline.storage.uri import (
     is_remote,
     join,
     read_bytes,
+    regular_file_size,
     within,
     write_bytes,
 )
@@ -224,7 +225,9 @@ def _video(
 ) -> None:
     """Stylize one content video into one mp4 per target, its frames streamed in batches."""
     controls, sizing, req = settings
-    source = read_bytes(uri) if is_remote(uri) else uri  # PyAV reads local files itself
+    if not is_remote(uri):
+        regular_file_size(uri)  # PyAV opens local files itself: a FIFO, named for what it is, is never opened
+    source = read_bytes(uri) if is_remote(uri) else uri
     for s, target in enumerate(targets):
         picked = list(range(len(style_images))) if combined else [s]
         stats = None if cached is None else [cached[i] for i in picked]

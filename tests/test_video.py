@@ -7,6 +7,8 @@ model stylizes (and so erases the index) the tests check counts, timing, audio a
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -248,6 +250,24 @@ def test_transfer_mixes_images_and_videos_and_reports_bad_videos(
     assert _transfer(weights, clips["audio"], style, "-o", tmp_path / "x.mp4", "--temporal-smoothing", "1") == 2
     err = capsys.readouterr().err
     assert "a video is written as .mp4" in err and "--temporal-smoothing 1.0: must be at least 0 and below 1" in err
+
+
+def test_transfer_refuses_a_fifo_named_as_a_video(weights: WeightFiles, tmp_path: Path, capsys) -> None:
+    """PyAV opens a local video itself, and opening a FIFO waits for a writer: it is refused unopened, as
+    the jobs refuse it, and named for what it is (it was "empty file (0 bytes)", its size to stat)."""
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    style = images.write(tmp_path / "style.png", images.encoded(32, 32, "PNG", seed=3))
+    codes: list[int] = []
+    run = threading.Thread(target=lambda: codes.append(_transfer(weights, fifo, style, "-o", tmp_path / "o.mp4")))
+    run.start()
+    run.join(60)
+    if run.is_alive():  # a writer that closes at once: the reader sees the end, and the thread ends
+        with open(fifo, "wb"):
+            pass
+        run.join()
+    assert codes == [3], "transfer waited on the FIFO"  # never, so far: the thread is a guard
+    assert "pipe.mp4: not a regular file" in capsys.readouterr().err
 
 
 def test_transfer_reads_and_writes_videos_on_s3(
