@@ -19,6 +19,7 @@ from pipeline.cli.console import native_logs_filtered
 from pipeline.cli.flags import Parsers, build_parser, build_parsers, command_words
 from pipeline.cli.options import option_values
 from pipeline.errors import AdainError, ConfigError, one_line
+from pipeline.storage.uri import utf8
 
 __all__ = ["build_parser", "command", "main", "parse"]
 
@@ -56,7 +57,7 @@ def _valid_utf8(parser: argparse.ArgumentParser, args: argparse.Namespace) -> No
     for action in parser._actions:
         value = getattr(args, action.dest, None)
         for text in value if isinstance(value, list) else [value]:
-            if isinstance(text, str) and any("\ud800" <= c <= "\udfff" for c in text):
+            if isinstance(text, str) and not utf8(text):
                 name = next((flag for flag in action.option_strings if flag.startswith("--")), action.dest)
                 shown = text.encode("utf-8", "backslashreplace").decode()
                 raise ConfigError(f"{name}: {shown} is not valid UTF-8; paths must be valid UTF-8")

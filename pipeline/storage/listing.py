@@ -27,6 +27,7 @@ from pipeline.storage.uri import (
     s3_call,
     scheme,
     storage_error,
+    utf8,
 )
 
 log = logging.getLogger(__name__)
@@ -75,16 +76,6 @@ def stat_table(uri: str, extensions: tuple[str, ...], skip: str | None = None) -
             "mtime_ns": table.column("mtime_ns"),
         }
     )
-
-
-def utf8(name: str) -> bool:
-    """Whether a local file name is UTF-8: Python holds any other bytes as lone surrogates, which
-    Arrow strings, object keys and the manifest cannot carry."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _local_files(root: str, extensions: tuple[str, ...], skip: str | None = None) -> pa.Table:

@@ -67,6 +67,16 @@ def inside(place: str, top: str) -> bool:
     return place == top or place.startswith(top.rstrip("/") + "/")
 
 
+def utf8(name: str) -> bool:
+    """Whether a name (a local file's, an argument) is UTF-8: Python holds any other bytes as lone
+    surrogates, which Arrow strings, object keys and the manifest cannot carry."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def check_inside(uri: str, top: str) -> None:
     """Refuse a local `uri` whose folder, links resolved, is not under `top` (links resolved): a
     symbolic link inside `top` would land the write elsewhere (onto an input, say). The first
