@@ -58,10 +58,11 @@ def read_report(output: str, top: int = 10) -> Report:
     summarized = {summary_field(run, "run_id", str) for run in runs} | {rel.removesuffix(".json") for _, rel in listed}
     named = pa.array(sorted(summarized - {None}), pa.string())
     unnamed = rows.filter(pc.invert(pc.is_in(rows.column("run_id"), value_set=named)))
-    unfinished = {
-        run_id: status_counts(unnamed.filter(pc.equal(unnamed.column("run_id"), run_id)).column("status"))
-        for run_id in sorted(set(unnamed.column("run_id").drop_null().to_pylist()))
-    }
+    unfinished: dict[str, dict[str, int]] = {}
+    by_status = unnamed.group_by(["run_id", "status"]).aggregate([([], "count_all")])  # one pass, however many runs
+    for row in sorted(by_status.to_pylist(), key=lambda row: row["run_id"] or ""):
+        if row["run_id"] is not None:
+            unfinished.setdefault(row["run_id"], {})[row["status"]] = row["count_all"]
     latest = latest_rows(rows)
     counts = status_counts(latest.column("status"))
     errors = latest.filter(pc.equal(latest.column("status"), ERROR))
