@@ -27,8 +27,9 @@ from pipeline.data.bank import index_styles
 from pipeline.data.decode import decode_one
 from pipeline.data.listing import list_styles, style_ids
 from pipeline.data.stylize import run_stylize
+from pipeline.data.writers import VIDEO_FORMAT
 from pipeline.errors import ImageError
-from pipeline.imaging.codec import IMAGE_EXTENSIONS, MAX_PIXELS, PILLOW_FORMATS, decode, prepare
+from pipeline.imaging.codec import FORMATS, IMAGE_EXTENSIONS, MAX_PIXELS, PILLOW_FORMATS, decode, prepare
 from pipeline.storage.keys import (
     _round_hash,
     _short_hash,
@@ -283,6 +284,13 @@ def test_no_two_outputs_meet_and_no_output_is_another_outputs_folder(
         folders = {folder for key in files for folder in _parents(key)}
         assert len(set(files)) == len(files), sorted(keys)
         assert not folders & set(files), sorted(folders & set(files))
+
+
+def test_every_output_extension_keeps_folders_apart() -> None:
+    """keys.py lists the output extensions itself (storage does not import imaging): every format an
+    output is written as, images' and videos', must be among them."""
+    for ext in (*FORMATS, VIDEO_FORMAT):
+        assert output_key("/o", "s", f"x.{ext.upper()}/y", "jpg") == f"/o/s/x.{ext.upper()}_/y.jpg", ext
 
 
 def _parents(key: str) -> list[str]:
