@@ -1,6 +1,7 @@
 """Scale of `adain stylize`: many tiny images through the whole job, and what ten million would take.
 
     python benchmarks/scale.py --images 100000 --size 16 --work /tmp/adain-scale --rerun
+    python benchmarks/scale.py --report-rows 1000000 --baseline HEAD~3
 
 Generates N tiny JPEGs (in parallel, in folders of 5,000, kept in --work to be reused), one
 style image and random He-init weights (throughput.py's helpers), then reports:
@@ -26,6 +27,12 @@ style image and random He-init weights (throughput.py's helpers), then reports:
 The extrapolation needs a run long enough for the fixed costs (Ray's and the actors' start,
 10-20 s) to be small: tens of thousands of images, not hundreds. Tiny images make the model's
 share small, so the rates here are the pipeline's per-row overhead, which is what grows with N.
+
+Report mode (--report-rows N): a generated manifest of N rows in parts of 50,000 (the writer's
+flush_rows; 3% errors of a few reasons, a second run's rows over the first 10%, that run with no
+summary), then `adain report OUTPUT` and `adain report OUTPUT --errors` each in a fresh Python
+process: seconds and peak RSS (VmHWM), beside a process that only imports the CLI; with
+--baseline REF, the same for the project's `pipeline` as of git commit REF, in the same run.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,6 +61,8 @@ from throughput import MFLOP_PER_PIXEL, PeakRss, Sampling, make_images, random_w
 from pipeline.config import ModelConfig, OutputSpec, Scale, Sizing, StylizeConfig
 from pipeline.data.cluster import connect, input_blocks
 from pipeline.data.listing import list_inputs
+from pipeline.data.manifest import table_bytes
+from pipeline.data.rows import ROW_SCHEMA
 from pipeline.data.stylize import run_stylize
 
 TARGET = 10_000_000
@@ -393,6 +403,96 @@ def report(args: argparse.Namespace, gen_s: float | None, listing: dict[str, Any
 
 
 # ---------------------------------------------------------------------------------------------
+# report mode: `adain report` over a generated manifest of N rows
+
+PART_ROWS = 50_000  # ManifestWriter's flush_rows
+REASONS = ("not an image, or not a JPEG, PNG, WebP, BMP, TIFF or GIF", "corrupt or truncated JPEG (OSError: {})")
+
+
+def manifest_part(first: int, n: int, run_id: str) -> bytes:
+    """Rows first..first+n of run `run_id`: every 33rd an error, of a few reasons that name their file."""
+    uris = [f"s3://photos/batch-{i // FOLDER_SIZE:05d}/IMG_{i:09d}.jpg" for i in range(first, first + n)]
+    errors = [i % 33 == 0 for i in range(first, first + n)]
+    columns = {
+        "input_uri": uris,
+        "rel_path": [u.split("/", 3)[3] for u in uris],
+        "style": ["scream"] * n,
+        "output_uri": [None if e else u.replace("photos", "stylized") for u, e in zip(uris, errors, strict=True)],
+        "status": ["error" if e else "ok" for e in errors],
+        "error": [REASONS[i % 2].format(u) if e else None for i, (u, e) in enumerate(zip(uris, errors, strict=True))],
+        "width": [512] * n,
+        "height": [512] * n,
+        "encoder_sha256": ["e" * 64] * n,
+        "decoder_sha256": ["d" * 64] * n,
+        "model_ms": [3.5] * n,
+    }
+    rows = pa.table(
+        {
+            name: pa.array(columns.get(name, [None] * n), f.type)
+            for name, f in zip(ROW_SCHEMA.names, ROW_SCHEMA, strict=True)
+        }
+    )
+    return table_bytes(rows.append_column("run_id", pa.array([run_id] * n, pa.string())))
+
+
+def write_manifest(out: Path, rows: int) -> None:
+    """OUT/_manifest: a finished run of `rows` rows (its summary written) and an unfinished one over their first 10%."""
+    (out / "_manifest").mkdir(parents=True)
+    (out / "_runs").mkdir()
+    runs = (("20260101T000000Z-000001", rows), ("20260102T000000Z-000002", rows // 10))
+    for run_id, n in runs:
+        for k, first in enumerate(range(0, n, PART_ROWS)):
+            data = manifest_part(first, min(PART_ROWS, n - first), run_id)
+            (out / "_manifest" / f"{run_id}-{k:05d}.parquet").write_bytes(data)
+    run = {"run_id": runs[0][0], "started_at": "2026-01-01T00:00:00Z", "ok": rows, "error": 0, "skipped": 0}
+    (out / "_runs" / f"{runs[0][0]}.json").write_text(json.dumps(run))
+
+
+REPORT_CHILD = """
+import re, sys, time
+from pipeline.cli import main
+started = time.perf_counter()
+if len(sys.argv) > 1:
+    with open("/dev/null", "w") as sys.stdout:
+        main(sys.argv[1:])
+peak = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)
+sys.stderr.write(f"{time.perf_counter() - started} {int(peak) * 1024}\\n")
+"""  # VmHWM, not ru_maxrss: Linux keeps the forking parent's peak in a child's ru_maxrss across exec
+
+
+def measure_report(project: Path, argv: list[str]) -> tuple[float, int]:
+    """Seconds and peak RSS of `adain ARGV` in a fresh process importing `project`'s pipeline."""
+    env = {**os.environ, "PYTHONPATH": str(project)}
+    done = subprocess.run([sys.executable, "-c", REPORT_CHILD, *argv], env=env, capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"adain {' '.join(argv)} failed: {done.stderr.strip().splitlines()[-1:]}")
+    seconds, peak = done.stderr.strip().splitlines()[-1].split()
+    return float(seconds), int(peak)
+
+
+def report_mode(args: argparse.Namespace, work: Path) -> None:
+    out = work / "report-out"
+    started = time.perf_counter()
+    write_manifest(out, args.report_rows)
+    parts = sorted((out / "_manifest").iterdir())
+    size = sum(p.stat().st_size for p in parts)
+    print(f"manifest: {len(parts)} parts, {human(size)}, {time.perf_counter() - started:.1f} s to write")
+    here = Path(__file__).resolve().parents[1]
+    projects = [("this tree", here)]
+    if args.baseline:
+        old = work / "baseline"
+        old.mkdir()
+        archive = subprocess.run(
+            ["git", "-C", str(here), "archive", args.baseline, "pipeline"], capture_output=True, check=True
+        )
+        subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
+        projects.insert(0, (f"baseline {args.baseline}", old))
+    for label, project in projects:
+        floor = measure_report(project, [])[1]
+        print(f"{label}: importing the CLI alone, peak RSS {human(floor)}")
+        for argv in (["report", str(out)], ["report", str(out), "--errors"]):
+            seconds, peak = measure_report(project, argv)
+            print(f"  adain {' '.join(argv[:1] + argv[2:])}: {seconds:.1f} s, peak RSS {human(peak)}")
 
 
 def main() -> None:
@@ -415,7 +515,16 @@ def main() -> None:
         help=f"images/s of one GPU at 512x512 for the GPU-hours (default {DEFAULT_GPU_RATE:g}: {GPU_RATE_NOTE})",
     )
     parser.add_argument("--json", help="also write every figure and the memory timelines here")
+    parser.add_argument("--report-rows", type=int, help="report mode: `adain report` over a manifest of this many rows")
+    parser.add_argument("--baseline", help="report mode: also measure the pipeline of this git commit")
     args = parser.parse_args()
+    if args.report_rows:
+        work = Path(tempfile.mkdtemp(prefix="adain-report-", dir=args.work))
+        try:
+            report_mode(args, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     args.gpu_rate_default = args.gpu_rate is None
     args.gpu_rate = args.gpu_rate or DEFAULT_GPU_RATE
 
