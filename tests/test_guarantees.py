@@ -12,10 +12,12 @@ import stat
 import tarfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -32,8 +34,8 @@ from pipeline.data.listing import list_inputs
 from pipeline.data.manifest import ManifestWriter, run_values
 from pipeline.data.model_actor import NOT_FINITE, StyleModel
 from pipeline.data.plan import EveryStyle, Plan
-from pipeline.data.report import read_report, reason
-from pipeline.data.rows import DECODED_SCHEMA, ERROR, ROW_SCHEMA
+from pipeline.data.report import COLUMNS, MAX_ERROR_CHARS, failed, read_report, reason, text
+from pipeline.data.rows import DECODED_SCHEMA, ERROR, OK, ROW_SCHEMA, STATUSES
 from pipeline.data.styles import StyleSet
 from pipeline.data.stylize import run_stylize
 from pipeline.data.writers import FileWriter, remove_orphan_shards, shard_index
@@ -170,6 +172,86 @@ def test_report_shows_runs_that_never_ended_and_tells_apart_runs_of_one_id(
         ["nightly", "#2", "2026-01-02T00:00:00Z", "1", "0", "0", "1.0", "?"],
         ["killed", "-", "2", "1", "0", "-", "-", "unfinished", "(no", "summary)"],
     ], runs
+
+
+def _report_the_old_way(out: Path, summarized: set[str]) -> dict:
+    """What `adain report` showed when it read the whole manifest at once: the reference."""
+    rows = pa.concat_tables(pq.read_table(p, columns=list(COLUMNS)) for p in sorted((out / "_manifest").iterdir()))
+    rows = rows.filter(pc.and_(pc.is_valid(rows["input_uri"]), pc.is_valid(rows["style"])))
+    rows = rows.append_column("order", pa.array(range(rows.num_rows)))
+    last = rows.group_by(["input_uri", "style"]).aggregate([("order", "max")])
+    latest = rows.filter(pc.is_in(rows["order"], value_set=last["order_max"])).sort_by("order").to_pylist()
+    unfinished: dict[str, dict[str, int]] = {}
+    for row in sorted(rows.to_pylist(), key=lambda row: row["run_id"]):
+        if row["run_id"] not in summarized:
+            counts = unfinished.setdefault(row["run_id"], {})
+            counts[row["status"]] = counts.get(row["status"], 0) + 1
+    reasons = Counter(reason(r["error"] or "", r["input_uri"]) for r in latest if r["status"] == ERROR)
+    return {
+        "counts": {s: sum(r["status"] == s for r in latest) for s in STATUSES},
+        "reasons": reasons.most_common(10),
+        "failed": [{k: r[k] for k in ("input_uri", "style", "error")} for r in latest if r["status"] == ERROR],
+        "ok": [(r["input_uri"], r["style"], r["output_uri"]) for r in latest if r["status"] == OK],
+        "unfinished": unfinished,
+    }
+
+
+@pytest.mark.parametrize("batch_rows, bucket_rows", [(3, 10), (7, 1_000)])  # on disk in buckets, in memory
+def test_report_read_a_slice_at_a_time_is_the_report_of_the_whole_manifest(
+    tmp_path: Path, batch_rows: int, bucket_rows: int
+) -> None:
+    """`adain report` held the whole manifest in memory (0.79 GB at a million rows): it reads a few
+    rows at a time and finds the latest of each input and style a bucket of keys at a time, and
+    shows what it showed. Four parts of three runs (one never ended) over 40 inputs and 2 styles,
+    outputs redone and failing again, reasons tied."""
+    out, rng = tmp_path / "out", np.random.default_rng(7)
+    for run_id in ("a", "b"):
+        images.write(out / "_runs" / f"{run_id}.json", json.dumps({**GOOD_RUN, "run_id": run_id}).encode())
+    for n, run_id in enumerate(("a", "a", "b", "killed")):
+        rows = []
+        for _ in range(60):
+            i, status = int(rng.integers(40)), str(rng.choice(["ok", "ok", "error", "skipped"]))
+            error = (
+                f"/in/{i}.jpg: {rng.choice(['truncated', 'not an image', 'too large'])}" if status == ERROR else None
+            )
+            input_uri = None if rng.random() < 0.02 else f"/in/{i}.jpg"
+            output = None if status == ERROR else f"/o/{i}.jpg"
+            rows.append({"run_id": run_id, "input_uri": input_uri, "style": f"s{i % 2}", "output_uri": output,
+                         "status": status, "error": error})  # fmt: skip
+        images.write(out / "_manifest" / f"{run_id}-{n:05d}.parquet", _parquet(rows))
+    report = read_report(str(out), batch_rows=batch_rows, bucket_rows=bucket_rows)
+    shown = {
+        "counts": report.counts,
+        "reasons": report.reasons,
+        "failed": list(failed(report)),
+        "ok": [tuple(row.values()) for row in report.latest.rows(OK, ("input_uri", "style", "output_uri"))],
+        "unfinished": report.unfinished,
+    }
+    assert shown == _report_the_old_way(out, {"a", "b"})
+    assert (len(report.latest.groups) > 1) == (bucket_rows < 240), report.latest.groups  # in buckets of keys on disk
+
+
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_report_over_a_crafted_part_of_enormous_strings(tmp_path: Path, caplog, dictionary: bool) -> None:
+    """A crafted manifest part took 2.3 GB: errors of 4 MB each in every row (a few KB on disk) are
+    read a few rows at a time, or dictionary-encoded, and cut before they are decoded, listed or
+    grouped; a part of input names of 2 MB each (no job writes one) is left out with one warning line."""
+    out, n = tmp_path / "out", 200 if dictionary else 16
+    images.write(out / "_runs" / "a.json", json.dumps(GOOD_RUN).encode())
+    huge = pa.DictionaryArray.from_arrays(pa.array([0] * n, pa.int32()), pa.array(["x" * (4 << 20)]))
+    rows = pa.table({**{k: [v] * n for k, v in GOOD_ROW.items()}, "input_uri": [f"/in/{i}.jpg" for i in range(n)]})
+    rows = rows.set_column(rows.schema.get_field_index("status"), "status", pa.array(["error"] * n))
+    rows = rows.set_column(rows.schema.get_field_index("error"), "error", huge)
+    (out / "_manifest").mkdir()
+    pq.write_table(rows, out / "_manifest" / "a-00000.parquet", use_dictionary=dictionary, compression="zstd")
+    images.write(out / "_manifest" / "a-00001.parquet", _parquet([{**GOOD_ROW, "input_uri": "/in/" + "y" * (2 << 20)}]))
+    with caplog.at_level("WARNING"):
+        report = read_report(str(out))
+    (warning,) = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert "a-00001.parquet: unreadable manifest part" in warning and "over the" in warning and len(warning) < 300
+    listed = list(failed(report))
+    assert len(listed) == n and {len(row["error"]) for row in listed} == {MAX_ERROR_CHARS + 1}  # and its "…"
+    assert report.counts == {"ok": 0, "error": n, "skipped": 0} and len(text(report)) < 3 * MAX_ERROR_CHARS
 
 
 @pytest.mark.parametrize("damage", list(DAMAGED_OUTPUTS))
