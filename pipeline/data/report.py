@@ -48,6 +48,7 @@ COLUMNS = ("run_id", "input_uri", "style", "output_uri", "status", "error")
 BATCH_ROWS = 65_536  # rows read from a part at a time
 BATCH_BYTES = 32 << 20  # text those rows may hold, decoded, before they are cut into smaller slices
 BUCKET_ROWS = 200_000  # rows grouped in memory at once
+MERGE_ROWS = 4_096  # rows of each bucket held at once while they are merged in the order written
 MAX_ROW_BYTES = 1 << 20  # a row holding more (no job writes one) leaves its part out
 MAX_ERROR_CHARS = 2_000  # an error kept, grouped and listed at most this long (its cause is at its start)
 READ_BUFFER = 1 << 20  # a part is read through a buffer of this size, not a column chunk at a time
@@ -198,7 +199,7 @@ def _latest(spill: _Spill) -> tuple[Latest, Counter[str], list[tuple[str, int]]]
         else:
             path = spill.path(f"latest-{bucket}")
             with ipc.new_file(path, rows.schema) as writer:
-                writer.write_table(rows, max_chunksize=BATCH_ROWS)
+                writer.write_table(rows, max_chunksize=MERGE_ROWS)
             latest.groups.append(path)
     ranked = sorted(reasons.items(), key=lambda item: (-item[1][0], item[1][1]))
     return latest, counts, [(why, n) for why, (n, _) in ranked]
