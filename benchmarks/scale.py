@@ -1,7 +1,7 @@
 """Scale of `adain stylize`: many tiny images through the whole job, and what ten million would take.
 
     python benchmarks/scale.py --images 100000 --size 16 --work /tmp/adain-scale --rerun
-    python benchmarks/scale.py --report-rows 1000000 --baseline HEAD~3
+    python benchmarks/scale.py --report-rows 100000,1000000,3000000 --baseline HEAD~3
 
 Generates N tiny JPEGs (in parallel, in folders of 5,000, kept in --work to be reused), one
 style image and random He-init weights (throughput.py's helpers), then reports:
@@ -28,7 +28,7 @@ The extrapolation needs a run long enough for the fixed costs (Ray's and the act
 10-20 s) to be small: tens of thousands of images, not hundreds. Tiny images make the model's
 share small, so the rates here are the pipeline's per-row overhead, which is what grows with N.
 
-Report mode (--report-rows N): a generated manifest of N rows in parts of 50,000 (the writer's
+Report mode (--report-rows N,N,...): a generated manifest of N rows in parts of 50,000 (the writer's
 flush_rows; 3% errors of a few reasons, a second run's rows over the first 10%, that run with no
 summary), then `adain report OUTPUT` and `adain report OUTPUT --errors` each in a fresh Python
 process: seconds and peak RSS (VmHWM), beside a process that only imports the CLI; with
@@ -471,12 +471,6 @@ def measure_report(project: Path, argv: list[str]) -> tuple[float, int]:
 
 
 def report_mode(args: argparse.Namespace, work: Path) -> None:
-    out = work / "report-out"
-    started = time.perf_counter()
-    write_manifest(out, args.report_rows)
-    parts = sorted((out / "_manifest").iterdir())
-    size = sum(p.stat().st_size for p in parts)
-    print(f"manifest: {len(parts)} parts, {human(size)}, {time.perf_counter() - started:.1f} s to write")
     here = Path(__file__).resolve().parents[1]
     projects = [("this tree", here)]
     if args.baseline:
@@ -488,11 +482,19 @@ def report_mode(args: argparse.Namespace, work: Path) -> None:
         subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
         projects.insert(0, (f"baseline {args.baseline}", old))
     for label, project in projects:
-        floor = measure_report(project, [])[1]
-        print(f"{label}: importing the CLI alone, peak RSS {human(floor)}")
-        for argv in (["report", str(out)], ["report", str(out), "--errors"]):
-            seconds, peak = measure_report(project, argv)
-            print(f"  adain {' '.join(argv[:1] + argv[2:])}: {seconds:.1f} s, peak RSS {human(peak)}")
+        print(f"{label}: importing the CLI alone, peak RSS {human(measure_report(project, [])[1])}")
+    for rows in (int(n) for n in args.report_rows.split(",")):
+        out = work / f"report-{rows}"
+        started = time.perf_counter()
+        write_manifest(out, rows)
+        parts = sorted((out / "_manifest").iterdir())
+        size = sum(p.stat().st_size for p in parts)
+        print(f"{rows:,} rows: {len(parts)} parts, {human(size)}, {time.perf_counter() - started:.1f} s to write")
+        for label, project in projects:
+            for argv in (["report", str(out)], ["report", str(out), "--errors"]):
+                seconds, peak = measure_report(project, argv)
+                print(f"  {label}: adain {' '.join(argv[:1] + argv[2:])}: {seconds:.1f} s, peak RSS {human(peak)}")
+        shutil.rmtree(out)
 
 
 def main() -> None:
@@ -515,7 +517,7 @@ def main() -> None:
         help=f"images/s of one GPU at 512x512 for the GPU-hours (default {DEFAULT_GPU_RATE:g}: {GPU_RATE_NOTE})",
     )
     parser.add_argument("--json", help="also write every figure and the memory timelines here")
-    parser.add_argument("--report-rows", type=int, help="report mode: `adain report` over a manifest of this many rows")
+    parser.add_argument("--report-rows", help="report mode: `adain report` over manifests of these many rows (N,N,...)")
     parser.add_argument("--baseline", help="report mode: also measure the pipeline of this git commit")
     args = parser.parse_args()
     if args.report_rows:
