@@ -1,7 +1,7 @@
 """Scale of `adain stylize`: many tiny images through the whole job, and what ten million would take.
 
     python benchmarks/scale.py --images 100000 --size 16 --work /tmp/adain-scale --rerun
-    python benchmarks/scale.py --report-rows 100000,1000000,3000000 --baseline HEAD~3
+    python benchmarks/scale.py --report-rows 100000,1000000,3000000,crafted --baseline HEAD~3
 
 Generates N tiny JPEGs (in parallel, in folders of 5,000, kept in --work to be reused), one
 style image and random He-init weights (throughput.py's helpers), then reports:
@@ -30,7 +30,8 @@ share small, so the rates here are the pipeline's per-row overhead, which is wha
 
 Report mode (--report-rows N,N,...): a generated manifest of N rows in parts of 50,000 (the writer's
 flush_rows; 3% errors of a few reasons, a second run's rows over the first 10%, that run with no
-summary), then `adain report OUTPUT` and `adain report OUTPUT --errors` each in a fresh Python
+summary; `crafted`: one part of 300 errors of 4 MB each, dictionary-encoded in a few KB), then
+`adain report OUTPUT` and `adain report OUTPUT --errors` each in a fresh Python
 process: seconds and peak RSS (VmHWM), beside a process that only imports the CLI; with
 --baseline REF, the same for the project's `pipeline` as of git commit REF, in the same run.
 """
@@ -448,6 +449,16 @@ def write_manifest(out: Path, rows: int) -> None:
     (out / "_runs" / f"{runs[0][0]}.json").write_text(json.dumps(run))
 
 
+def write_crafted(out: Path, rows: int = 300, error_bytes: int = 4 << 20) -> None:
+    """OUT/_manifest: one part no job writes, `rows` errors of `error_bytes` each, dictionary-encoded (a few KB)."""
+    (out / "_manifest").mkdir(parents=True)
+    error = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array(["x" * error_bytes]))
+    uris = [f"/in/{i}.jpg" for i in range(rows)]
+    table = pa.table({"run_id": ["r"] * rows, "input_uri": uris, "style": ["s"] * rows, "output_uri": [None] * rows})
+    table = table.append_column("status", pa.array(["error"] * rows)).append_column("error", error)
+    (out / "_manifest" / "r-00000.parquet").write_bytes(table_bytes(table))
+
+
 REPORT_CHILD = """
 import re, sys, time
 from pipeline.cli import main
@@ -483,13 +494,14 @@ def report_mode(args: argparse.Namespace, work: Path) -> None:
         projects.insert(0, (f"baseline {args.baseline}", old))
     for label, project in projects:
         print(f"{label}: importing the CLI alone, peak RSS {human(measure_report(project, [])[1])}")
-    for rows in (int(n) for n in args.report_rows.split(",")):
+    for rows in args.report_rows.split(","):
         out = work / f"report-{rows}"
         started = time.perf_counter()
-        write_manifest(out, rows)
+        write_crafted(out) if rows == "crafted" else write_manifest(out, int(rows))
         parts = sorted((out / "_manifest").iterdir())
         size = sum(p.stat().st_size for p in parts)
-        print(f"{rows:,} rows: {len(parts)} parts, {human(size)}, {time.perf_counter() - started:.1f} s to write")
+        what = "crafted part" if rows == "crafted" else f"{int(rows):,} rows"
+        print(f"{what}: {len(parts)} parts, {human(size)}, {time.perf_counter() - started:.1f} s to write")
         for label, project in projects:
             for argv in (["report", str(out)], ["report", str(out), "--errors"]):
                 seconds, peak = measure_report(project, argv)
@@ -517,7 +529,10 @@ def main() -> None:
         help=f"images/s of one GPU at 512x512 for the GPU-hours (default {DEFAULT_GPU_RATE:g}: {GPU_RATE_NOTE})",
     )
     parser.add_argument("--json", help="also write every figure and the memory timelines here")
-    parser.add_argument("--report-rows", help="report mode: `adain report` over manifests of these many rows (N,N,...)")
+    parser.add_argument(
+        "--report-rows",
+        help="report mode: `adain report` over manifests of these many rows (N,N,...; crafted: 300 errors of 4 MB)",
+    )
     parser.add_argument("--baseline", help="report mode: also measure the pipeline of this git commit")
     args = parser.parse_args()
     if args.report_rows:
