@@ -52,6 +52,7 @@ MERGE_ROWS = 4_096  # rows of each bucket held at once while they are merged in 
 MAX_ROW_BYTES = 1 << 20  # a row holding more (no job writes one) leaves its part out
 MAX_ERROR_CHARS = 2_000  # an error kept, grouped and listed at most this long (its cause is at its start)
 READ_BUFFER = 1 << 20  # a part is read through a buffer of this size, not a column chunk at a time
+SPILLED = ipc.IpcWriteOptions(compression="lz4")  # the buckets' files: a manifest's URIs compress well
 
 
 @dataclass
@@ -150,7 +151,7 @@ class _Spill:
         rows, edges = rows.take(ranked), np.searchsorted(buckets[ranked], np.arange(self.buckets + 1))
         for bucket in np.flatnonzero(np.diff(edges)):
             if self.writers[bucket] is None:
-                self.writers[bucket] = ipc.new_file(self.path(bucket), rows.schema)
+                self.writers[bucket] = ipc.new_file(self.path(bucket), rows.schema, options=SPILLED)
             self.writers[bucket].write_table(rows.slice(edges[bucket], edges[bucket + 1] - edges[bucket]))
 
     def bucket(self, bucket: int) -> pa.Table | None:
@@ -198,7 +199,7 @@ def _latest(spill: _Spill) -> tuple[Latest, Counter[str], list[tuple[str, int]]]
             latest.groups.append(rows)
         else:
             path = spill.path(f"latest-{bucket}")
-            with ipc.new_file(path, rows.schema) as writer:
+            with ipc.new_file(path, rows.schema, options=SPILLED) as writer:
                 writer.write_table(rows, max_chunksize=MERGE_ROWS)
             latest.groups.append(path)
     ranked = sorted(reasons.items(), key=lambda item: (-item[1][0], item[1][1]))
