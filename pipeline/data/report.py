@@ -286,7 +286,8 @@ def _read_part(
                 )
     except (pa.ArrowException, _Oversized) as exc:
         spill.failed.add(number)
-        log.warning("%s: unreadable manifest part, left out of the report (%s)", uri, describe(exc))
+        why = str(exc) if isinstance(exc, _Oversized) else describe(exc)
+        log.warning("%s: unreadable manifest part, left out of the report (%s)", uri, why)
         return None
     if unnamed:
         log.warning("%s: %s naming no input or style, left out of the report", uri, counted(unnamed, "row"))
