@@ -69,6 +69,16 @@ def test_storage_list_mode_runs(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
     assert re.search(r"planning one block against it: (\d+) rows \(\1 done\)", out), out
 
 
+def test_scale_report_mode_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/scale.py --report-rows: a generated manifest; `adain report` and `--errors` in fresh processes."""
+    out = run_harness("scale.py", ["--report-rows", "2000", "--work", str(tmp_path)], monkeypatch, capsys)
+    assert "2,000 rows: 2 parts" in out, out
+    for command in ("report", "report --errors"):
+        assert re.search(rf"^  this tree: adain {command}: \d+\.\d s, peak RSS \d", out, re.MULTILINE), out
+
+
 def test_actors_harness_alternates_the_layouts(
     ray_cluster: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
