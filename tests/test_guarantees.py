@@ -196,9 +196,11 @@ def _report_the_old_way(out: Path, summarized: set[str]) -> dict:
     }
 
 
-@pytest.mark.parametrize("batch_rows, bucket_rows", [(3, 10), (7, 1_000)])  # on disk in buckets, in memory
+@pytest.mark.parametrize(  # on disk in buckets, in memory; parts read from an object store
+    "batch_rows, bucket_rows, where", [(3, 10, "local"), (7, 1_000, "local"), (5, 30, "s3")]
+)
 def test_report_read_a_slice_at_a_time_is_the_report_of_the_whole_manifest(
-    tmp_path: Path, batch_rows: int, bucket_rows: int
+    tmp_path: Path, request: pytest.FixtureRequest, batch_rows: int, bucket_rows: int, where: str
 ) -> None:
     """`adain report` held the whole manifest in memory (0.79 GB at a million rows): it reads a few
     rows at a time and finds the latest of each input and style a bucket of keys at a time, and
@@ -219,7 +221,13 @@ def test_report_read_a_slice_at_a_time_is_the_report_of_the_whole_manifest(
             rows.append({"run_id": run_id, "input_uri": input_uri, "style": f"s{i % 2}", "output_uri": output,
                          "status": status, "error": error})  # fmt: skip
         images.write(out / "_manifest" / f"{run_id}-{n:05d}.parquet", _parquet(rows))
-    report = read_report(str(out), batch_rows=batch_rows, bucket_rows=bucket_rows)
+    prefix = str(out)
+    if where == "s3":
+        bucket, s3 = request.getfixturevalue("bucket"), request.getfixturevalue("s3_server").client()
+        for path in out.rglob("*.*"):
+            s3.put_object(Bucket=bucket, Key=f"out/{path.relative_to(out)}", Body=path.read_bytes())
+        prefix = f"s3://{bucket}/out"
+    report = read_report(prefix, batch_rows=batch_rows, bucket_rows=bucket_rows)
     shown = {
         "counts": report.counts,
         "reasons": report.reasons,
