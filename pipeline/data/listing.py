@@ -186,6 +186,7 @@ def utf8_text(data: bytes, uri: str, partial: bool = False) -> str:
 
 _CSV_BLOCK = 4 << 20  # bytes Arrow parses at a time: a CSV line must fit in one block
 MAX_LINE = 1 << 20  # no URI is this long; a longer line is a file that is not a list
+_SCAN_ROWS = 65_536  # a Parquet list's entries checked at a time
 
 
 def csv_options(column: str) -> dict[str, Any]:
@@ -227,13 +228,14 @@ def _scan_parquet(uri: str, column: str) -> None:
             return
         check_uri_type(parquet.schema_arrow.field(column).type, uri, column)
         for group in range(parquet.num_row_groups):
+            batches = parquet.iter_batches(_SCAN_ROWS, row_groups=[group], columns=[column])
             try:
-                values = parquet.read_row_group(group, columns=[column]).column(0)
+                for batch in batches:  # a row group may hold the whole list: a batch of it at a time
+                    _entries_of(batch.column(0), uri, f"row group {group}")
             except (pa.ArrowException, OSError) as exc:
                 raise ConfigError(
                     f"{uri}: the list file cannot be read: row group {group} ({describe(exc)}); write the list again"
                 ) from None
-            _entries_of(values, uri, f"row group {group}")
 
 
 def _entries_of(values: pa.ChunkedArray, uri: str, where: str = "", text: bool = False) -> pa.ChunkedArray:
