@@ -126,3 +126,107 @@ def write_corpus(folder: Path, count: int, good: int, seed: int = 0) -> list[str
         images.write(folder / f"good{n:03d}.{ext}", _valid(ext, rng))
         names.append(f"good{n:03d}.{ext}")
     return names
+
+
+# List files: valid text, CSV and Parquet lists mutated as files are damaged and hand-edited.
+LIST_ENTRIES = ["a.jpg", "d/b.png", "/abs/c.jpg", "s3://bkt/e.jpg", "caf\u00e9.jpg", "x y.png", "v.mp4"]
+
+
+def _valid_list(ext: str, rng: np.random.Generator) -> bytes:
+    # A third of the text and CSV lists run past the 64 KiB the driver reads first: their faults are the tasks'.
+    size = 6000 if ext != "parquet" and rng.random() < 0.35 else int(rng.integers(1, 12))
+    entries = [LIST_ENTRIES[int(i)] for i in rng.integers(len(LIST_ENTRIES), size=size)]
+    if ext == "txt":
+        return ("# inputs\n" + "\n".join(entries) + "\n").encode()
+    if ext == "csv":
+        return ("n,uri\n" + "".join(f"{i},{e}\n" for i, e in enumerate(entries))).encode()
+    return _parquet_list(entries, rng)
+
+
+def _parquet_list(entries: list[str], rng: np.random.Generator) -> bytes:
+    """A Parquet list whose URI column is of a type drawn at random, beside others, in row groups."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kinds = [
+        lambda: pa.array(entries, pa.string()),
+        lambda: pa.array(entries, pa.large_string()),
+        lambda: pa.array(entries).dictionary_encode(),
+        lambda: pa.array([e.encode() for e in entries], pa.binary()),
+        lambda: pa.array([b"\xff" + e.encode() for e in entries], pa.binary()),
+        lambda: pa.array([[e] for e in entries]),
+        lambda: pa.array([{"u": e} for e in entries]),
+        lambda: pa.array(range(len(entries)), pa.int64()),
+        lambda: pa.nulls(len(entries)),
+        lambda: pa.array([e if i % 2 else None for i, e in enumerate(entries)], pa.string()),
+        lambda: pa.array(["", "  ", *entries][: len(entries)], pa.string()),
+    ]
+    uri = kinds[int(rng.integers(len(kinds)))]()
+    columns = [("n", pa.array(range(len(entries)), pa.int64())), ("uri", uri)]
+    if rng.random() < 0.3:
+        columns.reverse()
+    if rng.random() < 0.15:
+        columns.append(("uri", uri))  # the column named twice
+    if rng.random() < 0.2:
+        columns = [(name if name != "uri" else "path", values) for name, values in columns]  # no 'uri': the first
+    table = pa.Table.from_arrays([values for _, values in columns], names=[name for name, _ in columns])
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, row_group_size=int(rng.integers(1, 8)))
+    return buffer.getvalue()
+
+
+def _lines(data: bytes, rng: np.random.Generator) -> bytes:
+    """Lines duplicated, dropped or swapped."""
+    lines = data.split(b"\n")
+    for _ in range(int(rng.integers(1, 4))):
+        i, j = (int(v) for v in rng.integers(len(lines), size=2))
+        kind = int(rng.integers(3))
+        if kind == 0:
+            lines.insert(i, lines[j])
+        elif kind == 1 and len(lines) > 1:
+            del lines[i]
+        else:
+            lines[i], lines[j] = lines[j], lines[i]
+    return b"\n".join(lines)
+
+
+def _inserted(data: bytes, rng: np.random.Generator) -> bytes:
+    """Bytes a hand edit or a wrong encoding leaves: quotes, commas, NULs, Latin-1, a BOM, blanks, a huge line."""
+    pieces = [b'"', b'"', b",", b",,", b"\x00", b"\xe9", b"\xef\xbb\xbf", b"\n   \n", b'\n""\n', b"\r"]
+    pieces.append(b"\n" + b"x" * (2 << 20))
+    piece = pieces[int(rng.integers(len(pieces)))]
+    at = 0 if piece == b"\xef\xbb\xbf" else int(rng.integers(len(data) + 1))
+    return data[:at] + piece + data[at:]
+
+
+def _columns_reordered(data: bytes, rng: np.random.Generator) -> bytes:
+    """A CSV's fields swapped on every line, or on some only (a ragged edit)."""
+    lines = data.split(b"\n")
+    every = rng.random() < 0.5
+    return b"\n".join(
+        b",".join(reversed(line.split(b","))) if every or rng.random() < 0.3 else line for line in lines
+    )
+
+
+def list_corpus(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
+    """`count` (file name, bytes) pairs: text, CSV and Parquet lists, valid and mutated, in turn."""
+    rng = np.random.default_rng(seed)
+    files = []
+    for n in range(count):
+        ext = ("txt", "csv", "parquet")[n % 3]
+        data = _valid_list(ext, rng)
+        kind = int(rng.integers(6))
+        if len(data) > 1 << 16 and rng.random() < 0.5:  # a long list: mostly a fault put in past its head
+            kind = 3
+        if kind == 0:
+            data = _flip_bits(data, rng)
+        elif kind == 1:
+            data = _truncate(data, rng)
+        elif kind == 2 and ext != "parquet":
+            data = _lines(data, rng)
+        elif kind == 3:
+            data = _inserted(data, rng)
+        elif kind == 4 and ext == "csv":
+            data = _columns_reordered(data, rng)
+        files.append((f"list{n:04d}.{ext}", data))  # kind 5 (and the rest): left valid
+    return files

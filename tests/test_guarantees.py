@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from pipeline.cli import main
+from pipeline.cli.commands import EXIT_ERROR_ROWS
 from pipeline.config import ModelConfig, OutputSpec, Sizing
 from pipeline.data.augment import run_augment
 from pipeline.data.bank import BANK_SCHEMA, load_bank
@@ -46,10 +47,12 @@ from pipeline.model.nets import ARCH_VERSION, Decoder
 from pipeline.storage.keys import augmented_key, folded, output_key
 from pipeline.storage.listing import iter_files
 from pipeline.storage.lock import LeaseKeeper, acquire, release, renew
+from pipeline.storage.uri import read_bytes
 from tests import images
 from tests.conftest import S3Server, WeightFiles
 from tests.test_augment import config as augment_config
 from tests.test_augment import write_dataset, write_styles
+from tests.test_first_run import job_flags
 from tests.test_stylize_job import local_manifest, make_config, output_files, s3_manifest
 from tests.test_transfer import plain
 
@@ -627,6 +630,27 @@ def test_a_prefix_written_with_its_slash_is_listed_beside_an_object_of_its_name(
     listed = list_inputs(f"s3://{bucket}/in/")
     assert sorted(listed.column("rel_path").to_pylist()) == ["a.jpg", "sub/b.jpg"]
     assert list_inputs(f"s3://{bucket}/in").column("input_uri").to_pylist() == [f"s3://{bucket}/in"]
+
+
+def test_an_object_whose_key_ends_in_a_slash_is_its_error_row_saying_so(
+    ray_cluster: str, s3_server: S3Server, bucket: str, weights: WeightFiles, tmp_path: Path
+) -> None:
+    """An object `in/b.jpg/` holding an image (not a zero-byte folder marker) is listed without
+    its '/' (pyarrow's listing), as `in/b.jpg`, which is not there: its error row said only
+    "not found". It says which object was listed and how to name it; named with its '/' (in a
+    list file) it is read; `in/c/`, a marker, is no input."""
+    s3 = s3_server.client()
+    for key, body in (("in/a.jpg", images.encoded(32, 32, seed=1)), ("in/b.jpg/", images.encoded(32, 32, seed=2))):
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
+    s3.put_object(Bucket=bucket, Key="in/c/", Body=b"")
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=3))
+    argv = ["stylize", "--input", f"s3://{bucket}/in/", "--style", str(tmp_path / "style.jpg")]
+    argv += ["--output", str(tmp_path / "out"), "--address", ray_cluster, *job_flags(weights)]
+    assert main(argv) == EXIT_ERROR_ROWS
+    (row,) = [r for r in local_manifest(tmp_path / "out") if r["status"] == ERROR]
+    assert row["input_uri"] == f"s3://{bucket}/in/b.jpg"
+    assert f"the object s3://{bucket}/in/b.jpg/ (" in row["error"] and "name it with its '/'" in row["error"]
+    assert read_bytes(f"s3://{bucket}/in/b.jpg/") == images.encoded(32, 32, seed=2)
 
 
 def test_an_unwritable_output_fails_before_any_work(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:

@@ -4,23 +4,31 @@ holding a hash per row; checked before Ray starts; on S3 through the storage's f
 from __future__ import annotations
 
 import io
+import logging
+import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from pipeline.cli import main
+from pipeline.cli.commands import EXIT_OK, EXIT_USAGE
 from pipeline.data import list_file
 from pipeline.data.list_file import LISTING_SCHEMA
-from pipeline.data.listing import Inputs, ListFile, find_inputs, list_inputs, split_videos
+from pipeline.data.listing import Inputs, ListFile, csv_options, find_inputs, list_inputs, split_videos
 from pipeline.errors import AdainError, ConfigError
 from pipeline.storage.keys import folded
-from tests.conftest import S3Server
+from tests import fuzz, images
+from tests.conftest import S3Server, WeightFiles, free_port
+from tests.test_first_run import job_flags
 
 COLUMNS = ("input_uri", "rel_path", "key")
 
@@ -185,3 +193,157 @@ def test_text_lists_are_utf8_with_or_without_a_byte_order_mark(ray_cluster: str,
         find_inputs(str(early))
     with pytest.raises(ConfigError, match=r"late\.txt: the list file cannot be read: not UTF-8 text"):
         dataset_rows(str(late))
+
+
+def tasks_read(found: ListFile) -> pa.Table:
+    """The list file's listing rows as the tasks make them: read as Ray Data's readers read it
+    (the text's lines, split as read_text splits them; open_csv with the jobs' options; each
+    Parquet batch), each batch taken by `list_file.entries`."""
+    path = Path(found.uri)
+    if found.column is None:
+        batches = [pa.table({"text": path.read_bytes().decode("utf-8").splitlines()})]
+    elif found.uri.endswith(".csv"):
+        batches = list(pacsv.open_csv(str(path), **csv_options(found.column)))
+    else:
+        batches = list(pq.ParquetFile(path).iter_batches())
+    tables = [
+        list_file.entries(pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b, found) for b in batches
+    ]
+    return (
+        pa.concat_tables(tables)
+        if tables
+        else pa.table(
+            {"input_uri": [], "inside": []}, LISTING_SCHEMA.select(["input_uri"]).append(pa.field("inside", pa.bool_()))
+        )
+    )
+
+
+def one_line_naming(exc: BaseException, source: str) -> bool:
+    return isinstance(exc, ConfigError) and str(exc).startswith(f"{source}: ") and "\n" not in str(exc)
+
+
+def test_a_mutated_list_file_is_a_plan_or_one_line_naming_it(tmp_path: Path) -> None:
+    """Text, CSV and Parquet lists with bits flipped, cut short, lines duplicated, dropped or
+    swapped, quotes, NULs, Latin-1, a BOM, blanks or a huge line put in, fields swapped, the
+    URI column of every type: checked before Ray, either a ListFile whose rows the tasks read,
+    or one ConfigError line naming the file. Where the tasks' readers fail, the driver's scan
+    names why; where they do not, it finds nothing; the driver's own reading (`list_inputs`,
+    augment's) plans the same URIs or refuses the same file."""
+    outcomes: dict[str, int] = {}
+    for name, data in fuzz.list_corpus(200, seed=7):
+        source = str(tmp_path / name)
+        Path(source).write_bytes(data)
+        try:
+            found = find_inputs(source)
+        except Exception as exc:  # any other kind of error is the failure looked for
+            assert one_line_naming(exc, source), f"{name}: {exc!r}"
+            outcomes["refused before Ray"] = outcomes.get("refused before Ray", 0) + 1
+            continue
+        try:
+            rows = tasks_read(found)
+        except Exception:  # the tasks fail: the scan after them must say why
+            with pytest.raises(Exception) as caught:
+                list_file.scan_list_file(found.uri, found.column)
+            assert one_line_naming(caught.value, source), f"{name}: {caught.value!r}"
+            with pytest.raises(Exception) as caught:
+                list_inputs(source)
+            assert one_line_naming(caught.value, source), f"{name}: {caught.value!r}"
+            outcomes["refused by the scan"] = outcomes.get("refused by the scan", 0) + 1
+            continue
+        list_file.scan_list_file(found.uri, found.column)  # no fault where the tasks found none
+        rows = rows.filter(pc.invert(rows.column("inside")))
+        try:
+            table = list_inputs(source)
+        except ConfigError as exc:
+            assert not rows.num_rows and "no input images" in str(exc), f"{name}: {exc!r}"
+            continue
+        assert set(table.column("input_uri").to_pylist()) == set(rows.column("input_uri").to_pylist()), name
+        outcomes["planned"] = outcomes.get("planned", 0) + 1
+    assert min(outcomes.values()) >= 5 and len(outcomes) == 3, outcomes  # each way is taken
+
+
+def _corrupt_row_group(path: Path) -> None:
+    """A Parquet list of three row groups whose second's page header is overwritten (its footer intact)."""
+    pq.write_table(pa.table({"uri": [f"a{i}.jpg" for i in range(30)]}), path, row_group_size=10, compression="none")
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+    data = bytearray(path.read_bytes())
+    data[offset : offset + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+
+
+LONG = "uri,n\n" + "".join(f"d/{i:05d}.jpg,{i}\n" for i in range(8000))  # past the 64 KiB read before Ray
+# (file name, its bytes or a writer, what the one line says, whether Ray's tasks are the ones to meet it)
+BAD_LISTS = [
+    ("list.parquet", lambda p: pq.write_table(pa.table({"uri": [["a.jpg"]]}), p), r"holds list<.*>, not URIs", False),
+    ("twice.csv", b"uri,uri\na.jpg,b.jpg\n", r"2 columns are named 'uri'; name the URI column once", False),
+    (
+        "footer.parquet",
+        lambda p: p.write_bytes(b"PAR1" + b"\x00" * 40 + b"\x10\x00\x00\x00PAR1"),
+        "not a list file",
+        False,
+    ),
+    ("quote.csv", b'uri\na.jpg\n"b.jpg\nc.jpg\n', r"rows 1-2: an entry \('b.jpg\\nc.jpg'\) holds a line break", False),
+    (
+        "ragged.csv",
+        (LONG + "e.jpg,1,2\n").encode(),
+        r"Row #8002: Expected 2 columns, got 3: e.jpg,1,2; fix that row",
+        True,
+    ),
+    (
+        "nul.txt",
+        ("".join(f"d/{i:05d}.jpg\n" for i in range(8000)) + "e\0.jpg\n").encode(),
+        r"lines 1-8001: .* NUL",
+        True,
+    ),
+    ("group.parquet", _corrupt_row_group, r"row group 1 \(.*\); write the list again", True),
+]
+
+
+@pytest.mark.parametrize(("name", "content", "says", "in_tasks"), BAD_LISTS, ids=[case[0] for case in BAD_LISTS])
+def test_adain_stylize_names_a_malformed_list_file_in_one_line(
+    ray_cluster: str,
+    weights: WeightFiles,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    content: bytes | Callable[[Path], object],
+    says: str,
+    in_tasks: bool,
+) -> None:
+    """Each kind of malformed list file, through `adain stylize`: exit 2 and one line naming the
+    file and what to fix, never Ray's "UDF failed" or "SystemException". What the first 64 KiB
+    show is refused before Ray (the address given is one nothing answers at); the rest, when
+    Ray's tasks fail on it, by the driver's reading of the list after them, Ray Data's own log
+    of the failure (a traceback) held back."""
+    source = tmp_path / name
+    source.write_bytes(content) if isinstance(content, bytes) else content(source)
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=1))
+    address = ray_cluster if in_tasks else f"127.0.0.1:{free_port()}"
+    argv = [
+        "stylize",
+        "--input",
+        str(source),
+        "--style",
+        str(tmp_path / "style.jpg"),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    assert main([*argv, "--address", address, *job_flags(weights)]) == EXIT_USAGE
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"adain: error: {source}: "), lines
+    assert re.search(says, lines[0]), lines[0]
+    logged = [r.getMessage() for r in caplog.records if r.name.startswith("ray") and r.levelno >= logging.ERROR]
+    assert not logged, logged  # the CLI would print them: Ray Data's traceback of the failed read
+
+
+def test_blank_entries_are_skipped_and_entries_trimmed(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
+    """A CSV's empty, blank and padded entries are read as a text list's are: the blank ones left
+    out, the padded one its image (they were inputs named '   ' and ' a.jpg ', not found)."""
+    images.write(tmp_path / "a.jpg", images.encoded(32, 32, seed=2))
+    images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=1))
+    (tmp_path / "inputs.csv").write_text('uri\n""\n   \n  a.jpg  \n')
+    argv = ["stylize", "--input", str(tmp_path / "inputs.csv"), "--style", str(tmp_path / "style.jpg")]
+    argv += ["--output", str(tmp_path / "out"), "--address", ray_cluster, *job_flags(weights)]
+    assert main(argv) == EXIT_OK
+    assert [p.name for p in (tmp_path / "out").rglob("*.jpg")] == ["a.jpg"]  # its one output

@@ -14,9 +14,10 @@ only make their rows be named on the driver, exactly.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,18 @@ import ray
 from ray.data.exceptions import UserCodeException
 from ray.exceptions import RayError
 
-from pipeline.data.listing import Inputs, ListFile, entry_uri, first_of_each, names_video, per_row, split_videos
+from pipeline.data.listing import (
+    Inputs,
+    ListFile,
+    csv_options,
+    entry_uri,
+    first_of_each,
+    list_uris,
+    names_video,
+    per_row,
+    scan_list_file,
+    split_videos,
+)
 from pipeline.errors import ConfigError, counted, describe
 from pipeline.storage.index import name_hashes
 from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
@@ -41,11 +53,14 @@ def read_inputs(found: ListFile) -> Inputs:
     """The list file's images as a Dataset and its videos as a table, named as `list_inputs`
     names them; each URI once."""
     try:
-        hashes, videos = _stem_hashes(found)
-        named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
-        images, named_videos = split_videos(named)
-        listed_videos = _videos(found, involved) if videos else LISTING_SCHEMA.empty_table()
+        with _failures_untold():
+            hashes, videos = _stem_hashes(found)
+            named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
+            images, named_videos = split_videos(named)
+            listed_videos = _videos(found, involved) if videos else LISTING_SCHEMA.empty_table()
     except (RayError, UserCodeException) as exc:  # a row the tasks cannot read: one line, no traceback
+        # Ray's errors keep only the text of the tasks' own: read the list here to name the row and why.
+        scan_list_file(found.uri, found.column)
         # Ray Data's text reader decodes UTF-8 in its own code, which its error reports only as text.
         reason = "not UTF-8 text; save the list as UTF-8" if "UnicodeDecodeError" in str(exc) else _reason(exc)
         raise ConfigError(f"{found.uri}: the list file cannot be read: {reason}") from None
@@ -55,6 +70,20 @@ def read_inputs(found: ListFile) -> Inputs:
     if not count and not all_videos.num_rows:
         raise ConfigError(f"{found.uri}: no input images (the list file names none)")
     return Inputs(count, rows=functools.partial(_job_rows, found, involved, images), videos=all_videos)
+
+
+@contextlib.contextmanager
+def _failures_untold() -> Iterator[None]:
+    """Ray Data's log of a failed read (its traceback, on the terminal) held back, as the failure
+    is told in one line; --verbose (logging at INFO) keeps it."""
+    logger = logging.getLogger("ray.data")
+    level = logger.level
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _job_rows(found: ListFile, dropped: np.ndarray, named: pa.Table, num_cpus: float) -> ray.data.Dataset:
@@ -90,18 +119,14 @@ def _listed(found: ListFile, num_cpus: float = 1.0) -> ray.data.Dataset:
         return ray.data.read_text(path, **read)
     if found.uri.lower().endswith(".parquet"):
         return ray.data.read_parquet(path, **read)
-    return ray.data.read_csv(path, **read)
+    return ray.data.read_csv(path, **read, **csv_options(found.column))
 
 
 def entries(batch: pa.Table, found: ListFile) -> pa.Table:
     """A batch of list-file entries -> listing rows, `key` the plain stem (the output name unless
     it meets another), and `inside`: under the output, left out."""
-    uris = batch.column(found.column or "text").cast(pa.string())
-    if found.column is None:  # text: one URI a line, '#' comments, perhaps a byte-order mark first
-        uris = pc.utf8_trim(pc.utf8_trim_whitespace(uris), "\ufeff")
-        uris = uris.filter(pc.invert(pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#"))))
-    else:
-        uris = uris.filter(pc.invert(pc.or_kleene(pc.is_null(uris), pc.equal(uris, ""))))
+    # text: one URI a line, '#' comments, perhaps a byte-order mark first
+    uris = list_uris(batch.column(found.column or "text"), text=found.column is None)
     uris = per_row(lambda u: entry_uri(u, found.uri), uris)
     rels = per_row(safe_relpath, per_row(lambda u: relative_to(u, found.root or ""), uris))
     nulls = pa.nulls(len(uris), pa.int64())

@@ -7,9 +7,9 @@ import logging
 import math
 import posixpath
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,7 +17,7 @@ import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline.errors import ConfigError, counted
+from pipeline.errors import ConfigError, counted, describe
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug, unique_names
 from pipeline.storage.listing import list_files, stat_table
@@ -31,18 +31,75 @@ log = logging.getLogger(__name__)
 LIST_FILE_EXTENSIONS = (".parquet", ".csv", ".txt")
 
 
+MAX_URI = 1 << 16  # characters: far past any path or key (S3 takes 1,024 bytes)
+
+
 def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     """A Parquet/CSV file with a `uri` column (else its first column), or text with one URI a line."""
     data = read_bytes(uri)
     if uri.lower().endswith(".txt"):
-        lines = [line.strip() for line in utf8_text(data, uri).splitlines()]
-        return pa.chunked_array([[line for line in lines if line and not line.startswith("#")]], pa.string())
+        return _entries_of(pa.chunked_array([utf8_text(data, uri).splitlines()], pa.string()), uri, text=True)
     if not data.strip():
         uri_column([], uri)  # says there are no columns
-    parquet = uri.lower().endswith(".parquet")
-    table = _or_invalid(lambda: (pq.read_table if parquet else pacsv.read_csv)(io.BytesIO(data)), uri)
-    column = table.column(uri_column(table.column_names, uri)).cast(pa.string())
-    return column.filter(pc.invert(pc.or_kleene(pc.is_null(column), pc.equal(column, ""))))
+    if uri.lower().endswith(".parquet"):
+        table = _or_invalid(lambda: pq.read_table(io.BytesIO(data)), uri)
+        column = uri_column(table.column_names, uri)
+        check_uri_type(table.schema.field(column).type, uri, column)
+    else:
+        head = data[:_HEAD_BYTES]
+        column = uri_column(_or_invalid(lambda: _csv_names(head), uri), uri)
+        scan_list_file(uri, column, data)  # the reason and line of a row Arrow cannot read
+        table = _or_invalid(lambda: pacsv.read_csv(io.BytesIO(data), **csv_options(column)), uri)
+    return _entries_of(table.column(column), uri)
+
+
+def list_uris(column: pa.ChunkedArray | pa.Array, text: bool = False) -> pa.ChunkedArray | pa.Array:
+    """A list file's entries as its readers all take them: as strings, surrounding whitespace
+    trimmed, empty ones (and in text, '#' comments) left out. ConfigError: an entry that is not
+    UTF-8 or holds a line break (a CSV quote not closed swallows the lines after it)."""
+    try:
+        uris = column.cast(pa.string())
+    except pa.ArrowInvalid:  # binary entries, not UTF-8
+        raise ConfigError(f"an entry is not UTF-8 text ({_first_non_utf8(column)!r}); save the list as UTF-8") from None
+    uris = pc.utf8_trim(pc.utf8_trim_whitespace(uris), "\ufeff") if text else pc.utf8_trim_whitespace(uris)
+    skipped = pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#")) if text else pc.equal(uris, "")
+    uris = uris.filter(pc.invert(pc.or_kleene(pc.is_null(uris), skipped)))
+    for test, fault in _FAULTS:
+        odd = test(uris)
+        if pc.any(odd).as_py():
+            entry = uris.filter(odd)[0].as_py()
+            raise ConfigError(f"an entry ({entry[:80]!r}{'...' if len(entry) > 80 else ''}) {fault}")
+    return uris
+
+
+# What no URI holds, and what it means: each a ConfigError naming the first entry that does.
+_FAULTS: tuple[tuple[Callable[[Any], Any], str], ...] = (
+    (lambda u: pc.match_substring_regex(u, "[\r\n]"), "holds a line break: a CSV quote left open; close it"),
+    (lambda u: pc.match_substring(u, "\x00"), "holds a NUL byte (UTF-16 text?); save the list as UTF-8"),
+    (lambda u: pc.greater(pc.utf8_length(u), MAX_URI), f"is longer than {MAX_URI >> 10} KiB; give one URI an entry"),
+)
+
+
+def _first_non_utf8(column: pa.ChunkedArray | pa.Array) -> bytes:
+    for value in column.to_pylist():  # only on the failure's path
+        try:
+            value.decode("utf-8")
+        except (UnicodeDecodeError, AttributeError):
+            return value[:80]
+    return b""
+
+
+# The types a URI column may have: text, bytes holding UTF-8 (as some writers store strings), a
+# dictionary of either, or nulls only (no entries).
+_TEXT = (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary, pa.types.is_large_binary, pa.types.is_null)
+_TEXT += tuple(getattr(pa.types, name) for name in ("is_string_view", "is_binary_view") if hasattr(pa.types, name))
+
+
+def check_uri_type(kind: pa.DataType, uri: str, column: str) -> None:
+    """Refuse a URI column that does not hold text (a number, a list, a struct): its values are not URIs."""
+    value = kind.value_type if pa.types.is_dictionary(kind) else kind
+    if not any(test(value) for test in _TEXT):
+        raise ConfigError(f"{uri}: its column {column!r} holds {kind}, not URIs; write the URIs as strings")
 
 
 @dataclass(frozen=True)
@@ -57,20 +114,29 @@ class ListFile:
 
 
 def check_list_file(uri: str, root: str | None = None, exclude: str | None = None) -> ListFile:
-    """The list file's URI column, from its schema or header alone: a missing or unreadable file,
-    or one with no columns, fails here in seconds."""
+    """The list file's URI column, from its schema or its first lines alone: a missing or
+    unreadable file, one with no columns or the wrong type of URI column, or a CSV whose first
+    lines Arrow cannot read, fails here in seconds."""
     filesystem, path = resolve(uri)
     if uri.lower().endswith(".parquet"):
-        schema = retrying(lambda: _or_invalid(lambda: pq.read_schema(path, filesystem=filesystem), uri), uri)
-        names = schema.names
+        retrying(lambda: _head(filesystem, path), uri)  # the storage's errors: missing, denied, unreachable
+        schema = _or_invalid(lambda: pq.read_schema(path, filesystem=filesystem), uri)  # then the file's
+        column = uri_column(schema.names, uri)
+        check_uri_type(schema.field(column).type, uri, column)
+        return ListFile(uri, column, root, exclude)
+    head = retrying(lambda: _head(filesystem, path), uri)
+    if uri.lower().endswith(".txt"):
+        utf8_text(head, uri, partial=len(head) == _HEAD_BYTES)  # the rest is read by the tasks
+        column = None
     else:
-        head = retrying(lambda: _head(filesystem, path), uri)
-        if uri.lower().endswith(".txt"):
-            utf8_text(head, uri, partial=len(head) == _HEAD_BYTES)  # the rest is read by the tasks
-            return ListFile(uri, None, root, exclude)
-        header = head.split(b"\n", 1)[0] + b"\n"
-        names = _or_invalid(lambda: pacsv.read_csv(io.BytesIO(header)).column_names, uri) if head.strip() else []
-    return ListFile(uri, uri_column(names, uri), root, exclude)
+        column = uri_column(_or_invalid(lambda: _csv_names(head), uri) if head.strip() else [], uri)
+    # The lines the head holds whole, read as the tasks will read them (the rest is theirs).
+    scan_list_file(uri, column, head[: head.rfind(b"\n") + 1] if len(head) == _HEAD_BYTES else head)
+    return ListFile(uri, column, root, exclude)
+
+
+def _csv_names(head: bytes) -> list[str]:
+    return pacsv.read_csv(io.BytesIO(head.split(b"\n", 1)[0] + b"\n")).column_names
 
 
 def uri_column(names: list[str], uri: str) -> str:
@@ -78,8 +144,11 @@ def uri_column(names: list[str], uri: str) -> str:
     an entry (it has no header) is refused: that entry would be taken for the column's name, unread."""
     if not names:
         raise ConfigError(f"{uri}: the list file has no columns; give a 'uri' column")
-    if "uri" in names:
-        return "uri"
+    column = "uri" if "uri" in names else names[0]
+    if names.count(column) > 1:
+        raise ConfigError(f"{uri}: {names.count(column)} columns are named {column!r}; name the URI column once")
+    if column == "uri":
+        return column
     first = names[0]
     if uri.lower().endswith(".csv") and ("/" in first or first.lower().endswith(IMAGE_EXTENSIONS + VIDEO_EXTENSIONS)):
         raise ConfigError(
@@ -94,8 +163,11 @@ _HEAD_BYTES = 1 << 16  # enough for any header line a list file has
 def _or_invalid(read: Callable[[], object], uri: str):
     try:
         return read()
-    except pa.ArrowInvalid as exc:
-        raise ConfigError(f"{uri}: not a list file this can read ({exc})") from None
+    except (pa.ArrowInvalid, OSError) as exc:
+        # Metadata Arrow cannot decode is an OSError too ("Couldn't deserialize thrift"), once the file was read.
+        if isinstance(exc, (FileNotFoundError, PermissionError)):
+            raise
+        raise ConfigError(f"{uri}: not a list file this can read ({describe(exc)})") from None
 
 
 def utf8_text(data: bytes, uri: str, partial: bool = False) -> str:
@@ -110,6 +182,139 @@ def utf8_text(data: bytes, uri: str, partial: bool = False) -> str:
         raise ConfigError(
             f"{uri}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}); save the list as UTF-8"
         ) from None
+
+
+_CSV_BLOCK = 4 << 20  # bytes Arrow parses at a time: a CSV line must fit in one block
+MAX_LINE = 1 << 20  # no URI is this long; a longer line is a file that is not a list
+_SCAN_ROWS = 65_536  # a Parquet list's entries checked at a time
+
+
+def csv_options(column: str) -> dict[str, Any]:
+    """How every reader of a CSV list takes it: its URI column as text, never a number Arrow guessed."""
+    return {
+        "read_options": pacsv.ReadOptions(block_size=_CSV_BLOCK, use_threads=False),
+        "convert_options": pacsv.ConvertOptions(column_types={column: pa.string()}),
+    }
+
+
+def scan_list_file(uri: str, column: str | None, data: bytes | None = None) -> None:
+    """Read a list file as the tasks read it, a block at a time (or `data`, its bytes), and raise
+    ConfigError naming the first thing they cannot take and where: a line that is not UTF-8 or is
+    too long, a CSV row with another number of fields, a Parquet row group that cannot be read,
+    an entry that is not text. The driver holds one block, however long the list."""
+    if uri.lower().endswith(".parquet"):
+        return _scan_parquet(uri, column or "uri")
+    _scan_lines(uri, _chunks(uri, data))
+    if column is None:
+        for line, lines in _numbered(_text_lines(_chunks(uri, data))):
+            _entries_of(pa.array(lines, pa.string()), uri, f"lines {line + 1}-{line + len(lines)}", text=True)
+        return
+    if data is not None and not data.strip():
+        return  # no whole line in the head: the tasks read it
+    try:
+        with _opened(uri, data) as stream:
+            for row, batch in _numbered(pacsv.open_csv(stream, **csv_options(column))):
+                _entries_of(batch.column(column), uri, f"rows {row + 1}-{row + batch.num_rows}")
+    except pa.ArrowInvalid as exc:
+        reason = (str(exc).strip() or "not CSV").splitlines()[0]  # Arrow's: the row's number and text
+        raise ConfigError(f"{uri}: the list file cannot be read: {reason}; fix that row") from None
+
+
+def _scan_parquet(uri: str, column: str) -> None:
+    filesystem, path = resolve(uri)
+    with retrying(lambda: filesystem.open_input_file(path), uri) as stream:
+        parquet = _or_invalid(lambda: pq.ParquetFile(stream), uri)
+        if column not in parquet.schema_arrow.names:
+            return
+        check_uri_type(parquet.schema_arrow.field(column).type, uri, column)
+        for group in range(parquet.num_row_groups):
+            batches = parquet.iter_batches(_SCAN_ROWS, row_groups=[group], columns=[column])
+            try:
+                for batch in batches:  # a row group may hold the whole list: a batch of it at a time
+                    _entries_of(batch.column(0), uri, f"row group {group}")
+            except (pa.ArrowException, OSError) as exc:
+                raise ConfigError(
+                    f"{uri}: the list file cannot be read: row group {group} ({describe(exc)}); write the list again"
+                ) from None
+
+
+def _entries_of(values: pa.ChunkedArray, uri: str, where: str = "", text: bool = False) -> pa.ChunkedArray:
+    """`list_uris` of the list file `uri`'s `values`, which lie `where` in it."""
+    try:
+        return list_uris(values, text)
+    except ConfigError as exc:
+        raise ConfigError(f"{uri}: the list file cannot be read: {where}{': ' if where else ''}{exc}") from None
+
+
+def _numbered(batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
+    """Each batch of rows (or lines) with how many came before it."""
+    row = 0
+    for batch in batches:
+        yield row, batch
+        row += len(batch)
+
+
+def _text_lines(chunks: Iterable[bytes]) -> Iterator[list[str]]:
+    """A UTF-8 text's lines, a chunk's whole lines at a time."""
+    carry = b""
+    for chunk in chunks:
+        data = carry + chunk
+        cut = data.rfind(b"\n") + 1
+        carry = data[cut:]
+        yield data[:cut].decode("utf-8").splitlines()  # as Ray's read_text splits them
+    yield carry.decode("utf-8").splitlines()
+
+
+def _scan_lines(uri: str, chunks: Iterable[bytes]) -> None:
+    """ConfigError at the first line that is not UTF-8 or is longer than MAX_LINE, by its number."""
+    line, start, carry = 1, 0, b""  # `start`: where the current line began, in bytes read before `carry`
+    offset = 0  # bytes before `carry`
+    for chunk in chunks:
+        data = carry + chunk
+        try:
+            data.decode("utf-8")
+            whole = len(data)
+        except UnicodeDecodeError as exc:
+            if exc.reason != "unexpected end of data" or exc.start < len(data) - 3:
+                at = line + data.count(b"\n", 0, exc.start)
+                raise ConfigError(
+                    f"{uri}: the list file cannot be read: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {at}); "
+                    "save the list as UTF-8"
+                ) from None
+            whole = exc.start  # a character cut by the chunk's end: decoded with the next
+        for end in _newlines(data, whole):
+            if offset + end - start > MAX_LINE:
+                break
+            line, start = line + 1, offset + end + 1
+        if offset + whole - start > MAX_LINE:
+            raise ConfigError(
+                f"{uri}: the list file cannot be read: line {line} is longer than {MAX_LINE >> 20} MiB; "
+                "a list holds one URI a line"
+            )
+        offset, carry = offset + whole, data[whole:]
+
+
+def _newlines(data: bytes, end: int) -> Iterator[int]:
+    at = data.find(b"\n", 0, end)
+    while at >= 0:
+        yield at
+        at = data.find(b"\n", at + 1, end)
+
+
+def _chunks(uri: str, data: bytes | None) -> Iterator[bytes]:
+    if data is not None:
+        yield data
+        return
+    with _opened(uri, None) as stream:
+        while chunk := stream.read(_CSV_BLOCK):
+            yield chunk
+
+
+def _opened(uri: str, data: bytes | None) -> Any:
+    if data is not None:
+        return pa.BufferReader(data)
+    filesystem, path = resolve(uri)
+    return retrying(lambda: filesystem.open_input_stream(path), uri)
 
 
 def _head(filesystem: pafs.FileSystem, path: str) -> bytes:

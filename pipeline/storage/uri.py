@@ -244,7 +244,12 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
                 _check_size(uri, answer["ContentLength"], max_bytes)
             return answer["Body"].read()
 
-        return retrying(lambda: s3_call(get), uri)
+        try:
+            return retrying(lambda: s3_call(get), uri)
+        except StorageError as exc:
+            if isinstance(exc.__cause__, FileNotFoundError) and not key.endswith("/"):
+                _slashed_key(uri, bucket, key)
+            raise
     filesystem, path = resolve(uri)
     if max_bytes is not None:
         if isinstance(filesystem, pafs.LocalFileSystem):
@@ -257,6 +262,20 @@ def read_bytes(uri: str, max_bytes: int | None = None) -> bytes:
             return stream.read()
 
     return retrying(read, uri)
+
+
+def _slashed_key(uri: str, bucket: str, key: str) -> None:
+    """A prefix's listing (pyarrow's) drops the '/' that ends a key: an object `KEY/` that holds
+    data is listed as `KEY`, which is not there. StorageError saying so, where it is (one HEAD)."""
+    try:
+        size = s3_call(lambda: request_client().head_object(Bucket=bucket, Key=key + "/"))["ContentLength"]
+    except OSError:
+        return  # not there either (or not answering): the plain "not found"
+    if size:  # a zero-byte KEY/ is a folder marker, no image
+        raise StorageError(
+            f"{uri}: not found; the object {uri}/ ({size:,} bytes, its key ends in '/') is what was listed: "
+            "name it with its '/' in a list file, or copy it to a key without one"
+        )
 
 
 def regular_file_size(uri: str) -> int:
