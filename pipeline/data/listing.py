@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, counted
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug, unique_names
+from pipeline.storage.keys import STYLE_ROOM, Room, output_stems, relative_to, safe_relpath, slug, unique_names
 from pipeline.storage.listing import list_files, stat_table
 from pipeline.storage.uri import exists, is_dir, read_bytes, resolve, retrying, storage_error
 
@@ -54,9 +54,12 @@ class ListFile:
     column: str | None  # the URI column of a Parquet/CSV file; None for text, one URI a line
     root: str | None
     exclude: str | None
+    room: Room | None = None  # what output names must fit (`keys.output_room`)
 
 
-def check_list_file(uri: str, root: str | None = None, exclude: str | None = None) -> ListFile:
+def check_list_file(
+    uri: str, root: str | None = None, exclude: str | None = None, room: Room | None = None
+) -> ListFile:
     """The list file's URI column, from its schema or header alone: a missing or unreadable file,
     or one with no columns, fails here in seconds."""
     filesystem, path = resolve(uri)
@@ -67,10 +70,10 @@ def check_list_file(uri: str, root: str | None = None, exclude: str | None = Non
         head = retrying(lambda: _head(filesystem, path), uri)
         if uri.lower().endswith(".txt"):
             utf8_text(head, uri, partial=len(head) == _HEAD_BYTES)  # the rest is read by the tasks
-            return ListFile(uri, None, root, exclude)
+            return ListFile(uri, None, root, exclude, room)
         header = head.split(b"\n", 1)[0] + b"\n"
         names = _or_invalid(lambda: pacsv.read_csv(io.BytesIO(header)).column_names, uri) if head.strip() else []
-    return ListFile(uri, uri_column(names, uri), root, exclude)
+    return ListFile(uri, uri_column(names, uri), root, exclude, room)
 
 
 def uri_column(names: list[str], uri: str) -> str:
@@ -126,13 +129,17 @@ def entry_uri(uri: str, list_file: str) -> str:
 
 
 def find_inputs(
-    source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None, exclude: str | None = None
+    source: str,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    root: str | None = None,
+    exclude: str | None = None,
+    room: Room | None = None,
 ) -> pa.Table | ListFile:
     """What a job processes, found on the driver before Ray starts: the `list_inputs` table, or
     a checked list file (read later by Ray Data, as `Inputs.of` does)."""
     if source.lower().endswith(LIST_FILE_EXTENSIONS) and not is_dir(source):
-        return check_list_file(source, root, exclude)
-    return list_inputs(source, extensions, root, exclude)
+        return check_list_file(source, root, exclude, room)
+    return list_inputs(source, extensions, root, exclude, room)
 
 
 @dataclass(frozen=True)
@@ -175,7 +182,11 @@ class Inputs:
 
 
 def list_inputs(
-    source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None, exclude: str | None = None
+    source: str,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    root: str | None = None,
+    exclude: str | None = None,
+    room: Room | None = None,
 ) -> pa.Table:
     """A table of (input_uri, rel_path, key, size, mtime_ns): every image to process, its path
     below the input prefix, its output name without extension (see `output_stems`: distinct
@@ -185,7 +196,8 @@ def list_inputs(
     `source` is a directory/prefix (listed recursively, extensions matched case-insensitively),
     a single image, or a list file (.parquet, .csv, .txt) of URIs (each URI once). rel_path is
     relative to `root` when given, else to the listed prefix, else the path inside its bucket.
-    Anything under the prefix `exclude` (a job's output, inside its input) is left out.
+    Anything under the prefix `exclude` (a job's output, inside its input) is left out. Output
+    names fit `room` where given (`keys.output_room`).
     """
     extensions = tuple(e.lower() for e in extensions)
     if is_dir(source):
@@ -213,7 +225,7 @@ def list_inputs(
         {
             "input_uri": stats.column("uri"),
             "rel_path": rels,
-            "key": output_stems(rels, stats.column("uri")),
+            "key": output_stems(rels, stats.column("uri"), room=room),
             "size": stats.column("size"),
             "mtime_ns": stats.column("mtime_ns"),
         }
@@ -260,8 +272,9 @@ def _unlisted(uris: pa.ChunkedArray, rels: pa.ChunkedArray) -> pa.Table:
 
 def style_ids(rels: list[str], uris: list[str]) -> list[str]:
     """Stable, unique ids for style images: the path below their prefix without extension,
-    made one safe path segment; ids that meet are told apart by a hash of the image's URI."""
-    return unique_names([slug(posixpath.splitext(rel)[0]) for rel in rels], uris)
+    made one safe path segment (`slug`); ids that meet are told apart by a hash of the image's URI.
+    Each is its own slug: no two share an output folder."""
+    return unique_names([slug(posixpath.splitext(rel)[0]) for rel in rels], uris, room=STYLE_ROOM)
 
 
 def is_bank(ref: str) -> bool:
