@@ -24,6 +24,7 @@ from pipeline.storage.keys import (
     safe_relpath,
     slug,
 )
+from pipeline.transfer import pair_names
 from tests import images
 from tests.conftest import S3Server, WeightFiles
 from tests.test_stylize_job import local_manifest, make_config
@@ -41,6 +42,7 @@ rel = st.builds(
     st.lists(segment, min_size=1, max_size=3),
     st.sampled_from([".jpg", ".PNG", ".png", ""]),
 )
+ROOM = output_room("/tmp/o", augment=False)
 ROOTS = ["s3://b/out", "s3://b/" + "p" * 700, "/tmp/o", "/" + "d/" * 1600 + "o"]
 
 
@@ -111,6 +113,15 @@ def test_style_ids_are_short_slugs_of_their_own(names: list[str], data: st.DataO
     assert len(set(folded(ids))) == len(ids)
     long = "s" * 300
     assert meeting_ids([long, slug(long)]) == (long, slug(long))
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(rel, min_size=1, max_size=4, unique=True), st.lists(segment, min_size=1, max_size=2, unique=True))
+def test_transfer_names_fit(contents: list[str], styles: list[str]) -> None:
+    """adain transfer's `CONTENT_stylized_STYLE` of long names fits the output folder, each pair apart."""
+    names = list(pair_names([(f"/data/{k}", k) for k in contents], [f"stylized_{s}" for s in styles], ROOM).values())
+    assert all(fits(f"/tmp/o/{name}.webp", "/tmp/o") for name in names)
+    assert len(set(folded(names))) == len(names) == len(contents) * len(styles)
 
 
 def test_an_output_prefix_too_long_for_any_name_is_refused() -> None:

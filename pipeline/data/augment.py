@@ -99,7 +99,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     run_id = cfg.run_id or new_run_id()
     lock = join(cfg.output.uri, "_lock.json")
     # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster.
-    room = output_room(cfg.output.uri, augment=True)
+    room = None if cfg.shards else output_room(cfg.output.uri, augment=True)  # tar members take long names
     listed, videos = split_videos(list_inputs(cfg.input, cfg.extensions, cfg.input_root, cfg.output.uri, room))
     if videos.num_rows:  # training sets are images: a video's frames as copies would be another job
         left_out = counted(len(videos), "video")
