@@ -9,7 +9,9 @@
 
 A plain stem no other row has stays the output name, unless a renamed input takes it on the way
 (`output_stems`' `taken`): those rows are gathered too, until none is. Two stems sharing a hash
-only make their rows be named on the driver, exactly.
+only make their rows be named on the driver, exactly. Stems are fitted to the output's room
+(`keys.fitted_stems`, as `output_stems` fits them) before they are hashed: a shortened name and
+one named to equal it meet here.
 """
 
 from __future__ import annotations
