@@ -42,7 +42,7 @@ from pipeline.imaging.video_write import stylize_video
 from pipeline.model.functional import Stats, blend_stats, cat_stats, coral
 from pipeline.model.loader import load_model
 from pipeline.model.stylizer import StyleTransfer
-from pipeline.storage.keys import output_stems, safe_relpath, unique_names
+from pipeline.storage.keys import Room, fitted, output_room, output_stems, safe_relpath, unique_names
 from pipeline.storage.listing import list_files
 from pipeline.storage.uri import (
     canonical,
@@ -112,12 +112,16 @@ def _stems(files: list[tuple[str, str]]) -> list[str]:
     return output_stems([safe_relpath(rel) for _, rel in files], [uri for uri, _ in files]).to_pylist()
 
 
-def pair_names(contents: list[tuple[str, str]], suffixes: list[str]) -> dict[tuple[int, int], str]:
+def pair_names(
+    contents: list[tuple[str, str]], suffixes: list[str], room: Room | None = None
+) -> dict[tuple[int, int], str]:
     """{(content, style): output name without extension}: `{content}_{suffix}`, told apart where
-    two pairs would share one (content `a_stylized_b` in style `c`, content `a` in style `b_stylized_c`)."""
+    two pairs would share one (content `a_stylized_b` in style `c`, content `a` in style `b_stylized_c`);
+    with `room` (`keys.output_room`), each fits it (`keys.fitted`)."""
     pairs = [(c, s) for c in range(len(contents)) for s in range(len(suffixes))]
     stems = _stems(contents)
-    names = unique_names([f"{stems[c]}_{suffixes[s]}" for c, s in pairs], [f"{contents[c][0]}\0{s}" for c, s in pairs])
+    names = [fitted(f"{stems[c]}_{suffixes[s]}", room) for c, s in pairs]
+    names = unique_names(names, [f"{contents[c][0]}\0{s}" for c, s in pairs], room=room)
     return dict(zip(pairs, names, strict=True))
 
 
@@ -144,7 +148,7 @@ def run_transfer(req: TransferRequest, model_cfg: ModelConfig, controls: Control
         raise ConfigError(f"--format {req.out_format} but {req.output} names a .{fmt} file; rename it or drop --format")
 
     suffixes = [combined] if combined else [f"stylized_{name.replace('/', '_')}" for name in _stems(styles)]
-    named = pair_names(contents, suffixes)
+    named = pair_names(contents, suffixes, output_room(req.output, augment=False) if to_dir else None)
 
     def output_uri(content: int, style: int) -> str:
         ext = "mp4" if is_video(contents[content][0]) else fmt

@@ -25,7 +25,7 @@ from pipeline.data import list_file
 from pipeline.data.list_file import LISTING_SCHEMA
 from pipeline.data.listing import Inputs, ListFile, csv_options, find_inputs, list_inputs, split_videos
 from pipeline.errors import AdainError, ConfigError
-from pipeline.storage.keys import folded
+from pipeline.storage.keys import fitted, folded, output_room
 from tests import fuzz, images
 from tests.conftest import S3Server, WeightFiles, free_port
 from tests.test_first_run import job_flags
@@ -55,8 +55,11 @@ def dataset_rows(source: str, root: str | None = None, exclude: str | None = Non
     return inputs.count, pa.concat_tables([LISTING_SCHEMA.empty_table(), *batches]), inputs.videos
 
 
+ROOM = output_room("s3://b/out", augment=True)
+LONG = ["é" * 130, "\u212a" * 90]  # names too long for ROOM (the Kelvin sign lowers to 1 byte of 3)
+CRAFTED = [fitted(name, ROOM) for name in LONG]  # names made to meet their shortened forms
 segment = st.sampled_from(
-    ["", ".", "..", "a", "A", "a.b", "_", "a_png", "a_jpg", "b", "日本", "x-y", "İ", "i", "İ_jpg"]
+    ["", ".", "..", "a", "A", "a.b", "_", "a_png", "a_jpg", "b", "日本", "x-y", "İ", "i", "İ_jpg", *LONG, *CRAFTED]
 )
 extension = st.sampled_from(["jpg", "JPG", "png", "PNG", "", "mp4", "MOV"])
 entry = st.builds(
@@ -76,28 +79,29 @@ def named_in_memory(found: ListFile, entries: list[str]) -> pa.Table:
     rows = rows.filter(pc.invert(rows.column("inside"))).drop_columns(["inside"])
     hashes = list_file.hashed(rows)
     gather = lambda wanted: rows.filter(pa.array(np.isin(hashes, wanted)))  # noqa: E731
-    named, _, dropped = list_file.named_on_driver(hashes.copy(), gather)
+    named, _, dropped = list_file.named_on_driver(hashes.copy(), gather, found.room)
     return pa.concat_tables([rows.filter(pa.array(~np.isin(hashes, dropped))), named])
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.lists(entry, min_size=1, max_size=40), st.booleans())
-@example(NAMED_CASES, False)
-@example(FOLDED_CASES, True)
-def test_names_resolved_on_hashes_are_the_tables_names(entries: list[str], rooted: bool) -> None:
+@given(st.lists(entry, min_size=1, max_size=40), st.booleans(), st.sampled_from([None, ROOM]))
+@example(NAMED_CASES, False, None)
+@example(FOLDED_CASES, True, ROOM)
+def test_names_resolved_on_hashes_are_the_tables_names(entries: list[str], rooted: bool, room) -> None:
     """The rows named on the driver from hashes, with the rest as the tasks name them, equal
-    `list_inputs`' table: the whole list's names, each URI once."""
+    `list_inputs`' table: the whole list's names, each URI once, fitted to the output's `room`."""
     with tempfile.TemporaryDirectory() as folder:
         source = Path(folder) / "inputs.parquet"
         write_list(source, entries)
         root, exclude = (folder if rooted else None), f"{folder}/out"
         try:
-            table = list_inputs(str(source), root=root, exclude=exclude)
+            table = list_inputs(str(source), root=root, exclude=exclude, room=room)
         except ConfigError:
             return  # nothing left to name
-        rows = named_in_memory(ListFile(str(source), "uri", root, exclude), entries)
+        rows = named_in_memory(ListFile(str(source), "uri", root, exclude, room), entries)
     assert named(rows) == named(table) and rows.num_rows == table.num_rows
     assert len(set(folded(rows.column("key").to_pylist()))) == rows.num_rows  # no two share an output
+    assert room is None or all(fitted(key, room) == key for key in rows.column("key").to_pylist())
 
 
 @settings(max_examples=2, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -37,7 +37,7 @@ from pipeline.data.progress import Progress
 from pipeline.data.rows import AUGMENT_ROW_SCHEMA, AUGMENT_RUN_SCHEMA, ERROR, OK
 from pipeline.data.writers import FileWriter, ShardWriter, record_shards, remove_orphan_shards
 from pipeline.errors import StorageError, counted, describe
-from pipeline.storage.keys import augmented_key
+from pipeline.storage.keys import augmented_key, output_room
 from pipeline.storage.lock import LeaseKeeper, acquire, release, release_if_dead
 from pipeline.storage.uri import check_writable, exists, join, write_bytes
 
@@ -99,7 +99,8 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     run_id = cfg.run_id or new_run_id()
     lock = join(cfg.output.uri, "_lock.json")
     # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster.
-    listed, videos = split_videos(list_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri))
+    room = None if cfg.shards else output_room(cfg.output.uri, augment=True)  # tar members take long names
+    listed, videos = split_videos(list_inputs(cfg.input, cfg.extensions, cfg.input_root, cfg.output.uri, room))
     if videos.num_rows:  # training sets are images: a video's frames as copies would be another job
         left_out = counted(len(videos), "video")
         log.warning("left out %s: augment makes training images; stylize videos with adain stylize", left_out)

@@ -9,7 +9,9 @@
 
 A plain stem no other row has stays the output name, unless a renamed input takes it on the way
 (`output_stems`' `taken`): those rows are gathered too, until none is. Two stems sharing a hash
-only make their rows be named on the driver, exactly.
+only make their rows be named on the driver, exactly. Stems are fitted to the output's room
+(`keys.fitted_stems`, as `output_stems` fits them) before they are hashed: a shortened name and
+one named to equal it meet here.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from pipeline.data.listing import (
 )
 from pipeline.errors import ConfigError, counted, describe
 from pipeline.storage.index import name_hashes
-from pipeline.storage.keys import output_stems, plain_stems, relative_to, safe_relpath
+from pipeline.storage.keys import Room, fitted_stems, output_stems, plain_stems, relative_to, safe_relpath
 from pipeline.storage.uri import resolve
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ def read_inputs(found: ListFile) -> Inputs:
     try:
         with _failures_untold():
             hashes, videos = _stem_hashes(found)
-            named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted))
+            named, gathered, involved = named_on_driver(hashes, lambda wanted: _gather(found, wanted), found.room)
             images, named_videos = split_videos(named)
             listed_videos = _videos(found, involved) if videos else LISTING_SCHEMA.empty_table()
     except (RayError, UserCodeException) as exc:  # a row the tasks cannot read: one line, no traceback
@@ -123,15 +125,16 @@ def _listed(found: ListFile, num_cpus: float = 1.0) -> ray.data.Dataset:
 
 
 def entries(batch: pa.Table, found: ListFile) -> pa.Table:
-    """A batch of list-file entries -> listing rows, `key` the plain stem (the output name unless
-    it meets another), and `inside`: under the output, left out."""
+    """A batch of list-file entries -> listing rows, `key` the plain stem fitted to the output
+    (`keys.fitted_stems`: the output name unless it meets another), and `inside`: under the output, left out."""
     # text: one URI a line, '#' comments, perhaps a byte-order mark first
     uris = list_uris(batch.column(found.column or "text"), text=found.column is None)
     uris = per_row(lambda u: entry_uri(u, found.uri), uris)
     rels = per_row(safe_relpath, per_row(lambda u: relative_to(u, found.root or ""), uris))
     nulls = pa.nulls(len(uris), pa.int64())
     inside = pc.starts_with(uris, found.exclude.rstrip("/") + "/") if found.exclude else pa.nulls(len(uris), pa.bool_())
-    columns = {"input_uri": uris, "rel_path": rels, "key": plain_stems(rels), "size": nulls, "mtime_ns": nulls}
+    keys = fitted_stems(plain_stems(rels), found.room)
+    columns = {"input_uri": uris, "rel_path": rels, "key": keys, "size": nulls, "mtime_ns": nulls}
     return pa.table(columns | {"inside": pc.fill_null(inside, False)})
 
 
@@ -178,7 +181,7 @@ def _gathered(batch: pa.Table, found: ListFile, wanted: np.ndarray) -> pa.Table:
 
 
 def named_on_driver(
-    hashes: np.ndarray, gather: Callable[[np.ndarray], pa.Table]
+    hashes: np.ndarray, gather: Callable[[np.ndarray], pa.Table], room: Room | None = None
 ) -> tuple[pa.Table, pa.Table, np.ndarray]:
     """From every row's stem hash (sorted here, in place) and `gather` (the rows of some hashes):
     the rows whose stems meet, and those a renaming reaches, named as the whole list would name
@@ -190,7 +193,7 @@ def named_on_driver(
     while True:
         named = first_of_each(gathered, "input_uri")
         taken: set[str] = set()
-        keys = output_stems(named.column("rel_path"), named.column("input_uri"), taken)
+        keys = output_stems(named.column("rel_path"), named.column("input_uri"), taken, room)
         reached = np.setdiff1d(_found_in(name_hashes(sorted(taken))[0], ordered), involved)
         if not len(reached):
             return named.set_column(2, "key", keys), gathered, involved

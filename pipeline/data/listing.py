@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import ConfigError, counted, describe
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
-from pipeline.storage.keys import output_stems, relative_to, safe_relpath, slug, unique_names
+from pipeline.storage.keys import STYLE_ROOM, Room, output_stems, relative_to, safe_relpath, slug, unique_names
 from pipeline.storage.listing import list_files, stat_table
 from pipeline.storage.uri import exists, is_dir, read_bytes, resolve, retrying, storage_error
 
@@ -111,9 +111,12 @@ class ListFile:
     column: str | None  # the URI column of a Parquet/CSV file; None for text, one URI a line
     root: str | None
     exclude: str | None
+    room: Room | None = None  # what output names must fit (`keys.output_room`)
 
 
-def check_list_file(uri: str, root: str | None = None, exclude: str | None = None) -> ListFile:
+def check_list_file(
+    uri: str, root: str | None = None, exclude: str | None = None, room: Room | None = None
+) -> ListFile:
     """The list file's URI column, from its schema or its first lines alone: a missing or
     unreadable file, one with no columns or the wrong type of URI column, or a CSV whose first
     lines Arrow cannot read, fails here in seconds."""
@@ -123,7 +126,7 @@ def check_list_file(uri: str, root: str | None = None, exclude: str | None = Non
         schema = _or_invalid(lambda: pq.read_schema(path, filesystem=filesystem), uri)  # then the file's
         column = uri_column(schema.names, uri)
         check_uri_type(schema.field(column).type, uri, column)
-        return ListFile(uri, column, root, exclude)
+        return ListFile(uri, column, root, exclude, room)
     head = retrying(lambda: _head(filesystem, path), uri)
     if uri.lower().endswith(".txt"):
         utf8_text(head, uri, partial=len(head) == _HEAD_BYTES)  # the rest is read by the tasks
@@ -132,7 +135,7 @@ def check_list_file(uri: str, root: str | None = None, exclude: str | None = Non
         column = uri_column(_or_invalid(lambda: _csv_names(head), uri) if head.strip() else [], uri)
     # The lines the head holds whole, read as the tasks will read them (the rest is theirs).
     scan_list_file(uri, column, head[: head.rfind(b"\n") + 1] if len(head) == _HEAD_BYTES else head)
-    return ListFile(uri, column, root, exclude)
+    return ListFile(uri, column, root, exclude, room)
 
 
 def _csv_names(head: bytes) -> list[str]:
@@ -331,13 +334,17 @@ def entry_uri(uri: str, list_file: str) -> str:
 
 
 def find_inputs(
-    source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None, exclude: str | None = None
+    source: str,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    root: str | None = None,
+    exclude: str | None = None,
+    room: Room | None = None,
 ) -> pa.Table | ListFile:
     """What a job processes, found on the driver before Ray starts: the `list_inputs` table, or
     a checked list file (read later by Ray Data, as `Inputs.of` does)."""
     if source.lower().endswith(LIST_FILE_EXTENSIONS) and not is_dir(source):
-        return check_list_file(source, root, exclude)
-    return list_inputs(source, extensions, root, exclude)
+        return check_list_file(source, root, exclude, room)
+    return list_inputs(source, extensions, root, exclude, room)
 
 
 @dataclass(frozen=True)
@@ -380,7 +387,11 @@ class Inputs:
 
 
 def list_inputs(
-    source: str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS, root: str | None = None, exclude: str | None = None
+    source: str,
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    root: str | None = None,
+    exclude: str | None = None,
+    room: Room | None = None,
 ) -> pa.Table:
     """A table of (input_uri, rel_path, key, size, mtime_ns): every image to process, its path
     below the input prefix, its output name without extension (see `output_stems`: distinct
@@ -390,7 +401,8 @@ def list_inputs(
     `source` is a directory/prefix (listed recursively, extensions matched case-insensitively),
     a single image, or a list file (.parquet, .csv, .txt) of URIs (each URI once). rel_path is
     relative to `root` when given, else to the listed prefix, else the path inside its bucket.
-    Anything under the prefix `exclude` (a job's output, inside its input) is left out.
+    Anything under the prefix `exclude` (a job's output, inside its input) is left out. Output
+    names fit `room` where given (`keys.output_room`).
     """
     extensions = tuple(e.lower() for e in extensions)
     if is_dir(source):
@@ -418,7 +430,7 @@ def list_inputs(
         {
             "input_uri": stats.column("uri"),
             "rel_path": rels,
-            "key": output_stems(rels, stats.column("uri")),
+            "key": output_stems(rels, stats.column("uri"), room=room),
             "size": stats.column("size"),
             "mtime_ns": stats.column("mtime_ns"),
         }
@@ -465,8 +477,9 @@ def _unlisted(uris: pa.ChunkedArray, rels: pa.ChunkedArray) -> pa.Table:
 
 def style_ids(rels: list[str], uris: list[str]) -> list[str]:
     """Stable, unique ids for style images: the path below their prefix without extension,
-    made one safe path segment; ids that meet are told apart by a hash of the image's URI."""
-    return unique_names([slug(posixpath.splitext(rel)[0]) for rel in rels], uris)
+    made one safe path segment (`slug`); ids that meet are told apart by a hash of the image's URI.
+    Each is its own slug: no two share an output folder."""
+    return unique_names([slug(posixpath.splitext(rel)[0]) for rel in rels], uris, room=STYLE_ROOM)
 
 
 def is_bank(ref: str) -> bool:

@@ -25,7 +25,7 @@ from pipeline.data.preview import write_preview
 from pipeline.data.progress import Progress
 from pipeline.data.writers import VIDEO_FORMAT, FileWriter
 from pipeline.errors import ConfigError
-from pipeline.storage.keys import output_key
+from pipeline.storage.keys import output_key, output_room
 from pipeline.storage.uri import check_writable
 
 if TYPE_CHECKING:
@@ -42,7 +42,8 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     """Run the job to the end; returns the run summary (also written to OUTPUT/_runs/)."""
     started = time.time()
     # What a user can get wrong fails first, in seconds: inputs, output, weights, cluster, styles.
-    found = find_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri)
+    room = output_room(cfg.output.uri, augment=False)
+    found = find_inputs(cfg.input, cfg.extensions, cfg.input_root, exclude=cfg.output.uri, room=room)
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
