@@ -110,7 +110,8 @@ def fitted_stems(stems: pa.ChunkedArray, room: Room | None) -> pa.ChunkedArray:
     """`fitted` of each stem; in Arrow all but those longer than the shortest room."""
     if room is None:
         return stems
-    longer = pc.greater(pc.binary_length(stems), min(room))
+    # _path_bytes: a stem's bytes and one more a folder; no shorter stem has anything to shorten.
+    longer = pc.greater(pc.add(pc.binary_length(stems), pc.count_substring(stems, "/")), min(room))
     if not pc.any(longer).as_py():
         return stems
     rows = pc.indices_nonzero(longer)
