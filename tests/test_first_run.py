@@ -235,7 +235,6 @@ def test_a_style_the_job_cannot_use_stops_it_before_ray_starts(
 ) -> None:
     """Found as the styles were encoded, while Ray started: exit 1 or 2 after 15 s. Now one line, exit 2,
     and Ray never starts."""
-    import ray
 
     def ray_starts(*args: object) -> None:
         raise AssertionError("Ray started")
@@ -255,7 +254,7 @@ def test_a_style_the_job_cannot_use_stops_it_before_ray_starts(
     took = time.monotonic() - started
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith(f"adain: error: {words}"), lines
-    assert not ray.is_initialized() and not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists()
     assert took < 5, f"took {took:.1f} s"
 
 
