@@ -229,6 +229,21 @@ def test_style_images_past_the_decoding_budget_are_checked_by_their_headers(tmp_
         check_style_images([str(folder / "b.png")], Sizing(content_size=32, style_size=4))
 
 
+def test_the_style_checks_load_neither_torch_nor_ray(tmp_path: Path) -> None:
+    """Style images and a bank's file are checked before Ray starts and torch loads (2 s of imports
+    each, on a quiet machine), torch only for a bank's encoder."""
+    style = images.write(tmp_path / "style.png", images.encoded(32, 32, "PNG"))
+    bank = write_bank(tmp_path / "bank.parquet", [bank_row("a")])
+    code = (
+        "import sys; from pipeline.config import Sizing; from pipeline.data.preflight import check_styles;"
+        "from pipeline.data.bank_table import check_bank;"
+        f"check_styles(({str(style)!r},), sizing=Sizing(32, 32)); check_bank({bank!r}, 'ab');"
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
 @pytest.mark.parametrize("case", ["damaged style image", "bank of another encoder"])
 def test_a_style_the_job_cannot_use_stops_it_before_ray_starts(
     case: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
