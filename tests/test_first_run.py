@@ -237,7 +237,7 @@ def test_the_style_checks_load_neither_torch_nor_ray(tmp_path: Path) -> None:
     code = (
         "import sys; from pipeline.config import Sizing; from pipeline.data.preflight import check_styles;"
         "from pipeline.data.bank_table import check_bank;"
-        f"check_styles(({str(style)!r},), sizing=Sizing(32, 32)); check_bank({bank!r}, 'ab');"
+        f"check_styles(({str(style)!r},), sizing=Sizing(32, 32)); check_bank({bank!r}, lambda: 'ab');"
         "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -430,7 +430,7 @@ def test_damaged_banks_are_refused_in_one_line(tmp_path: Path, rows, schema, met
         load_bank(path)
     assert "\n" not in str(caught.value)
     with pytest.raises(ConfigError) as preflight:
-        check_bank(path, "ab")
+        check_bank(path, lambda: "ab")
     assert str(preflight.value) == str(caught.value)
 
 

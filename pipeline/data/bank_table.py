@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -57,19 +59,19 @@ def read_bank_table(uri: str) -> pa.Table:
     return table
 
 
-def check_bank(uri: str, encoder_sha256: str) -> None:
-    """`load_bank`'s checks, reading only the footer and the columns a job uses: the encoder is compared
-    before any column is read (the preflight's check, in a fraction of a second)."""
+def check_bank(uri: str, encoder_sha256: Callable[[], str]) -> None:
+    """`load_bank`'s checks, in its order, reading only the footer and the columns a job uses; the
+    encoder's sha256 is asked for (the preflight loads torch for it) only of a bank that passes the rest."""
     filesystem, path = resolve(uri)
     try:
         with retrying(lambda: filesystem.open_input_file(path), uri) as source:
             parquet = pq.ParquetFile(source)
             meta = _checked_metadata(parquet.schema_arrow.metadata, uri)
-            check_encoder(uri, meta, encoder_sha256)
             table = parquet.read([c for c in ("style_id", "mean", "std") if c in parquet.schema_arrow.names])
     except (pa.ArrowException, OSError) as exc:
         raise _not_parquet(uri, exc) from None
     _check_rows(table, uri)
+    check_encoder(uri, meta, encoder_sha256())
     check_not_empty(table, uri)
 
 

@@ -5,7 +5,7 @@ The jobs check, in this order: the inputs (`listing.find_inputs`: of a list file
 the output (`uri.check_writable`), the weights and the cluster (here), then the styles: each style
 image read and its header checked as `codec.decode` checks it (format, --max-pixels, JPEG scans, its
 size for --style-size), decoded whole while that stays cheap; a style bank's footer and the columns a
-job uses, its encoder compared with --encoder's. Only then do they start Ray (and encode the styles
+job uses, then its encoder compared with --encoder's. Only then do they start Ray (and encode the styles
 while it starts).
 """
 
@@ -15,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from functools import partial
 
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank_table import check_bank
@@ -63,9 +64,7 @@ def check_styles(
         if controls is not None and controls.style_weights is not None:
             raise ConfigError("--style-weights blends style images; with a style bank give each style as its own run")
         if encoder is not None:
-            from pipeline.model.checkpoint import load_encoder  # torch: a bank names the loaded weights' sha256
-
-            check_bank(banks[0], load_encoder(encoder).sha256)
+            check_bank(banks[0], partial(encoder_sha256, encoder))
         return  # a bank's rows are counted as it is read, while Ray starts
     found = list_styles(refs)
     if controls is not None:
@@ -98,6 +97,13 @@ def check_style_images(uris: list[str], sizing: Sizing, decode_pixels: int = DEC
 
     for _ in io_pool(STYLE_READS).map(check, uris):
         pass
+
+
+def encoder_sha256(ref: str) -> str:
+    """What a bank names its encoder by: the sha256 of the loaded weights (torch loads here)."""
+    from pipeline.model.checkpoint import load_encoder
+
+    return load_encoder(ref).sha256
 
 
 def enough_styles(per_image: int, styles: int) -> None:
