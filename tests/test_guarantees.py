@@ -429,9 +429,11 @@ def test_damaged_banks_are_refused_in_one_line(tmp_path: Path, rows, schema, met
     with pytest.raises(ConfigError, match=words) as caught:
         load_bank(path)
     assert "\n" not in str(caught.value)
+    asked: list[str] = []
     with pytest.raises(ConfigError) as preflight:
-        check_bank(path, lambda: "ab")
+        check_bank(path, lambda: asked.append("encoder") or "ab")
     assert str(preflight.value) == str(caught.value)
+    assert asked == (["encoder"] if not rows else [])  # torch loads for the encoder only past the other checks
 
 
 # Ids that `slug` and `folded` may bring together: separators, dots, underscores, case, and

@@ -76,9 +76,9 @@ def check_styles(
 
 def check_style_images(uris: list[str], sizing: Sizing, decode_pixels: int = DECODE_PIXELS) -> None:
     """Each style image read (within --max-pixels' file size) and its header checked as `codec.decode`
-    checks it, and its size as --style-size makes it; decoded whole too, in turn, while the pixels
-    decoded stay within `decode_pixels` (a file cut short shows only then). ConfigError naming the first
-    image that fails, in the order given."""
+    checks it, and its size as --style-size makes it; decoded whole too while the pixels decoded stay
+    within `decode_pixels` (a file cut short shows only then). ConfigError naming the first image that
+    fails, in the order given. Reading them all costs a fraction of encoding them, which the job does next."""
     left, lock = [decode_pixels], threading.Lock()
 
     def check(uri: str) -> None:
