@@ -96,6 +96,10 @@ class Sizing:
         """How a width x height content image is sized for the model."""
         return size_plan(width, height, self.content_size, self.crop, self.max_side)
 
+    def style_plan(self, width: int, height: int) -> SizePlan:
+        """How a width x height style image is sized for the encoder (no --max-side: styles are not capped)."""
+        return size_plan(width, height, self.style_size, self.crop)
+
 
 @dataclass(frozen=True)
 class Scale:

@@ -24,15 +24,19 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, outcome
-from pipeline.config import Controls
-from pipeline.data.preflight import check_address, check_styles
+from pipeline.config import Controls, Sizing
+from pipeline.data.preflight import check_address, check_style_images, check_styles
 from pipeline.data.progress import Progress
-from pipeline.errors import ClusterError, ConfigError
+from pipeline.errors import ClusterError, ConfigError, ImageError
+from pipeline.imaging.codec import prepare
 from tests import images
 from tests.conftest import S3Server, WeightFiles, free_port
+from tests.test_guarantees import bank_row, write_bank
 
 ROOT = Path(__file__).resolve().parent.parent
 # What must never reach a clean run's terminal: warnings, errors, Ray's native log lines, tracebacks.
@@ -161,6 +165,115 @@ def test_style_flags_that_do_not_fit_the_styles_are_found_before_ray(tmp_path: P
     ):
         with pytest.raises(ConfigError, match=words):
             check_styles(refs, controls, per_image)
+
+
+def mutated(data: bytes, cut: int, flips: list[tuple[int, int]]) -> bytes:
+    """`data` cut at `cut` (0: whole) with bits flipped at (position, bit), positions taken modulo its length."""
+    out = bytearray(data[:cut] if cut else data)
+    for at, bit in flips:
+        out[at % len(out)] ^= 1 << bit
+    return bytes(out)
+
+
+VALID_STYLES = {"JPEG": images.encoded(32, 32, "JPEG", seed=3), "PNG": images.encoded(32, 32, "PNG", seed=4)}
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    fmt=st.sampled_from(sorted(VALID_STYLES)),
+    cut=st.one_of(st.just(0), st.integers(1, 3000)),
+    flips=st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 7)), max_size=3),
+)
+def test_a_damaged_style_image_is_one_line_before_ray_where_the_job_would_refuse_it(
+    tmp_path: Path, fmt: str, cut: int, flips: list[tuple[int, int]]
+) -> None:
+    """A style image cut short or with bits flipped: the preflight refuses it in one line naming it
+    exactly where the job's own decoding and sizing would (there, after Ray had started)."""
+    data = mutated(VALID_STYLES[fmt], cut, flips)
+    style = images.write(tmp_path / f"style.{fmt.lower()}", data)
+    try:
+        prepare(data, 32)
+        job_refuses = False
+    except ImageError:
+        job_refuses = True
+    try:
+        check_styles((str(style),), sizing=Sizing(content_size=32, style_size=32))
+    except ConfigError as exc:
+        message = str(exc)
+        assert job_refuses, f"refused what the job takes: {message}"
+        assert message.startswith(f"--style {style}: ") and "\n" not in message, message
+        assert message.endswith("; replace or remove that style image"), message
+    else:
+        assert not job_refuses, "passed what the job refuses"
+
+
+def test_style_images_past_the_decoding_budget_are_checked_by_their_headers(tmp_path: Path) -> None:
+    """Many style images are each read and their headers checked, decoded whole only within the budget:
+    a file cut short passes unnoticed past it, one that is no image does not; the first in order is named."""
+    folder = tmp_path / "styles"
+    images.write(folder / "a.jpg", images.truncated_jpeg())
+    images.write(folder / "b.png", images.encoded(32, 32, "PNG"))
+    uris = [str(folder / "a.jpg"), str(folder / "b.png")]
+    sizing = Sizing(content_size=32, style_size=32)
+    check_style_images(uris, sizing, decode_pixels=0)
+    with pytest.raises(ConfigError, match=r"a\.jpg: corrupt or truncated JPEG"):
+        check_style_images(uris, sizing)
+    images.write(folder / "c.png", b"text, not an image")
+    images.write(folder / "d.png", images.huge_header_png())
+    b, c, d = (str(folder / name) for name in ("b.png", "c.png", "d.png"))
+    with pytest.raises(ConfigError, match=r"c\.png: not an image"):
+        check_style_images([b, c, d], sizing, decode_pixels=0)
+    with pytest.raises(ConfigError, match=r"d\.png: 30000x30000 .* \(a decompression bomb\?\)"):
+        check_style_images([b, d], sizing, decode_pixels=0)
+    with pytest.raises(ConfigError, match=r"b\.png: 4x4 as sized for the model: too small"):
+        check_style_images([str(folder / "b.png")], Sizing(content_size=32, style_size=4))
+
+
+def test_the_style_checks_load_neither_torch_nor_ray(tmp_path: Path) -> None:
+    """Style images and a bank's file are checked before Ray starts and torch loads (2 s of imports
+    each, on a quiet machine), torch only for a bank's encoder."""
+    style = images.write(tmp_path / "style.png", images.encoded(32, 32, "PNG"))
+    bank = write_bank(tmp_path / "bank.parquet", [bank_row("a")])
+    code = (
+        "import sys; from pipeline.config import Sizing; from pipeline.data.preflight import check_styles;"
+        "from pipeline.data.bank_table import check_bank;"
+        f"check_styles(({str(style)!r},), sizing=Sizing(32, 32)); check_bank({bank!r}, lambda: 'ab');"
+        "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr
+
+
+@pytest.mark.parametrize("case", ["damaged style image", "bank of another encoder"])
+def test_a_style_the_job_cannot_use_stops_it_before_ray_starts(
+    case: str, weights: WeightFiles, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """Found as the styles were encoded, while Ray started: exit 1 or 2 after 15 s. Now one line, exit 2,
+    and Ray never starts."""
+
+    def ray_starts(*args: object) -> None:
+        raise AssertionError("Ray started")
+
+    monkeypatch.setattr("pipeline.data.cluster.connect_while", ray_starts)
+    photos(tmp_path / "in", 2)
+    images.write(tmp_path / "styles" / "good.jpg", images.encoded(32, 32, seed=5))
+    if case == "damaged style image":
+        style = images.write(tmp_path / "styles" / "cut.jpg", images.truncated_jpeg())
+        words, given = f"--style {style}: corrupt or truncated JPEG", tmp_path / "styles"
+    else:
+        given = write_bank(tmp_path / "bank.parquet", [bank_row("a")], meta=ANOTHER_ENCODER)
+        words = f"{given}: this style bank was built with encoder {'ab' * 6}, but encoder"
+    args = ["stylize", "--input", str(tmp_path / "in"), "--style", str(given), "--output", str(tmp_path / "out")]
+    started = time.monotonic()
+    assert main([*args, *job_flags(weights)]) == EXIT_USAGE
+    took = time.monotonic() - started
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"adain: error: {words}"), lines
+    assert not (tmp_path / "out").exists()
+    assert took < 5, f"took {took:.1f} s"
+
+
+ANOTHER_ENCODER = {b"adain.format": b"adain-ray.style-bank/1", b"adain.encoder_sha256": b"ab" * 32}
 
 
 FAIL_FAST = [

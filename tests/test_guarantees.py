@@ -30,6 +30,7 @@ from pipeline.cli.commands import EXIT_ERROR_ROWS
 from pipeline.config import ModelConfig, OutputSpec, Sizing
 from pipeline.data.augment import run_augment
 from pipeline.data.bank import BANK_SCHEMA, load_bank
+from pipeline.data.bank_table import check_bank
 from pipeline.data.decode import decode_inputs
 from pipeline.data.listing import list_inputs
 from pipeline.data.manifest import ManifestWriter, run_values
@@ -139,7 +140,10 @@ DAMAGED_OUTPUTS = {
     "part-of-other-columns": ("_manifest/y.parquet", _parquet([{"run_id": "r"}]), "y.parquet: unreadable", None),
     "part-of-lists": ("_manifest/y.parquet", _parquet([{**GOOD_ROW, "style": ["s"]}]), "y.parquet: unreadable", None),
     "rows-naming-nothing": (
-        "_manifest/y.parquet", _parquet([{**GOOD_ROW, "input_uri": None}]), "1 row naming no", None
+        "_manifest/y.parquet",
+        _parquet([{**GOOD_ROW, "input_uri": None}]),
+        "1 row naming no",
+        None,
     ),
     "style-sources-a-list": ("_runs/b.json", b'{"run_id": "b", "style_sources": ["a"]}', None, "b ? ? ? ? ? ?"),
     "style-sources-not-paths": (  # a later run's: it names the style image the contact sheet shows
@@ -433,7 +437,6 @@ def test_shards_of_a_dead_run_are_never_read(ray_cluster: str, weights: WeightFi
     assert all(name.startswith("r1-") for name in indexed)
 
 
-
 @pytest.mark.parametrize("body", [b"not json", b"[1]", b'{"shards": 5}', b'{"shards": [1, {"a": 2}]}', b"[" * 100_000])
 def test_a_damaged_shard_index_stops_the_run_before_work_and_deletes_no_shard(tmp_path: Path, body: bytes) -> None:
     """An index edited by hand was a traceback once all the work was done; read as empty, it would
@@ -499,14 +502,32 @@ RAGGED = pa.schema(
             None,
             "style ids are not text",
         ),
+        ([], BANK_SCHEMA, None, "the style bank is empty"),
     ],
-    ids=["ragged", "nan", "negative-std", "duplicate-ids", "no-columns", "no-encoder", "slug", "case", "not-text"],
+    ids=[
+        "ragged",
+        "nan",
+        "negative-std",
+        "duplicate-ids",
+        "no-columns",
+        "no-encoder",
+        "slug",
+        "case",
+        "not-text",
+        "empty",
+    ],
 )
 def test_damaged_banks_are_refused_in_one_line(tmp_path: Path, rows, schema, meta, words) -> None:
+    """By the job as it loads the bank, and alike by the preflight's reading of its footer and columns."""
     path = write_bank(tmp_path / "bank.parquet", rows, schema, meta)
     with pytest.raises(ConfigError, match=words) as caught:
         load_bank(path)
     assert "\n" not in str(caught.value)
+    asked: list[str] = []
+    with pytest.raises(ConfigError) as preflight:
+        check_bank(path, lambda: asked.append("encoder") or "ab")
+    assert str(preflight.value) == str(caught.value)
+    assert asked == (["encoder"] if not rows else [])  # torch loads for the encoder only past the other checks
 
 
 # Ids that `slug` and `folded` may bring together: separators, dots, underscores, case, and

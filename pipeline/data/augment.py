@@ -107,7 +107,7 @@ def run_augment(cfg: AugmentConfig) -> dict[str, Any]:
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
-    check_styles((cfg.styles,), per_image=cfg.per_image)
+    check_styles((cfg.styles,), per_image=cfg.per_image, sizing=cfg.sizing, encoder=cfg.model.encoder)
     release_if_dead(lock)
     lease = acquire(lock, run_id, cfg.lock_ttl_s)
     try:

@@ -4,7 +4,7 @@ One row per style image: its id, source URI, size and modification time (to re-i
 new or changed images), content sha256, and the relu4_1 mean and std vectors. The table's
 metadata names the encoder (sha256 of its weights) and the style size the statistics were
 taken at; a bank never mixes encoders. Jobs given a bank use the statistics and never read
-the style images again.
+the style images again. The file's format and checks: pipeline/data/bank_table.py.
 """
 
 from __future__ import annotations
@@ -18,14 +18,22 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 import torch
 
 from pipeline.config import ModelConfig, Scale, Sizing
+from pipeline.data.bank_table import (
+    BANK_FORMAT,
+    BANK_SCHEMA,
+    FEATURES,
+    check_encoder,
+    check_not_empty,
+    model_values,
+    read_bank_table,
+)
 from pipeline.data.cluster import connect, model_stage
 from pipeline.data.listing import is_bank, style_ids
-from pipeline.data.manifest import conformed, read_table, table_bytes
+from pipeline.data.manifest import conformed, table_bytes
 from pipeline.errors import ConfigError, ImageError, StorageError, describe
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, max_file_bytes, prepare
 from pipeline.imaging.tensors import to_tensor
@@ -33,25 +41,18 @@ from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
 from pipeline.model.host import set_threads
 from pipeline.model.loader import load_style_encoder
-from pipeline.storage.keys import folded, slug
 from pipeline.storage.listing import FileStat, stat_files
-from pipeline.storage.uri import absolute, check_writable, exists, is_dir, read_bytes, resolve, write_bytes
+from pipeline.storage.uri import (
+    absolute,
+    check_writable,
+    exists,
+    is_dir,
+    read_bytes,
+    resolve,
+    write_bytes,
+)
 
 log = logging.getLogger(__name__)
-
-BANK_FORMAT = b"adain-ray.style-bank/1"
-FEATURES = 512  # relu4_1 channels
-BANK_SCHEMA = pa.schema(
-    [
-        ("style_id", pa.string()),
-        ("source_uri", pa.string()),
-        ("size", pa.int64()),
-        ("mtime_ns", pa.int64()),
-        ("content_sha256", pa.string()),
-        ("mean", pa.list_(pa.float32(), FEATURES)),
-        ("std", pa.list_(pa.float32(), FEATURES)),
-    ]
-)
 
 
 @dataclass(frozen=True)
@@ -72,99 +73,22 @@ class StyleBank:
         return self.mean[i : i + 1], self.std[i : i + 1]
 
 
-def _metadata(table: pa.Table, uri: str) -> dict[bytes, bytes]:
-    meta = table.schema.metadata or {}
-    if meta.get(b"adain.format") != BANK_FORMAT:
-        raise ConfigError(f"{uri}: not an adain-ray style bank (build one with `adain styles index`)")
-    return meta
-
-
-def _unusable(uri: str, what: str) -> ConfigError:
-    return ConfigError(f"{uri}: not a usable style bank: {what}; rebuild it with `adain styles index`")
-
-
-def meeting_ids(ids: list[str]) -> tuple[str, str] | None:
-    """Two distinct style ids whose outputs would share a name, if any: a style's outputs are
-    named by `slug(style_id)` (`keys.output_key`'s folder, `keys.augmented_key`'s suffix), and
-    names are compared without case (`folded`), as a filesystem that ignores case would."""
-    first: dict[str, str] = {}
-    for style_id, name in zip(ids, folded([slug(style_id) for style_id in ids]), strict=True):
-        other = first.setdefault(name, style_id)
-        if other != style_id:
-            return other, style_id
-    return None
-
-
-def read_bank_table(uri: str) -> pa.Table:
-    """A bank's table, checked: its metadata, its columns, unique ids whose outputs are named
-    apart, 512 means finite and 512 stds finite and positive a row, as float32."""
-    try:
-        table = read_table(uri)
-    except (pa.ArrowException, OSError) as exc:
-        raise ConfigError(f"{uri}: not a readable Parquet file ({describe(exc)})") from None
-    meta = _metadata(table, uri)
-    if not meta.get(b"adain.encoder_sha256"):
-        raise _unusable(uri, "its metadata names no encoder")
-    try:
-        int(meta.get(b"adain.style_size", b""))
-    except ValueError:
-        raise _unusable(uri, "its metadata gives no style size") from None
-    missing = [c for c in ("style_id", "mean", "std") if c not in table.column_names]
-    if missing:
-        raise _unusable(uri, f"no {', '.join(missing)} column")
-    ids = table.column("style_id")
-    if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-        raise _unusable(uri, "its style ids are not text")
-    if ids.null_count or pc.count_distinct(ids).as_py() != table.num_rows:
-        raise _unusable(uri, "its style ids are not unique")
-    if meeting := meeting_ids(ids.to_pylist()):
-        first, second = meeting
-        raise _unusable(
-            uri,
-            f"style ids {first!r} and {second!r} would share an output folder ({slug(first)!r}, compared without case)",
-        )
-    for name in ("mean", "std"):
-        column = table.column(name).combine_chunks()
-        if not pa.types.is_list(column.type) and not pa.types.is_fixed_size_list(column.type):
-            raise _unusable(uri, f"{name} is not a list of floats")
-        if column.null_count or pc.any(pc.not_equal(pc.list_value_length(column), FEATURES)).as_py():
-            raise _unusable(uri, f"every {name} must have {FEATURES} values")
-        values = _as_model_takes(column)  # checked as the model takes them: 1e39 is inf there, 1e-50 is 0
-        if not np.isfinite(values).all():
-            raise _unusable(uri, f"{name} holds NaN or inf (or values past float32's range)")
-        if name == "std" and (values <= 0).any():
-            raise _unusable(uri, "std holds values that are not positive (or too small for float32)")
-    return table
-
-
-def _as_model_takes(column: pa.Array) -> np.ndarray:
-    """A list column's values as float32, what the model computes in (past its range: inf, unwarned)."""
-    with np.errstate(over="ignore"):
-        return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-
-
 def load_bank(uri: str, encoder_sha256: str | None = None) -> StyleBank:
     """Read a bank; with `encoder_sha256`, refuse one built with another encoder."""
     table = read_bank_table(uri)
     meta = table.schema.metadata
-    bank_encoder = meta[b"adain.encoder_sha256"].decode()
-    if encoder_sha256 is not None and bank_encoder != encoder_sha256:
-        raise ConfigError(
-            f"{uri}: this style bank was built with encoder {bank_encoder[:12]}, but encoder "
-            f"{encoder_sha256[:12]} is loaded; rebuild the bank with this --encoder or pass the bank's encoder"
-        )
-    if table.num_rows == 0:
-        raise ConfigError(f"{uri}: the style bank is empty")
+    check_encoder(uri, meta, encoder_sha256)
+    check_not_empty(table, uri)
 
     def stacked(column: str) -> torch.Tensor:
-        flat = _as_model_takes(table.column(column).combine_chunks())
+        flat = model_values(table.column(column).combine_chunks())
         return torch.from_numpy(np.ascontiguousarray(flat)).view(-1, FEATURES, 1, 1)
 
     return StyleBank(
         table.column("style_id").to_pylist(),
         stacked("mean"),
         stacked("std"),
-        bank_encoder,
+        meta[b"adain.encoder_sha256"].decode(),
         int(meta[b"adain.style_size"]),
     )
 
@@ -248,7 +172,7 @@ def index_styles(
     old = {}
     if exists(output):
         table = read_bank_table(output)
-        meta = _metadata(table, output)
+        meta = table.schema.metadata
         if meta[b"adain.encoder_sha256"].decode() != encoder_sha:
             raise ConfigError(
                 f"{output}: this bank was built with another encoder; a bank never mixes encoders: "

@@ -1,24 +1,35 @@
-"""What a user can get wrong about a job's surroundings, checked in seconds before any Ray or torch work.
+"""What a user can get wrong about a job's surroundings, checked in seconds before Ray starts (and
+before torch loads, but for a style bank's encoder).
 
 The jobs check, in this order: the inputs (`listing.find_inputs`: of a list file, its schema only),
-the output (`uri.check_writable`), the weights and the cluster (here), then the styles; only then do
-they start Ray.
+the output (`uri.check_writable`), the weights and the cluster (here), then the styles: each style
+image read and its header checked as `codec.decode` checks it (format, --max-pixels, JPEG scans, its
+size for --style-size), decoded whole while that stays cheap; a style bank's footer and the columns a
+job uses, then its encoder compared with --encoder's. Only then do they start Ray (and encode the styles
+while it starts).
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+from functools import partial
 
-from pipeline.config import Controls, ModelConfig
+from pipeline.config import Controls, ModelConfig, Sizing
+from pipeline.data.bank_table import check_bank
 from pipeline.data.listing import is_bank, list_styles
-from pipeline.errors import ClusterError, ConfigError, counted
+from pipeline.errors import ClusterError, ConfigError, counted, describe
+from pipeline.imaging.codec import check_plan, loaded, max_file_bytes, opened
 from pipeline.model.sources import naming_the_rest, weight_uri
 from pipeline.storage.cache import fetch
-from pipeline.storage.uri import exists
+from pipeline.storage.uri import exists, io_pool, read_bytes
 
 WAIT_S = 3.0  # how long a cluster address may refuse connections before the job gives up
+# Style images decoded whole in the preflight, in pixels (about half a second on a core); past it, headers only.
+DECODE_PIXELS = 64_000_000
+STYLE_READS = 16  # style images read at once (object-store requests in flight)
 
 
 def check_weights(model: ModelConfig) -> None:
@@ -28,9 +39,17 @@ def check_weights(model: ModelConfig) -> None:
     fetch(*weight_uri(model.decoder), flag="--decoder")
 
 
-def check_styles(refs: tuple[str, ...], controls: Controls | None = None, per_image: int = 1) -> None:
+def check_styles(
+    refs: tuple[str, ...],
+    controls: Controls | None = None,
+    per_image: int = 1,
+    sizing: Sizing | None = None,
+    encoder: str | None = None,
+) -> None:
     """Every --style is there and fits the flags that use it: a style bank, alone, or style images
-    (listed again as they are encoded, while Ray starts), as many as --style-weights and --per-image ask."""
+    (listed again as they are encoded, while Ray starts), as many as --style-weights and --per-image ask.
+    With `sizing`, each style image is read and checked (`check_style_images`); with `encoder` (weights
+    `check_weights` fetched), a bank is checked as the job loads it (`bank_table.check_bank`)."""
     banks = [ref for ref in refs if is_bank(ref)]
     for bank in banks:
         if not exists(bank):
@@ -44,11 +63,47 @@ def check_styles(refs: tuple[str, ...], controls: Controls | None = None, per_im
             )
         if controls is not None and controls.style_weights is not None:
             raise ConfigError("--style-weights blends style images; with a style bank give each style as its own run")
+        if encoder is not None:
+            check_bank(banks[0], partial(encoder_sha256, encoder))
         return  # a bank's rows are counted as it is read, while Ray starts
-    found = len(list_styles(refs))
+    found = list_styles(refs)
     if controls is not None:
-        controls.weights_for(found)
-    enough_styles(per_image, found)
+        controls.weights_for(len(found))
+    enough_styles(per_image, len(found))
+    if sizing is not None:
+        check_style_images([uri for _, uri in found], sizing)
+
+
+def check_style_images(uris: list[str], sizing: Sizing, decode_pixels: int = DECODE_PIXELS) -> None:
+    """Each style image read (within --max-pixels' file size) and its header checked as `codec.decode`
+    checks it, and its size as --style-size makes it; decoded whole too while the pixels decoded stay
+    within `decode_pixels` (a file cut short shows only then). ConfigError naming the first image that
+    fails, in the order given. Reading them all costs a fraction of encoding them, which the job does next."""
+    left, lock = [decode_pixels], threading.Lock()
+
+    def check(uri: str) -> None:
+        try:
+            img = opened(read_bytes(uri, max_file_bytes(sizing.max_pixels)), sizing.max_pixels)
+            check_plan(sizing.style_plan(*img.size), sizing.max_pixels)
+            pixels = img.width * img.height
+            with lock:
+                whole = left[0] >= pixels
+                if whole:
+                    left[0] -= pixels
+            if whole:
+                loaded(img)
+        except Exception as exc:
+            raise ConfigError(f"--style {uri}: {describe(exc)}; replace or remove that style image") from None
+
+    for _ in io_pool(STYLE_READS).map(check, uris):
+        pass
+
+
+def encoder_sha256(ref: str) -> str:
+    """What a bank names its encoder by: the sha256 of the loaded weights (torch loads here)."""
+    from pipeline.model.checkpoint import load_encoder
+
+    return load_encoder(ref).sha256
 
 
 def enough_styles(per_image: int, styles: int) -> None:

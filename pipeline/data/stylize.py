@@ -47,7 +47,7 @@ def run_stylize(cfg: StylizeConfig) -> dict[str, Any]:
     check_writable(cfg.output.uri)
     check_weights(cfg.model)
     check_address(cfg.address)
-    check_styles(cfg.styles, cfg.controls)
+    check_styles(cfg.styles, cfg.controls, sizing=cfg.sizing, encoder=cfg.model.encoder)
     # A listing's videos take the videos' pipeline (a list file's are split off as Ray Data reads it).
     images, videos = split_videos(found) if isinstance(found, pa.Table) else (found, None)
     check_videos(videos, cfg)

@@ -60,6 +60,23 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
 
     Whatever a crafted or damaged file makes Pillow raise (odd TIFF tag types, a MemoryError)
     ends here as an ImageError: one bad file is one error, never a crash."""
+    return loaded(opened(data, max_pixels))
+
+
+def loaded(img: Image.Image) -> Image.Image:
+    """An `opened` image decoded: upright 8-bit RGB, or ImageError (the file is cut short or damaged)."""
+    try:
+        with warnings.catch_warnings():  # Pillow warns about some truncated files; we raise instead
+            warnings.simplefilter("ignore")
+            img.load()
+            return to_rgb(ImageOps.exif_transpose(img))
+    except Exception as exc:
+        raise ImageError(f"corrupt or truncated {img.format or 'image'} ({describe(exc)})") from None
+
+
+def opened(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """`decode`'s checks of the header alone (a format it opens, within `max_pixels`, JPEG scans), in a
+    fraction of a millisecond: the image, its pixels not yet decoded, or ImageError."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
@@ -72,13 +89,7 @@ def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Image.Image:
     check_pixels(width, height, max_pixels)
     if img.format in ("JPEG", "MPO"):
         check_scans(data)
-    try:
-        with warnings.catch_warnings():  # Pillow warns about some truncated files; we raise instead
-            warnings.simplefilter("ignore")
-            img.load()
-            return to_rgb(ImageOps.exif_transpose(img))
-    except Exception as exc:
-        raise ImageError(f"corrupt or truncated {img.format or 'image'} ({describe(exc)})") from None
+    return img
 
 
 def check_pixels(width: int, height: int, max_pixels: int, after: str = "") -> None:
