@@ -31,8 +31,8 @@ from pipeline.errors import ConfigError
 from pipeline.imaging.codec import prepare
 from pipeline.model.checkpoint import load_encoder
 from tests import images, reference
+from tests.banks import bank_row, write_bank
 from tests.conftest import S3Server, WeightFiles
-from tests.test_guarantees import bank_row, write_bank
 
 SIZING = Sizing(content_size=32, style_size=32)
 SCALE = Scale(actors=1, batch_size=2)

@@ -35,8 +35,8 @@ from pipeline.data.progress import Progress
 from pipeline.errors import ClusterError, ConfigError, ImageError
 from pipeline.imaging.codec import prepare
 from tests import images
+from tests.banks import bank_row, write_bank
 from tests.conftest import S3Server, WeightFiles, free_port
-from tests.test_guarantees import bank_row, write_bank
 
 ROOT = Path(__file__).resolve().parent.parent
 # What must never reach a clean run's terminal: warnings, errors, Ray's native log lines, tracebacks.

@@ -50,6 +50,7 @@ from pipeline.storage.listing import iter_files
 from pipeline.storage.lock import LeaseKeeper, acquire, release, renew
 from pipeline.storage.uri import read_bytes
 from tests import images
+from tests.banks import bank_row, write_bank
 from tests.conftest import S3Server, WeightFiles
 from tests.test_augment import config as augment_config
 from tests.test_augment import write_dataset, write_styles
@@ -466,18 +467,6 @@ def test_error_reasons_of_inputs_without_a_file_name(input_uri: str) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # banks and weights, checked on load
-
-
-def write_bank(path: Path, rows: list[dict], schema: pa.Schema = BANK_SCHEMA, meta: dict | None = None) -> str:
-    meta = meta if meta is not None else {b"adain.format": b"adain-ray.style-bank/1", b"adain.encoder_sha256": b"ab"}
-    meta = {b"adain.style_size": b"32", **meta}
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata(meta), path)
-    return str(path)
-
-
-def bank_row(style_id: str, mean: list[float] | None = None, std: list[float] | None = None) -> dict:
-    row = {"style_id": style_id, "source_uri": f"/s/{style_id}.png", "size": 1, "mtime_ns": 1, "content_sha256": "x"}
-    return row | {"mean": mean if mean is not None else [0.1] * 512, "std": std if std is not None else [0.5] * 512}
 
 
 RAGGED = pa.schema(
