@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from pipeline.data.bank import meeting_ids
+from pipeline.data.bank_table import meeting_ids
 from pipeline.data.listing import style_ids
 from pipeline.data.stylize import run_stylize
 from pipeline.errors import ConfigError
@@ -19,6 +20,7 @@ from pipeline.storage.keys import (
     STYLE_BYTES,
     augmented_key,
     fitted,
+    fitted_stems,
     folded,
     output_key,
     output_room,
@@ -152,3 +154,16 @@ def test_an_input_with_a_name_too_long_to_write_is_stylized(
     assert written[0] == "short.png" and written[1].startswith("é" * 100) and len(written[1].encode()) <= 255
     again = run_stylize(cfg)
     assert (again["ok"], again["skipped"]) == (0, 2)
+
+
+def test_stems_are_fitted_chunk_by_chunk() -> None:
+    """Ten million stems may hold more text than one Arrow string array takes (2 GiB): combining
+    their chunks to fit a few was "offset overflow". Each chunk is fitted as it is."""
+    room = output_room("s3://b/out", augment=False)
+    values = ["a", "b" * 300, "c" * 260 + "/d", "e/" + "f" * 251]
+    chunked = pa.chunked_array([pa.array(values[:2]), pa.array(values[2:])])
+    fitted_chunks = fitted_stems(chunked, room)
+    assert fitted_chunks.num_chunks == 2
+    whole = fitted_stems(pa.chunked_array([values]), room).to_pylist()
+    assert fitted_chunks.to_pylist() == [fitted(v, room) for v in values] == whole
+    assert fitted_chunks.to_pylist()[0] == "a" and all(fitted(v, room) == v for v in fitted_chunks.to_pylist())
