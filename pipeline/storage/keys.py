@@ -114,9 +114,12 @@ def fitted_stems(stems: pa.ChunkedArray, room: Room | None) -> pa.ChunkedArray:
     longer = pc.greater(pc.add(pc.binary_length(stems), pc.count_substring(stems, "/")), min(room))
     if not pc.any(longer).as_py():
         return stems
-    rows = pc.indices_nonzero(longer)
-    values = pa.array([fitted(stem, room) for stem in stems.take(rows).to_pylist()], pa.string())
-    return _chunked(pc.replace_with_mask(stems.combine_chunks(), longer.combine_chunks(), values))
+    chunks, start = [], 0  # chunk by chunk: ten million stems may hold more than a string array's 2 GiB
+    for chunk in stems.chunks:
+        mask, start = longer.slice(start, len(chunk)).combine_chunks(), start + len(chunk)
+        values = pa.array([fitted(stem, room) for stem in chunk.filter(mask).to_pylist()], pa.string())
+        chunks.append(pc.replace_with_mask(chunk, mask, values) if len(values) else chunk)
+    return pa.chunked_array(chunks, pa.string())
 
 
 def _suffixed(name: str, suffix: str, room: Room | None) -> str:
