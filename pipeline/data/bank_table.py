@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from pipeline.data.manifest import read_table
 from pipeline.errors import ConfigError, describe
 from pipeline.storage.keys import folded, slug
-from pipeline.storage.uri import resolve, retrying
+from pipeline.storage.uri import open_input
 
 BANK_FORMAT = b"adain-ray.style-bank/1"
 FEATURES = 512  # relu4_1 channels
@@ -62,9 +62,8 @@ def read_bank_table(uri: str) -> pa.Table:
 def check_bank(uri: str, encoder_sha256: Callable[[], str]) -> None:
     """`load_bank`'s checks, in its order, reading only the footer and the columns a job uses; the
     encoder's sha256 is asked for (the preflight loads torch for it) only of a bank that passes the rest."""
-    filesystem, path = resolve(uri)
     try:
-        with retrying(lambda: filesystem.open_input_file(path), uri) as source:
+        with open_input(uri) as source:
             parquet = pq.ParquetFile(source)
             meta = _checked_metadata(parquet.schema_arrow.metadata, uri)
             table = parquet.read([c for c in ("style_id", "mean", "std") if c in parquet.schema_arrow.names])

@@ -13,7 +13,15 @@ from collections.abc import Iterator
 
 import pyarrow.fs as pafs
 
-from pipeline.storage.uri import FILE_MODE, SINGLE_PUT_BYTES, regular_file_size, resolve, retrying, write_bytes
+from pipeline.storage.uri import (
+    FILE_MODE,
+    SINGLE_PUT_BYTES,
+    open_input,
+    regular_file_size,
+    resolve,
+    retrying,
+    write_bytes,
+)
 
 # Reads of a seekable object go to the store a block at a time: PyAV's reads of a few KiB each
 # would otherwise be one ranged GET each.
@@ -24,9 +32,7 @@ READ_BLOCK_BYTES = 4 * 1024 * 1024
 def open_seekable(uri: str, block: int = READ_BLOCK_BYTES) -> Iterator[io.BufferedReader]:
     """A read-only, seekable file over an object or file, read `block` bytes at a time (ranged GETs
     on S3): a video is read as its demuxer seeks, never whole into memory."""
-    filesystem, path = resolve(uri)
-    handle = retrying(lambda: filesystem.open_input_file(path), uri)
-    with io.BufferedReader(handle, block) as reader:
+    with io.BufferedReader(open_input(uri), block) as reader:
         yield reader
 
 

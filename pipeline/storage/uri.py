@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 from typing import TypeVar
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipeline.errors import StorageError
@@ -200,6 +201,13 @@ def _is_permanent(exc: OSError) -> bool:
         or any(marker in text for marker in (*_MISSING, *_DENIED))
         or _OTHER_CLIENT_ERROR.search(text) is not None
     )
+
+
+def open_input(uri: str) -> pa.NativeFile:
+    """A random-access file over an object or file (ranged GETs on object stores), opened with
+    `retrying`: Parquet footers and row groups read without the whole object."""
+    filesystem, path = resolve(uri)
+    return retrying(lambda: filesystem.open_input_file(path), uri)
 
 
 def retrying(action: Callable[[], T], uri: str, attempts: int = ATTEMPTS, delay: float = BASE_DELAY_S) -> T:
