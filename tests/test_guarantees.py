@@ -9,6 +9,8 @@ import io
 import json
 import os
 import stat
+import subprocess
+import sys
 import tarfile
 import threading
 import time
@@ -135,7 +137,20 @@ GOOD_ROW = {
 }
 GOOD_RUN = {"run_id": "a", "started_at": "2026-01-01T00:00:00Z", "ok": 1, "error": 0, "skipped": 0, "wall_s": 1.0}
 # What a full disk, a killed copy or a hand edit leaves beside a good run: (file, its bytes), the warning, run b's row.
+def _damaged_page() -> bytes:
+    """A part of two row groups whose second's first page header is overwritten: Arrow reads the
+    footer and the first group, then raises a plain OSError ("Couldn't deserialize thrift")."""
+    rows = pa.Table.from_pylist([{**GOOD_ROW, "input_uri": f"/in/d{i}.jpg"} for i in range(200)])
+    buffer = io.BytesIO()
+    pq.write_table(rows, buffer, row_group_size=100, compression="none", use_dictionary=False)
+    data = bytearray(buffer.getvalue())
+    at = pq.ParquetFile(io.BytesIO(bytes(data))).metadata.row_group(1).column(1).data_page_offset
+    data[at : at + 40] = b"\xff" * 40
+    return bytes(data)
+
+
 DAMAGED_OUTPUTS = {
+    "damaged-page": ("_manifest/x.parquet", _damaged_page(), "x.parquet: unreadable manifest part", None),
     "truncated-part": ("_manifest/x.parquet", _parquet([GOOD_ROW])[:100], "x.parquet: unreadable manifest part", None),
     "empty-part": ("_manifest/zz.parquet", b"", "zz.parquet: unreadable manifest part", None),
     "part-of-other-columns": ("_manifest/y.parquet", _parquet([{"run_id": "r"}]), "y.parquet: unreadable", None),
@@ -245,6 +260,32 @@ def test_report_read_a_slice_at_a_time_is_the_report_of_the_whole_manifest(
     }
     assert shown == _report_the_old_way(out, {"a", "b"})
     assert (len(report.latest.groups) > 1) == (bucket_rows < 240), report.latest.groups  # in buckets of keys on disk
+
+
+FEW_FILES = """
+import json, resource, sys
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+from pipeline.data.report import OK, failed, read_report
+report = read_report(sys.argv[1], batch_rows=7, bucket_rows=2)  # 120 buckets wanted
+ok = [list(r.values()) for r in report.latest.rows(OK, ("input_uri", "style", "output_uri"))]
+print(json.dumps([report.counts, report.reasons, list(failed(report)), ok]))
+"""
+
+
+def test_report_in_more_buckets_than_files_may_be_open(tmp_path: Path) -> None:
+    """A bucket a file, all open at once: past the limit on open files (1,024 by default: some 200
+    million rows) the report died on "Too many open files". Buckets are as many as may be open."""
+    out = tmp_path / "out"
+    images.write(out / "_runs" / "a.json", json.dumps(GOOD_RUN).encode())
+    rows = [{**GOOD_ROW, "input_uri": f"/in/{i}.jpg", "status": "error" if i % 3 else "ok",
+             "error": f"/in/{i}.jpg: broken {i % 4}" if i % 3 else None} for i in range(240)]  # fmt: skip
+    images.write(out / "_manifest" / "a-00000.parquet", _parquet(rows))
+    run = subprocess.run([sys.executable, "-c", FEW_FILES, str(out)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    whole = read_report(str(out))
+    ok = [list(r.values()) for r in whole.latest.rows(OK, ("input_uri", "style", "output_uri"))]
+    assert json.loads(run.stdout) == json.loads(json.dumps([whole.counts, whole.reasons, list(failed(whole)), ok]))
 
 
 @pytest.mark.parametrize("dictionary", [True, False])

@@ -35,7 +35,7 @@ from pipeline.data.rows import ERROR, OK, STATUSES
 from pipeline.errors import ConfigError, counted, describe, one_line
 from pipeline.imaging.codec import MAX_PIXELS, VIDEO_EXTENSIONS, encode
 from pipeline.storage.listing import list_files
-from pipeline.storage.uri import is_dir, join, read_bytes, resolve, retrying, write_bytes
+from pipeline.storage.uri import is_dir, join, open_input, read_bytes, write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def read_report(output: str, top: int = 10, batch_rows: int = BATCH_ROWS, bucket
     named = pa.array(sorted(summarized - {None}), pa.string())
     parts = _parts(manifest_dir)
     rows = sum(metadata.num_rows for _, metadata in parts)
-    spill = _Spill(max(1, -(-rows // bucket_rows)))
+    spill = _Spill(max(1, min(-(-rows // bucket_rows), open_files_allowed())))
     unfinished_rows: Counter[tuple[str, str]] = Counter()
     with spill:
         for number, (uri, metadata) in enumerate(parts):
@@ -134,6 +134,7 @@ class _Spill:
         self.folder = tempfile.TemporaryDirectory(prefix="adain-report-") if buckets > 1 else None
         self.tables: list[list[pa.Table]] = [[] for _ in range(buckets)]
         self.writers: list[ipc.RecordBatchFileWriter | None] = [None] * buckets
+        self.sinks: list[pa.NativeFile | None] = [None] * buckets  # closed here: a closed writer keeps it open
         self.failed: set[int] = set()  # parts that broke off after some of their rows were added
         self.rows = 0  # rows added: the next one's order
 
@@ -151,7 +152,8 @@ class _Spill:
         rows, edges = rows.take(ranked), np.searchsorted(buckets[ranked], np.arange(self.buckets + 1))
         for bucket in np.flatnonzero(np.diff(edges)):
             if self.writers[bucket] is None:
-                self.writers[bucket] = ipc.new_file(self.path(bucket), rows.schema, options=SPILLED)
+                self.sinks[bucket] = pa.OSFile(self.path(bucket), "wb")
+                self.writers[bucket] = ipc.new_file(self.sinks[bucket], rows.schema, options=SPILLED)
             self.writers[bucket].write_table(rows.slice(edges[bucket], edges[bucket + 1] - edges[bucket]))
 
     def bucket(self, bucket: int) -> pa.Table | None:
@@ -159,8 +161,8 @@ class _Spill:
         if self.folder is None:
             rows = pa.concat_tables(self.tables[0]) if self.tables[0] else None
             self.tables[0] = []
-        elif (writer := self.writers[bucket]) is not None:
-            writer.close()
+        elif self.writers[bucket] is not None:
+            self._close(bucket)
             with pa.OSFile(self.path(bucket)) as file:
                 rows = ipc.open_file(file).read_all()
             os.remove(self.path(bucket))
@@ -173,10 +175,36 @@ class _Spill:
     def __enter__(self) -> _Spill:
         return self
 
+    def _close(self, bucket: int) -> None:
+        if (writer := self.writers[bucket]) is not None:
+            writer.close()
+            self.sinks[bucket].close()
+            self.writers[bucket] = self.sinks[bucket] = None
+
     def __exit__(self, *_: object) -> None:
-        for writer in self.writers:
-            if writer is not None:
-                writer.close()
+        for bucket in range(self.buckets):
+            self._close(bucket)
+
+
+def open_files_allowed() -> int:
+    """How many buckets may be open at once (one file each, while they are written and again while
+    they are merged): the soft limit on open files raised as far as the hard one allows, as Ray
+    raises it, less a reserve for everything else the process holds open."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit to raise
+        return 512
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    for wanted in (hard, 65_536, 10_240):  # macOS refuses more than its OPEN_MAX, even under an unlimited hard limit
+        if wanted == resource.RLIM_INFINITY or wanted <= soft or (hard != resource.RLIM_INFINITY and wanted > hard):
+            continue
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError):
+            continue
+        soft = wanted
+        break
+    return max(16, soft - 256)
 
 
 def _latest(spill: _Spill) -> tuple[Latest, Counter[str], list[tuple[str, int]]]:
@@ -243,20 +271,15 @@ def _parts(directory: str) -> list[tuple[str, pq.FileMetaData]]:
     parts = []
     for uri in uris:
         try:
-            with _open(uri) as file:
+            with open_input(uri) as file:
                 part = pq.ParquetFile(file)
                 if missing := [name for name in COLUMNS if name not in part.schema_arrow.names]:
                     raise pa.ArrowInvalid(f"no column {missing[0]!r}")
-        except pa.ArrowException as exc:
+        except (pa.ArrowException, OSError) as exc:  # OSError: a footer Arrow cannot deserialize
             log.warning("%s: unreadable manifest part, left out of the report (%s)", uri, describe(exc))
             continue
         parts.append((uri, part.metadata))
     return parts
-
-
-def _open(uri: str) -> pa.NativeFile:
-    filesystem, path = resolve(uri)
-    return retrying(lambda: filesystem.open_input_file(path), uri)
 
 
 def _read_part(
@@ -269,7 +292,7 @@ def _read_part(
     unfinished: Counter[tuple[str, str]] = Counter()
     unnamed = 0
     try:
-        with _open(uri) as file:
+        with open_input(uri) as file:
             for rows in _slices(file, metadata, batch_rows):
                 named = pc.and_(pc.is_valid(rows.column("input_uri")), pc.is_valid(rows.column("style")))
                 unnamed += rows.num_rows - pc.sum(named).as_py()
@@ -284,7 +307,7 @@ def _read_part(
                 spill.add(
                     rows.append_column("order", order).append_column("part", pa.array(np.full(rows.num_rows, number)))
                 )
-    except (pa.ArrowException, _Oversized) as exc:
+    except (pa.ArrowException, OSError, _Oversized) as exc:  # OSError: a damaged page
         spill.failed.add(number)
         why = str(exc) if isinstance(exc, _Oversized) else describe(exc)
         log.warning("%s: unreadable manifest part, left out of the report (%s)", uri, why)
