@@ -286,7 +286,12 @@ BAD_LISTS = [
         "not a list file",
         False,
     ),
-    ("quote.csv", b'uri\na.jpg\n"b.jpg\nc.jpg\n', r"rows 1-2: an entry \('b.jpg\\nc.jpg'\) holds a line break", False),
+    (  # the entry taken exactly: its line end too
+        "quote.csv",
+        b'uri\na.jpg\n"b.jpg\nc.jpg\n',
+        r"rows 1-2: an entry \('b.jpg\\nc.jpg\\n'\) holds a line break: a CSV quote left open",
+        False,
+    ),
     (
         "ragged.csv",
         (LONG + "e.jpg,1,2\n").encode(),
