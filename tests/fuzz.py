@@ -160,6 +160,8 @@ def _parquet_list(entries: list[str], rng: np.random.Generator) -> bytes:
         lambda: pa.nulls(len(entries)),
         lambda: pa.array([e if i % 2 else None for i, e in enumerate(entries)], pa.string()),
         lambda: pa.array(["", "  ", *entries][: len(entries)], pa.string()),
+        lambda: pa.array([f" {e}\u00a0" for e in entries], pa.string()),  # keys that begin or end with a space
+        lambda: pa.array([*entries[:-1], "a.jpg\nb.jpg"], pa.string()),  # an entry holding a line break
     ]
     uri = kinds[int(rng.integers(len(kinds)))]()
     columns = [("n", pa.array(range(len(entries)), pa.int64())), ("uri", uri)]
@@ -208,6 +210,11 @@ def _columns_reordered(data: bytes, rng: np.random.Generator) -> bytes:
     )
 
 
+def _line_ends(data: bytes, rng: np.random.Generator) -> bytes:
+    """Lines ended as other systems end them: '\r' alone (old Mac, Excel's export) or '\r\n'."""
+    return data.replace(b"\n", b"\r" if rng.random() < 0.5 else b"\r\n")
+
+
 def list_corpus(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
     """`count` (file name, bytes) pairs: text, CSV and Parquet lists, valid and mutated, in turn."""
     rng = np.random.default_rng(seed)
@@ -215,7 +222,7 @@ def list_corpus(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
     for n in range(count):
         ext = ("txt", "csv", "parquet")[n % 3]
         data = _valid_list(ext, rng)
-        kind = int(rng.integers(6))
+        kind = int(rng.integers(8))
         if len(data) > 1 << 16 and rng.random() < 0.5:  # a long list: mostly a fault put in past its head
             kind = 3
         if kind == 0:
@@ -228,5 +235,9 @@ def list_corpus(count: int, seed: int = 0) -> list[tuple[str, bytes]]:
             data = _inserted(data, rng)
         elif kind == 4 and ext == "csv":
             data = _columns_reordered(data, rng)
+        elif kind == 6 and ext != "parquet":
+            data = _line_ends(data, rng)
+        elif kind == 7 and ext != "parquet":
+            data += "caf\u00e9".encode()[:-1]  # cut inside its last character
         files.append((f"list{n:04d}.{ext}", data))  # kind 5 (and the rest): left valid
     return files

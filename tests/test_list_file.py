@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from pipeline.cli import main
 from pipeline.cli.commands import EXIT_OK, EXIT_USAGE
-from pipeline.data import list_file
+from pipeline.data import list_file, listing
 from pipeline.data.list_file import LISTING_SCHEMA
 from pipeline.data.listing import Inputs, ListFile, csv_options, find_inputs, list_inputs, split_videos
 from pipeline.errors import AdainError, ConfigError
@@ -286,7 +286,12 @@ BAD_LISTS = [
         "not a list file",
         False,
     ),
-    ("quote.csv", b'uri\na.jpg\n"b.jpg\nc.jpg\n', r"rows 1-2: an entry \('b.jpg\\nc.jpg'\) holds a line break", False),
+    (  # the entry taken exactly: its line end too
+        "quote.csv",
+        b'uri\na.jpg\n"b.jpg\nc.jpg\n',
+        r"rows 1-2: an entry \('b.jpg\\nc.jpg\\n'\) holds a line break: a CSV quote left open",
+        False,
+    ),
     (
         "ragged.csv",
         (LONG + "e.jpg,1,2\n").encode(),
@@ -341,13 +346,80 @@ def test_adain_stylize_names_a_malformed_list_file_in_one_line(
     assert not logged, logged  # the CLI would print them: Ray Data's traceback of the failed read
 
 
-def test_blank_entries_are_skipped_and_entries_trimmed(ray_cluster: str, weights: WeightFiles, tmp_path: Path) -> None:
-    """A CSV's empty, blank and padded entries are read as a text list's are: the blank ones left
-    out, the padded one its image (they were inputs named '   ' and ' a.jpg ', not found)."""
-    images.write(tmp_path / "a.jpg", images.encoded(32, 32, seed=2))
+def test_empty_entries_are_skipped_and_csv_entries_taken_exactly(
+    ray_cluster: str, weights: WeightFiles, tmp_path: Path
+) -> None:
+    """A CSV's empty entries are left out and its others taken as they are: 'a.jpg ' (an S3 key
+    may end in a space) is that file, not 'a.jpg' trimmed (which is not there)."""
+    images.write(tmp_path / "a.jpg ", images.encoded(32, 32, seed=2))
     images.write(tmp_path / "style.jpg", images.encoded(32, 32, seed=1))
-    (tmp_path / "inputs.csv").write_text('uri\n""\n   \n  a.jpg  \n')
+    (tmp_path / "inputs.csv").write_text('uri\n""\n\na.jpg \n')
     argv = ["stylize", "--input", str(tmp_path / "inputs.csv"), "--style", str(tmp_path / "style.jpg")]
     argv += ["--output", str(tmp_path / "out"), "--address", ray_cluster, *job_flags(weights)]
     assert main(argv) == EXIT_OK
     assert [p.name for p in (tmp_path / "out").rglob("*.jpg")] == ["a.jpg"]  # its one output
+
+
+def test_only_text_lists_are_trimmed(tmp_path: Path) -> None:
+    """A text list's lines are trimmed; a CSV or Parquet entry is the key it names, spaces and
+    no-break spaces at its ends included, on the driver's reading and the tasks' alike."""
+    keys = [" a.jpg", "b.jpg\u00a0", "c.jpg "]
+    (tmp_path / "keys.csv").write_text("uri\n" + "".join(f"{k}\n" for k in keys))
+    pq.write_table(pa.table({"uri": keys}), tmp_path / "keys.parquet")
+    (tmp_path / "keys.txt").write_text("".join(f"{k}\n" for k in keys))
+    for kind, expected in (("csv", keys), ("parquet", keys), ("txt", ["a.jpg", "b.jpg", "c.jpg"])):
+        source = str(tmp_path / f"keys.{kind}")
+        uris = [str(tmp_path / k) for k in expected]
+        assert list_inputs(source).column("input_uri").to_pylist() == uris, kind
+        assert tasks_read(find_inputs(source)).column("input_uri").to_pylist() == uris, kind
+
+
+def test_lines_ended_by_cr_alone_are_lines(tmp_path: Path) -> None:
+    """A CR-only CSV (old Mac Excel) over 1 MiB is read as Arrow reads it, not one long line;
+    a fault in a CR-only list is told by its line's number."""
+    rows = 70_000
+    (tmp_path / "cr.csv").write_bytes(b"uri\r" + b"".join(b"photos/2024/%06d.jpg\r" % i for i in range(rows)))
+    assert list_inputs(str(tmp_path / "cr.csv")).num_rows == rows
+    list_file.scan_list_file(str(tmp_path / "cr.csv"), "uri")
+    (tmp_path / "cr.txt").write_bytes(b"a.jpg\rb.jpg\r\ncaf\xe9.jpg\r" + b"x" * (2 << 20) + b"\r")
+    with pytest.raises(ConfigError, match=r"byte 0xe9 on line 3\)"):
+        list_file.scan_list_file(str(tmp_path / "cr.txt"), None)
+    (tmp_path / "long.txt").write_bytes(b"a.jpg\rb.jpg\r" + b"x" * (2 << 20) + b"\r")
+    with pytest.raises(ConfigError, match="line 3 is longer than 1 MiB"):
+        list_file.scan_list_file(str(tmp_path / "long.txt"), None)
+
+
+def test_a_list_cut_inside_a_character_is_one_line(tmp_path: Path) -> None:
+    """A text list past the first 64 KiB whose last bytes are a character cut short: the scan
+    after Ray's tasks fail names its line (it was a UnicodeDecodeError's traceback)."""
+    source = tmp_path / "cut.txt"
+    source.write_bytes(b"".join(b"d/%06d.jpg\n" % i for i in range(8000)) + b"caf\xc3")
+    assert find_inputs(str(source)).column is None  # its head is whole lines of UTF-8
+    with pytest.raises(ConfigError, match=r"not UTF-8 text \(byte 0xc3 on line 8001\); save the list as UTF-8"):
+        list_file.scan_list_file(str(source), None)
+
+
+def test_a_line_break_in_a_parquet_entry_is_told_as_such(tmp_path: Path) -> None:
+    """A Parquet entry holding a line break is not called a CSV quote left open."""
+    pq.write_table(pa.table({"uri": ["a.jpg", "b.jpg\nc.jpg"]}), tmp_path / "break.parquet")
+    with pytest.raises(ConfigError, match=r"\('b.jpg\\nc.jpg'\) holds a line break, which no URI holds") as caught:
+        list_inputs(str(tmp_path / "break.parquet"))
+    assert "CSV" not in str(caught.value)
+
+
+def test_a_text_list_is_read_once_by_the_scan(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The scan after Ray's tasks fail checks a text list's lines and entries in one read."""
+    source = tmp_path / "once.txt"
+    source.write_text("a.jpg\nb.jpg\n")
+    opened = []
+    real = listing._opened
+    monkeypatch.setattr(listing, "_opened", lambda uri, data: opened.append(uri) or real(uri, data))
+    list_file.scan_list_file(str(source), None)
+    assert opened == [str(source)]
+
+
+def test_column_names_not_utf8_are_one_line(tmp_path: Path) -> None:
+    """A CSV header that is not UTF-8 (Arrow decodes names only when asked): one line, not a traceback."""
+    (tmp_path / "latin.csv").write_bytes(b"n,caf\xe9\n1,a.jpg\n")
+    with pytest.raises(ConfigError, match=r"column names are not UTF-8 text \(byte 0xe9\); save the list as UTF-8"):
+        find_inputs(str(tmp_path / "latin.csv"))

@@ -128,7 +128,7 @@ def entries(batch: pa.Table, found: ListFile) -> pa.Table:
     """A batch of list-file entries -> listing rows, `key` the plain stem fitted to the output
     (`keys.fitted_stems`: the output name unless it meets another), and `inside`: under the output, left out."""
     # text: one URI a line, '#' comments, perhaps a byte-order mark first
-    uris = list_uris(batch.column(found.column or "text"), text=found.column is None)
+    uris = list_uris(batch.column(found.column or "text"), found.uri)
     uris = per_row(lambda u: entry_uri(u, found.uri), uris)
     rels = per_row(safe_relpath, per_row(lambda u: relative_to(u, found.root or ""), uris))
     nulls = pa.nulls(len(uris), pa.int64())

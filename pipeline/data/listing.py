@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import math
 import posixpath
@@ -38,7 +39,7 @@ def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     """A Parquet/CSV file with a `uri` column (else its first column), or text with one URI a line."""
     data = read_bytes(uri)
     if uri.lower().endswith(".txt"):
-        return _entries_of(pa.chunked_array([utf8_text(data, uri).splitlines()], pa.string()), uri, text=True)
+        return _entries_of(pa.chunked_array([utf8_text(data, uri).splitlines()], pa.string()), uri)
     if not data.strip():
         uri_column([], uri)  # says there are no columns
     if uri.lower().endswith(".parquet"):
@@ -53,18 +54,23 @@ def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     return _entries_of(table.column(column), uri)
 
 
-def list_uris(column: pa.ChunkedArray | pa.Array, text: bool = False) -> pa.ChunkedArray | pa.Array:
-    """A list file's entries as its readers all take them: as strings, surrounding whitespace
-    trimmed, empty ones (and in text, '#' comments) left out. ConfigError: an entry that is not
-    UTF-8 or holds a line break (a CSV quote not closed swallows the lines after it)."""
+def list_uris(column: pa.ChunkedArray | pa.Array, source: str) -> pa.ChunkedArray | pa.Array:
+    """The entries of the list file `source` as its readers all take them: as strings, null and
+    empty ones left out; in a text list (one URI a line) each line's surrounding whitespace
+    trimmed and blank lines and '#' comments left out too. A CSV or Parquet entry is taken
+    exactly: an S3 key may begin or end with a space. ConfigError: an entry that is not UTF-8 or
+    holds a line break (a CSV quote not closed swallows the lines after it)."""
     try:
         uris = column.cast(pa.string())
     except pa.ArrowInvalid:  # binary entries, not UTF-8
         raise ConfigError(f"an entry is not UTF-8 text ({_first_non_utf8(column)!r}); save the list as UTF-8") from None
-    uris = pc.utf8_trim(pc.utf8_trim_whitespace(uris), "\ufeff") if text else pc.utf8_trim_whitespace(uris)
+    text = source.lower().endswith(".txt")
+    if text:
+        uris = pc.utf8_trim(pc.utf8_trim_whitespace(uris), "\ufeff")
     skipped = pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#")) if text else pc.equal(uris, "")
     uris = uris.filter(pc.invert(pc.or_kleene(pc.is_null(uris), skipped)))
-    for test, fault in _FAULTS:
+    line_break = _QUOTE_OPEN if source.lower().endswith(".csv") else _LINE_BREAK
+    for test, fault in ((_holds_line_break, line_break), *_FAULTS):
         odd = test(uris)
         if pc.any(odd).as_py():
             entry = uris.filter(odd)[0].as_py()
@@ -73,8 +79,15 @@ def list_uris(column: pa.ChunkedArray | pa.Array, text: bool = False) -> pa.Chun
 
 
 # What no URI holds, and what it means: each a ConfigError naming the first entry that does.
+_QUOTE_OPEN = "holds a line break: a CSV quote left open; close it"
+_LINE_BREAK = "holds a line break, which no URI holds; write the entry on one line"
+
+
+def _holds_line_break(uris: Any) -> Any:
+    return pc.match_substring_regex(uris, "[\r\n]")
+
+
 _FAULTS: tuple[tuple[Callable[[Any], Any], str], ...] = (
-    (lambda u: pc.match_substring_regex(u, "[\r\n]"), "holds a line break: a CSV quote left open; close it"),
     (lambda u: pc.match_substring(u, "\x00"), "holds a NUL byte (UTF-16 text?); save the list as UTF-8"),
     (lambda u: pc.greater(pc.utf8_length(u), MAX_URI), f"is longer than {MAX_URI >> 10} KiB; give one URI an entry"),
 )
@@ -134,12 +147,12 @@ def check_list_file(
     else:
         column = uri_column(_or_invalid(lambda: _csv_names(head), uri) if head.strip() else [], uri)
     # The lines the head holds whole, read as the tasks will read them (the rest is theirs).
-    scan_list_file(uri, column, head[: head.rfind(b"\n") + 1] if len(head) == _HEAD_BYTES else head)
+    scan_list_file(uri, column, head[: _last_line_end(head) + 1] if len(head) == _HEAD_BYTES else head)
     return ListFile(uri, column, root, exclude, room)
 
 
 def _csv_names(head: bytes) -> list[str]:
-    return pacsv.read_csv(io.BytesIO(head.split(b"\n", 1)[0] + b"\n")).column_names
+    return pacsv.read_csv(io.BytesIO(_LINE_END.split(head, 1)[0] + b"\n")).column_names
 
 
 def uri_column(names: list[str], uri: str) -> str:
@@ -166,6 +179,10 @@ _HEAD_BYTES = 1 << 16  # enough for any header line a list file has
 def _or_invalid(read: Callable[[], object], uri: str):
     try:
         return read()
+    except UnicodeDecodeError as exc:  # Arrow decodes column names only when they are asked for
+        raise ConfigError(
+            f"{uri}: its column names are not UTF-8 text (byte 0x{exc.object[exc.start]:02x}); save the list as UTF-8"
+        ) from None
     except (pa.ArrowInvalid, OSError) as exc:
         # Metadata Arrow cannot decode is an OSError too ("Couldn't deserialize thrift"), once the file was read.
         if isinstance(exc, (FileNotFoundError, PermissionError)):
@@ -207,11 +224,13 @@ def scan_list_file(uri: str, column: str | None, data: bytes | None = None) -> N
     an entry that is not text. The driver holds one block, however long the list."""
     if uri.lower().endswith(".parquet"):
         return _scan_parquet(uri, column or "uri")
-    _scan_lines(uri, _chunks(uri, data))
-    if column is None:
-        for line, lines in _numbered(_text_lines(_chunks(uri, data))):
-            _entries_of(pa.array(lines, pa.string()), uri, f"lines {line + 1}-{line + len(lines)}", text=True)
+    texts = _scan_lines(uri, _chunks(uri, data))
+    if column is None:  # one pass: each chunk's lines checked as they are decoded
+        for line, lines in _numbered(text.splitlines() for text in texts):  # as Ray's read_text splits them
+            _entries_of(pa.array(lines, pa.string()), uri, f"lines {line + 1}-{line + len(lines)}")
         return
+    for _ in texts:
+        pass
     if data is not None and not data.strip():
         return  # no whole line in the head: the tasks read it
     try:
@@ -231,20 +250,21 @@ def _scan_parquet(uri: str, column: str) -> None:
             return
         check_uri_type(parquet.schema_arrow.field(column).type, uri, column)
         for group in range(parquet.num_row_groups):
-            batches = parquet.iter_batches(_SCAN_ROWS, row_groups=[group], columns=[column])
+            # Every column, as Ray's tasks read them: a damaged page of another fails them too.
+            batches = parquet.iter_batches(_SCAN_ROWS, row_groups=[group])
             try:
                 for batch in batches:  # a row group may hold the whole list: a batch of it at a time
-                    _entries_of(batch.column(0), uri, f"row group {group}")
+                    _entries_of(batch.column(column), uri, f"row group {group}")
             except (pa.ArrowException, OSError) as exc:
                 raise ConfigError(
                     f"{uri}: the list file cannot be read: row group {group} ({describe(exc)}); write the list again"
                 ) from None
 
 
-def _entries_of(values: pa.ChunkedArray, uri: str, where: str = "", text: bool = False) -> pa.ChunkedArray:
+def _entries_of(values: pa.ChunkedArray, uri: str, where: str = "") -> pa.ChunkedArray:
     """`list_uris` of the list file `uri`'s `values`, which lie `where` in it."""
     try:
-        return list_uris(values, text)
+        return list_uris(values, uri)
     except ConfigError as exc:
         raise ConfigError(f"{uri}: the list file cannot be read: {where}{': ' if where else ''}{exc}") from None
 
@@ -257,51 +277,44 @@ def _numbered(batches: Iterable[Any]) -> Iterator[tuple[int, Any]]:
         row += len(batch)
 
 
-def _text_lines(chunks: Iterable[bytes]) -> Iterator[list[str]]:
-    """A UTF-8 text's lines, a chunk's whole lines at a time."""
-    carry = b""
-    for chunk in chunks:
-        data = carry + chunk
-        cut = data.rfind(b"\n") + 1
-        carry = data[cut:]
-        yield data[:cut].decode("utf-8").splitlines()  # as Ray's read_text splits them
-    yield carry.decode("utf-8").splitlines()
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # as Arrow's CSV reader and Python's splitlines end lines
 
 
-def _scan_lines(uri: str, chunks: Iterable[bytes]) -> None:
-    """ConfigError at the first line that is not UTF-8 or is longer than MAX_LINE, by its number."""
-    line, start, carry = 1, 0, b""  # `start`: where the current line began, in bytes read before `carry`
-    offset = 0  # bytes before `carry`
-    for chunk in chunks:
-        data = carry + chunk
+def _last_line_end(data: bytes) -> int:
+    """Where the last line end in `data` lies (-1: none); a '\r' at its end is not
+    one yet, as a '\n' may follow it."""
+    return max(data.rfind(b"\n"), data.rfind(b"\r", 0, len(data) - 1))
+
+
+def _scan_lines(uri: str, chunks: Iterable[bytes]) -> Iterator[str]:
+    """Each chunk's whole lines, decoded; ConfigError at the first line that is not UTF-8 or is
+    longer than MAX_LINE, by its number. A line ends at '\n', '\r\n' or a lone '\r' (old Mac text)."""
+    line, carry = 1, b""
+    for chunk in itertools.chain(chunks, [None]):  # None: the end, where the last line needs no end
+        data = carry + (chunk or b"")
+        cut = len(data) if chunk is None else _last_line_end(data) + 1
+        whole, carry = data[:cut], data[cut:]
         try:
-            data.decode("utf-8")
-            whole = len(data)
+            text = whole.decode("utf-8")  # whole lines: a character cut short is one the file cuts
         except UnicodeDecodeError as exc:
-            if exc.reason != "unexpected end of data" or exc.start < len(data) - 3:
-                at = line + data.count(b"\n", 0, exc.start)
-                raise ConfigError(
-                    f"{uri}: the list file cannot be read: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {at}); "
-                    "save the list as UTF-8"
-                ) from None
-            whole = exc.start  # a character cut by the chunk's end: decoded with the next
-        for end in _newlines(data, whole):
-            if offset + end - start > MAX_LINE:
-                break
-            line, start = line + 1, offset + end + 1
-        if offset + whole - start > MAX_LINE:
+            at = line + len(_LINE_END.findall(whole, 0, exc.start))
             raise ConfigError(
-                f"{uri}: the list file cannot be read: line {line} is longer than {MAX_LINE >> 20} MiB; "
-                "a list holds one URI a line"
-            )
-        offset, carry = offset + whole, data[whole:]
-
-
-def _newlines(data: bytes, end: int) -> Iterator[int]:
-    at = data.find(b"\n", 0, end)
-    while at >= 0:
-        yield at
-        at = data.find(b"\n", at + 1, end)
+                f"{uri}: the list file cannot be read: not UTF-8 text (byte 0x{whole[exc.start]:02x} on line {at}); "
+                "save the list as UTF-8"
+            ) from None
+        start = 0
+        for end in _LINE_END.finditer(whole):
+            if end.start() - start > MAX_LINE:
+                break
+            line, start = line + 1, end.end()
+        else:
+            if len(data.removesuffix(b"\r")) - start <= MAX_LINE:  # the line not ended yet, so far
+                yield text
+                continue
+        raise ConfigError(
+            f"{uri}: the list file cannot be read: line {line} is longer than {MAX_LINE >> 20} MiB; "
+            "a list holds one URI a line"
+        )
 
 
 def _chunks(uri: str, data: bytes | None) -> Iterator[bytes]:
