@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import posixpath
 import re
 import tempfile
 from collections.abc import Callable
@@ -209,7 +210,7 @@ def tasks_read(found: ListFile) -> pa.Table:
     elif found.uri.endswith(".csv"):
         batches = list(pacsv.open_csv(str(path), **csv_options(found.column)))
     else:
-        batches = list(pq.ParquetFile(path).iter_batches())
+        batches = list(pq.ParquetFile(path).iter_batches(columns=[found.column]))
     tables = [
         list_file.entries(pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b, found) for b in batches
     ]
@@ -266,13 +267,27 @@ def test_a_mutated_list_file_is_a_plan_or_one_line_naming_it(tmp_path: Path) -> 
     assert min(outcomes.values()) >= 5 and len(outcomes) == 3, outcomes  # each way is taken
 
 
-def _corrupt_row_group(path: Path) -> None:
-    """A Parquet list of three row groups whose second's page header is overwritten (its footer intact)."""
-    pq.write_table(pa.table({"uri": [f"a{i}.jpg" for i in range(30)]}), path, row_group_size=10, compression="none")
-    offset = pq.ParquetFile(path).metadata.row_group(1).column(0).data_page_offset
+def _corrupt_row_group(path: Path, column: int = 0) -> None:
+    """A Parquet list of three row groups whose second's page header is overwritten (its footer
+    intact): in its URI column, or with `column` 1, in another column beside it."""
+    uris = [f"a{i}.jpg" for i in range(30)]
+    table = pa.table({"uri": uris, "n": [str(i) for i in range(30)]})
+    pq.write_table(table, path, row_group_size=10, compression="none")
+    offset = pq.ParquetFile(path).metadata.row_group(1).column(column).data_page_offset
     data = bytearray(path.read_bytes())
     data[offset : offset + 16] = b"\xff" * 16
     path.write_bytes(bytes(data))
+
+
+def test_a_parquet_list_is_read_for_its_uri_column_alone(tmp_path: Path) -> None:
+    """A list's other columns (captions, labels, the images' own bytes) were read with it, in the
+    driver's check and in Ray's tasks: a damaged page beside the URIs stopped the job. Only the URI
+    column is read."""
+    path = tmp_path / "list.parquet"
+    _corrupt_row_group(path, column=1)
+    uris = list_inputs(str(path)).column("input_uri").to_pylist()
+    assert [posixpath.basename(u) for u in uris] == [f"a{i}.jpg" for i in range(30)]
+    assert tasks_read(find_inputs(str(path))).num_rows == 30
 
 
 LONG = "uri,n\n" + "".join(f"d/{i:05d}.jpg,{i}\n" for i in range(8000))  # past the 64 KiB read before Ray

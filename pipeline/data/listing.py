@@ -43,9 +43,10 @@ def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
     if not data.strip():
         uri_column([], uri)  # says there are no columns
     if uri.lower().endswith(".parquet"):
-        table = _or_invalid(lambda: pq.read_table(io.BytesIO(data)), uri)
-        column = uri_column(table.column_names, uri)
-        check_uri_type(table.schema.field(column).type, uri, column)
+        parquet = _or_invalid(lambda: pq.ParquetFile(io.BytesIO(data)), uri)
+        column = uri_column(parquet.schema_arrow.names, uri)
+        check_uri_type(parquet.schema_arrow.field(column).type, uri, column)
+        table = _or_invalid(lambda: parquet.read(columns=[column]), uri)  # as the jobs' tasks read it
     else:
         head = data[:_HEAD_BYTES]
         column = uri_column(_or_invalid(lambda: _csv_names(head), uri), uri)
@@ -250,8 +251,7 @@ def _scan_parquet(uri: str, column: str) -> None:
             return
         check_uri_type(parquet.schema_arrow.field(column).type, uri, column)
         for group in range(parquet.num_row_groups):
-            # Every column, as Ray's tasks read them: a damaged page of another fails them too.
-            batches = parquet.iter_batches(_SCAN_ROWS, row_groups=[group])
+            batches = parquet.iter_batches(_SCAN_ROWS, row_groups=[group], columns=[column])  # as the tasks read it
             try:
                 for batch in batches:  # a row group may hold the whole list: a batch of it at a time
                     _entries_of(batch.column(column), uri, f"row group {group}")
