@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from pipeline.errors import ConfigError, counted
 from pipeline.imaging.codec import (
@@ -16,11 +17,18 @@ from pipeline.imaging.codec import (
     VIDEO_EXTENSIONS,
     VIDEO_QUALITY,
     SizePlan,
+    check_plan,
+    loaded,
+    opened,
     size_plan,
+    sized,
 )
 from pipeline.model.precision import PRECISIONS, TRAINING_PRECISIONS
 from pipeline.model.sources import DEFAULT_DECODER, DEFAULT_ENCODER, absolute_ref
 from pipeline.storage.uri import MAX_CONNECTIONS, absolute, canonical, join
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 PRESERVE_COLOR = ("coral", "luminance")
 # Run ids and run names become file names: one safe path segment, or refused.
@@ -99,6 +107,17 @@ class Sizing:
     def style_plan(self, width: int, height: int) -> SizePlan:
         """How a width x height style image is sized for the encoder (no --max-side: styles are not capped)."""
         return size_plan(width, height, self.style_size, self.crop)
+
+    def style_image(self, data: bytes, whole: bool = True) -> Image.Image:
+        """Style image bytes as the encoder gets them (the one place that says how styles are decoded and
+        sized), or ImageError: decoded, then sized by `style_plan`. `whole=False` checks the header and
+        its sizing only, `codec.decode`'s checks less the pixels', and returns the image undecoded."""
+        img = opened(data, self.max_pixels)
+        if not whole:
+            check_plan(self.style_plan(*img.size), self.max_pixels)
+            return img
+        img = loaded(img)  # the plan is of the upright image: an EXIF rotation swaps its sides
+        return sized(img, self.style_plan(*img.size), self.max_pixels)
 
 
 @dataclass(frozen=True)

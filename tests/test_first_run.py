@@ -32,7 +32,7 @@ from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK, EXIT_US
 from pipeline.config import Controls, Sizing
 from pipeline.data.preflight import check_address, check_style_images, check_styles
 from pipeline.data.progress import Progress
-from pipeline.errors import ClusterError, ConfigError, ImageError
+from pipeline.errors import ClusterError, ConfigError, ImageError, StorageError
 from pipeline.imaging.codec import prepare
 from tests import images
 from tests.banks import bank_row, write_bank
@@ -147,7 +147,6 @@ def test_a_missing_style_bank_or_image_is_found_before_ray(tmp_path: Path) -> No
         check_styles((str(tmp_path / "empty"),))
 
 
-
 def test_style_flags_that_do_not_fit_the_styles_are_found_before_ray(tmp_path: Path) -> None:
     """They were found only as the styles were encoded, after Ray had started: 6-11 s later."""
     for name in ("a", "b"):
@@ -227,6 +226,41 @@ def test_style_images_past_the_decoding_budget_are_checked_by_their_headers(tmp_
         check_style_images([b, d], sizing, decode_pixels=0)
     with pytest.raises(ConfigError, match=r"b\.png: 4x4 as sized for the model: too small"):
         check_style_images([str(folder / "b.png")], Sizing(content_size=32, style_size=4))
+
+
+def test_a_style_image_that_cannot_be_read_keeps_the_storage_advice(tmp_path: Path, s3_server: S3Server) -> None:
+    """A style image the storage refuses (no read permission, a missing bucket) is a StorageError in the
+    storage's own words, not an image to replace."""
+    locked = images.write(tmp_path / "locked.png", images.encoded(32, 32, "PNG"))
+    missing = f"s3://{s3_server.new_bucket()}-gone/style.png"
+    sizing = Sizing(content_size=32, style_size=32)
+    with pytest.raises(
+        StorageError, match=r"^--style s3://.*-gone/style\.png: the bucket does not exist; create it"
+    ) as s3:
+        check_style_images([missing], sizing)
+    assert "replace or remove" not in str(s3.value)
+    locked.chmod(0)
+    try:
+        if os.access(locked, os.R_OK):
+            pytest.skip("running as root: a file without read permission is still readable")
+        with pytest.raises(StorageError, match=rf"^--style {re.escape(str(locked))}: access denied") as local:
+            check_style_images([str(locked)], sizing)
+        assert "replace or remove" not in str(local.value)
+    finally:
+        locked.chmod(0o644)
+
+
+def test_which_style_images_are_decoded_whole_follows_their_order_not_the_threads(tmp_path: Path) -> None:
+    """The decoding budget goes to the images in their order: the first takes it all, so a truncated
+    second one (read first: the first carries 16 MB after its image) is checked by its header alone, every run."""
+    small = images.encoded(64, 64, "PNG")
+    first = images.write(tmp_path / "a.png", small + bytes(16 << 20))  # bytes after IEND: Pillow reads none
+    cut = images.write(tmp_path / "b.jpg", images.truncated_jpeg())
+    sizing = Sizing(content_size=32, style_size=32)
+    for _ in range(5):
+        check_style_images([str(first), str(cut)], sizing, decode_pixels=64 * 64)
+    with pytest.raises(ConfigError, match=r"b\.jpg: corrupt or truncated JPEG"):
+        check_style_images([str(cut), str(first)], sizing, decode_pixels=64 * 64)
 
 
 def test_the_style_checks_load_neither_torch_nor_ray(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ from pipeline.data.cluster import connect, model_stage
 from pipeline.data.listing import is_bank, style_ids
 from pipeline.data.manifest import conformed, table_bytes
 from pipeline.errors import ConfigError, ImageError, StorageError, describe
-from pipeline.imaging.codec import IMAGE_EXTENSIONS, max_file_bytes, prepare
+from pipeline.imaging.codec import IMAGE_EXTENSIONS, max_file_bytes
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import Stats
@@ -106,7 +106,7 @@ class StyleEncoder:
         for row in batch.to_pylist():
             try:
                 data = read_bytes(row["source_uri"], max_file_bytes(self.sizing.max_pixels))
-                image = prepare(data, self.sizing.style_size, self.sizing.crop, self.sizing.max_pixels)
+                image = self.sizing.style_image(data)
                 mean, std = self.model.style_stats(to_tensor(image)[None])
                 if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
                     raise ImageError("its statistics are not finite (NaN or inf)")

@@ -20,8 +20,8 @@ from functools import partial
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank_table import check_bank
 from pipeline.data.listing import is_bank, list_styles
-from pipeline.errors import ClusterError, ConfigError, counted, describe
-from pipeline.imaging.codec import check_plan, loaded, max_file_bytes, opened
+from pipeline.errors import ClusterError, ConfigError, StorageError, counted, describe
+from pipeline.imaging.codec import max_file_bytes
 from pipeline.model.sources import naming_the_rest, weight_uri
 from pipeline.storage.cache import fetch
 from pipeline.storage.uri import exists, io_pool, read_bytes
@@ -75,27 +75,48 @@ def check_styles(
 
 
 def check_style_images(uris: list[str], sizing: Sizing, decode_pixels: int = DECODE_PIXELS) -> None:
-    """Each style image read (within --max-pixels' file size) and its header checked as `codec.decode`
-    checks it, and its size as --style-size makes it; decoded whole too while the pixels decoded stay
-    within `decode_pixels` (a file cut short shows only then). ConfigError naming the first image that
-    fails, in the order given. Reading them all costs a fraction of encoding them, which the job does next."""
-    left, lock = [decode_pixels], threading.Lock()
+    """Each style image read (within --max-pixels' file size) and checked as the job's `Sizing.style_image`
+    checks it: decoded whole while the pixels decoded stay within `decode_pixels`, in the order given
+    (a file cut short shows only then), past that its header and sizing only. The first image that fails,
+    in that order, is named: a storage error as the storage words it, an image's with "replace or remove".
+    Reading them all costs a fraction of encoding them, which the job does next."""
+    # Which images are decoded whole is decided in listing order, never by which read finishes first:
+    # each image's pixels are published by position, and `settled` walks them in order.
+    pixels: list[int | None] = [None] * len(uris)
+    whole = [False] * len(uris)
+    settled, left, ready = [0], [decode_pixels], threading.Condition()
 
-    def check(uri: str) -> None:
+    def publish(i: int, count: int) -> None:
+        with ready:
+            pixels[i] = count
+            while settled[0] < len(uris) and (seen := pixels[settled[0]]) is not None:
+                whole[settled[0]] = seen <= left[0]
+                left[0] -= seen if whole[settled[0]] else 0
+                settled[0] += 1
+            ready.notify_all()
+
+    def check(i: int) -> None:
+        uri, count = uris[i], 0  # an image that fails before its header is read takes none of the budget
         try:
-            img = opened(read_bytes(uri, max_file_bytes(sizing.max_pixels)), sizing.max_pixels)
-            check_plan(sizing.style_plan(*img.size), sizing.max_pixels)
-            pixels = img.width * img.height
-            with lock:
-                whole = left[0] >= pixels
-                if whole:
-                    left[0] -= pixels
-            if whole:
-                loaded(img)
-        except Exception as exc:
-            raise ConfigError(f"--style {uri}: {describe(exc)}; replace or remove that style image") from None
+            try:
+                data = read_bytes(uri, max_file_bytes(sizing.max_pixels))
+            except StorageError as exc:
+                raise StorageError(f"--style {exc}") from None
+            try:
+                img = sizing.style_image(data, whole=False)
+                count = img.width * img.height
+                publish(i, count)
+                with ready:  # the images before this one have had their share (tasks start in order)
+                    ready.wait_for(lambda: settled[0] > i)
+                if whole[i]:
+                    sizing.style_image(data)
+            except Exception as exc:
+                raise ConfigError(f"--style {uri}: {describe(exc)}; replace or remove that style image") from None
+        finally:
+            if pixels[i] is None:
+                publish(i, count)
 
-    for _ in io_pool(STYLE_READS).map(check, uris):
+    for _ in io_pool(STYLE_READS).map(check, range(len(uris))):
         pass
 
 

@@ -20,7 +20,7 @@ from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank import StyleBank, load_bank
 from pipeline.data.listing import is_bank, list_styles
 from pipeline.errors import ImageError, describe
-from pipeline.imaging.codec import max_file_bytes, prepare
+from pipeline.imaging.codec import max_file_bytes
 from pipeline.imaging.tensors import to_tensor
 from pipeline.model.checkpoint import load_encoder
 from pipeline.model.functional import blend_stats, cat_stats
@@ -72,8 +72,7 @@ def variants(styles: list[tuple[str, str]], weights: tuple[float, ...] | None) -
 def style_tensor(uri: str, sizing: Sizing) -> torch.Tensor:
     """A style image as the jobs encode it: read, decoded, resized to --style-size, (3, H, W)."""
     try:
-        data = read_bytes(uri, max_file_bytes(sizing.max_pixels))
-        return to_tensor(prepare(data, sizing.style_size, sizing.crop, sizing.max_pixels))
+        return to_tensor(sizing.style_image(read_bytes(uri, max_file_bytes(sizing.max_pixels))))
     except Exception as exc:
         raise ImageError(f"style {uri}: {describe(exc)}") from None
 

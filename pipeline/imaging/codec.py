@@ -282,7 +282,11 @@ def fit(
     img: Image.Image, size: int, crop: bool = False, max_pixels: int = MAX_PIXELS, max_side: int = 0
 ) -> Image.Image:
     """`prepare`'s sizing of a decoded image (or a video frame)."""
-    plan = size_plan(*img.size, size, crop, max_side)
+    return sized(img, size_plan(*img.size, size, crop, max_side), max_pixels)
+
+
+def sized(img: Image.Image, plan: SizePlan, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """A decoded image resized and cropped as `plan` says, once `check_plan` passes it."""
     check_plan(plan, max_pixels)
     img = _resized(img, plan.scaled)
     if plan.crop is not None:
