@@ -35,7 +35,7 @@ from pipeline.storage import uri as storage
 from pipeline.storage.index import ObjectIndex
 from pipeline.storage.keys import output_key
 from pipeline.storage.listing import list_files, stat_files
-from pipeline.storage.uri import ATTEMPTS, SDK_ATTEMPTS, exists, read_bytes, write_bytes
+from pipeline.storage.uri import ATTEMPTS, SDK_ATTEMPTS, exists, read_bytes, storage_error, write_bytes
 from tests import images
 from tests.conftest import S3Server, WeightFiles
 from tests.faults import FaultProxy
@@ -407,3 +407,14 @@ def test_stylize_makes_one_get_per_input_and_one_put_per_output(
     assert not any(any(row["done"]) for row in decoded)
     assert requests_by_kind(proxy, bucket, "out/") == Counter()  # nothing listed
     assert requests_by_kind(proxy, bucket, "photos/") == Counter(GET=len(names))
+
+
+@pytest.mark.parametrize("uri", ["/data/in/a.jpg", "file:///data/in/a.jpg", "s3://bucket/in/a.jpg"])
+def test_a_denied_read_is_told_as_its_storage_tells_it(uri: str) -> None:
+    """A local file without read permission was told to check AWS_PROFILE and the bucket's policy."""
+    message = str(storage_error(PermissionError(13, "Permission denied"), uri))
+    if uri.startswith("s3://"):
+        assert message.startswith(f"{uri}: access denied; check the credentials"), message
+    else:
+        assert message.startswith(f"{uri}: permission denied; check the file's"), message
+        assert "AWS" not in message and "bucket" not in message

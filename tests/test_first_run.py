@@ -243,7 +243,7 @@ def test_a_style_image_that_cannot_be_read_keeps_the_storage_advice(tmp_path: Pa
     try:
         if os.access(locked, os.R_OK):
             pytest.skip("running as root: a file without read permission is still readable")
-        with pytest.raises(StorageError, match=rf"^--style {re.escape(str(locked))}: access denied") as local:
+        with pytest.raises(StorageError, match=rf"^--style {re.escape(str(locked))}: permission denied") as local:
             check_style_images([str(locked)], sizing)
         assert "replace or remove" not in str(local.value)
     finally:

@@ -180,6 +180,8 @@ def storage_error(exc: BaseException, uri: str, attempts: int = 1) -> StorageErr
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         return StorageError(f"{uri}: the bucket does not exist; create it or fix the URI")
     if isinstance(exc, PermissionError) or any(marker in text for marker in _DENIED):
+        if not is_remote(uri):  # a local path: no credentials or bucket policy to look at
+            return StorageError(f"{uri}: permission denied; check the file's or its folder's permissions and owner")
         return StorageError(
             f"{uri}: access denied; check the credentials (AWS_PROFILE, instance profile, "
             "GOOGLE_APPLICATION_CREDENTIALS) and the bucket's policy"
