@@ -22,7 +22,7 @@ from pipeline.errors import ConfigError, counted, describe
 from pipeline.imaging.codec import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 from pipeline.storage.keys import STYLE_ROOM, Room, output_stems, relative_to, safe_relpath, slug, unique_names
 from pipeline.storage.listing import list_files, stat_table
-from pipeline.storage.uri import exists, is_dir, read_bytes, resolve, retrying, storage_error
+from pipeline.storage.uri import exists, is_dir, open_input, read_bytes, resolve, retrying, storage_error
 
 if TYPE_CHECKING:
     import ray.data
@@ -244,8 +244,7 @@ def scan_list_file(uri: str, column: str | None, data: bytes | None = None) -> N
 
 
 def _scan_parquet(uri: str, column: str) -> None:
-    filesystem, path = resolve(uri)
-    with retrying(lambda: filesystem.open_input_file(path), uri) as stream:
+    with open_input(uri) as stream:
         parquet = _or_invalid(lambda: pq.ParquetFile(stream), uri)
         if column not in parquet.schema_arrow.names:
             return
