@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -30,10 +31,12 @@ from hypothesis import strategies as st
 from pipeline.cli import main
 from pipeline.cli.commands import EXIT_ERROR_ROWS, EXIT_FAILED, EXIT_OK, EXIT_USAGE, outcome
 from pipeline.config import Controls, Sizing
+from pipeline.data import preflight
 from pipeline.data.preflight import check_address, check_style_images, check_styles
 from pipeline.data.progress import Progress
 from pipeline.errors import ClusterError, ConfigError, ImageError, StorageError
 from pipeline.imaging.codec import prepare
+from pipeline.storage.uri import read_bytes
 from tests import images
 from tests.banks import bank_row, write_bank
 from tests.conftest import S3Server, WeightFiles, free_port
@@ -261,6 +264,27 @@ def test_which_style_images_are_decoded_whole_follows_their_order_not_the_thread
         check_style_images([str(first), str(cut)], sizing, decode_pixels=64 * 64)
     with pytest.raises(ConfigError, match=r"b\.jpg: corrupt or truncated JPEG"):
         check_style_images([str(cut), str(first)], sizing, decode_pixels=64 * 64)
+
+
+def test_a_slow_style_read_holds_up_none_of_the_others(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each check waited for every image before it: one slow read (a large object on a slow store)
+    left the other threads idle behind it. Here the first read waits until all the others are made."""
+    styles = [str(images.write(tmp_path / f"s{i:02d}.png", images.encoded(32, 32, "PNG", seed=i))) for i in range(40)]
+    others, lock, all_read, waits = set(), threading.Lock(), threading.Event(), []
+
+    def read(uri: str, max_bytes: int | None = None) -> bytes:
+        if uri == styles[0]:
+            waits.append(all_read.wait(timeout=10))  # False: the others waited on this one
+        else:
+            with lock:
+                others.add(uri)
+                if len(others) == len(styles) - 1:
+                    all_read.set()
+        return read_bytes(uri, max_bytes)
+
+    monkeypatch.setattr(preflight, "read_bytes", read)
+    check_style_images(styles, Sizing(content_size=32, style_size=32))
+    assert waits[0], f"{len(others)} of {len(styles) - 1} read while the first was slow"
 
 
 def test_the_style_checks_load_neither_torch_nor_ray(tmp_path: Path) -> None:

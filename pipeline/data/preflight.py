@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
+from collections.abc import Callable
 from functools import partial
+from typing import TypeVar
+
+from PIL.Image import Image
 
 from pipeline.config import Controls, ModelConfig, Sizing
 from pipeline.data.bank_table import check_bank
@@ -29,6 +32,7 @@ from pipeline.storage.uri import exists, io_pool, read_bytes
 WAIT_S = 3.0  # how long a cluster address may refuse connections before the job gives up
 # Style images decoded whole in the preflight, in pixels (about half a second on a core); past it, headers only.
 DECODE_PIXELS = 64_000_000
+T = TypeVar("T")
 STYLE_READS = 16  # style images read at once (object-store requests in flight)
 
 
@@ -80,44 +84,44 @@ def check_style_images(uris: list[str], sizing: Sizing, decode_pixels: int = DEC
     (a file cut short shows only then), past that its header and sizing only. The first image that fails,
     in that order, is named: a storage error as the storage words it, an image's with "replace or remove".
     Reading them all costs a fraction of encoding them, which the job does next."""
-    # Which images are decoded whole is decided in listing order, never by which read finishes first:
-    # each image's pixels are published by position, and `settled` walks them in order.
-    pixels: list[int | None] = [None] * len(uris)
-    whole = [False] * len(uris)
-    settled, left, ready = [0], [decode_pixels], threading.Condition()
 
-    def publish(i: int, count: int) -> None:
-        with ready:
-            pixels[i] = count
-            while settled[0] < len(uris) and (seen := pixels[settled[0]]) is not None:
-                whole[settled[0]] = seen <= left[0]
-                left[0] -= seen if whole[settled[0]] else 0
-                settled[0] += 1
-            ready.notify_all()
+    def pixels(uri: str) -> int:
+        data = _style_bytes(uri, sizing)
+        img = _style_checked(uri, lambda: sizing.style_image(data, whole=False))
+        return img.width * img.height
 
-    def check(i: int) -> None:
-        uri, count = uris[i], 0  # an image that fails before its header is read takes none of the budget
-        try:
-            try:
-                data = read_bytes(uri, max_file_bytes(sizing.max_pixels))
-            except StorageError as exc:
-                raise StorageError(f"--style {exc}") from None
-            try:
-                img = sizing.style_image(data, whole=False)
-                count = img.width * img.height
-                publish(i, count)
-                with ready:  # the images before this one have had their share (tasks start in order)
-                    ready.wait_for(lambda: settled[0] > i)
-                if whole[i]:
-                    sizing.style_image(data)
-            except Exception as exc:
-                raise ConfigError(f"--style {uri}: {describe(exc)}; replace or remove that style image") from None
-        finally:
-            if pixels[i] is None:
-                publish(i, count)
+    def whole(uri: str) -> None:
+        data = _style_bytes(uri, sizing)
+        _style_checked(uri, lambda: sizing.style_image(data))
 
-    for _ in io_pool(STYLE_READS).map(check, range(len(uris))):
-        pass
+    # Every header read at once, none waiting on another (a slow read holds up nothing), and no bytes
+    # kept: the budget of whole decodes is handed out here, in listing order, and those read again.
+    pool, left, decodes = io_pool(STYLE_READS), decode_pixels, []
+    reads = [(uri, pool.submit(pixels, uri)) for uri in uris]
+    try:
+        for uri, read in reads:
+            if (count := read.result()) <= left:
+                left -= count
+                decodes.append(pool.submit(whole, uri))
+    finally:
+        for _, read in reads:  # after a failure, the reads not started are not made
+            read.cancel()
+        for decode in decodes:  # an earlier image's decode is named before a later image's header
+            decode.result()
+
+
+def _style_bytes(uri: str, sizing: Sizing) -> bytes:
+    try:
+        return read_bytes(uri, max_file_bytes(sizing.max_pixels))
+    except StorageError as exc:  # the storage's words and advice, not the image's
+        raise StorageError(f"--style {exc}") from None
+
+
+def _style_checked(uri: str, check: Callable[[], Image]) -> Image:
+    try:
+        return check()
+    except Exception as exc:
+        raise ConfigError(f"--style {uri}: {describe(exc)}; replace or remove that style image") from None
 
 
 def encoder_sha256(ref: str) -> str:
