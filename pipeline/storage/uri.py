@@ -298,7 +298,10 @@ def regular_file_size(uri: str) -> int:
 
 def _check_size(uri: str, size: int, max_bytes: int) -> None:
     if size > max_bytes:
-        raise StorageError(f"{uri}: {size:,} bytes, over the limit of {max_bytes:,} for one file")
+        raise StorageError(
+            f"{uri}: {size:,} bytes, over the limit of {max_bytes:,} for one file; "
+            "remove it, or raise --max-pixels if it is an image that large"
+        )
 
 
 # At most this many requests in flight per process (--io-concurrency): one pooled connection each.
