@@ -389,6 +389,18 @@ def test_only_text_lists_are_trimmed(tmp_path: Path) -> None:
         assert tasks_read(find_inputs(source)).column("input_uri").to_pylist() == uris, kind
 
 
+def test_a_byte_order_mark_before_spaces_is_trimmed_with_them(tmp_path: Path) -> None:
+    """Ray's read_text keeps a text list's byte-order mark on its first line: spaces after it stayed,
+    and the entry became a relative path the driver's reading never saw."""
+    (tmp_path / "a.jpg").write_bytes(b"")
+    source = tmp_path / "list.txt"
+    source.write_bytes(f"\ufeff  {tmp_path / 'a.jpg'}\n".encode())
+    uris = [str(tmp_path / "a.jpg")]
+    assert list_inputs(str(source)).column("input_uri").to_pylist() == uris
+    lines = pa.table({"text": source.read_bytes().decode("utf-8").splitlines()})  # as read_text decodes it
+    assert list_file.entries(lines, find_inputs(str(source))).column("input_uri").to_pylist() == uris
+
+
 def test_lines_ended_by_cr_alone_are_lines(tmp_path: Path) -> None:
     """A CR-only CSV (old Mac Excel) over 1 MiB is read as Arrow reads it, not one long line;
     a fault in a CR-only list is told by its line's number."""

@@ -67,7 +67,7 @@ def list_uris(column: pa.ChunkedArray | pa.Array, source: str) -> pa.ChunkedArra
         raise ConfigError(f"an entry is not UTF-8 text ({_first_non_utf8(column)!r}); save the list as UTF-8") from None
     text = source.lower().endswith(".txt")
     if text:
-        uris = pc.utf8_trim(pc.utf8_trim_whitespace(uris), "\ufeff")
+        uris = pc.utf8_trim_whitespace(pc.utf8_trim(uris, "\ufeff"))  # a byte-order mark, then the spaces after it
     skipped = pc.or_(pc.equal(uris, ""), pc.starts_with(uris, "#")) if text else pc.equal(uris, "")
     uris = uris.filter(pc.invert(pc.or_kleene(pc.is_null(uris), skipped)))
     line_break = _QUOTE_OPEN if source.lower().endswith(".csv") else _LINE_BREAK
