@@ -279,7 +279,7 @@ def _corrupt_row_group(path: Path, column: int = 0) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_a_parquet_list_is_read_for_its_uri_column_alone(tmp_path: Path) -> None:
+def test_a_parquet_list_is_read_for_its_uri_column_alone(ray_cluster: str, tmp_path: Path) -> None:
     """A list's other columns (captions, labels, the images' own bytes) were read with it, in the
     driver's check and in Ray's tasks: a damaged page beside the URIs stopped the job. Only the URI
     column is read."""
@@ -288,6 +288,8 @@ def test_a_parquet_list_is_read_for_its_uri_column_alone(tmp_path: Path) -> None
     uris = list_inputs(str(path)).column("input_uri").to_pylist()
     assert [posixpath.basename(u) for u in uris] == [f"a{i}.jpg" for i in range(30)]
     assert tasks_read(find_inputs(str(path))).num_rows == 30
+    read = list_file._listed(find_inputs(str(path))).take_all()  # Ray's read, the selection pushed into it
+    assert [row["uri"] for row in read] == [f"a{i}.jpg" for i in range(30)]
 
 
 LONG = "uri,n\n" + "".join(f"d/{i:05d}.jpg,{i}\n" for i in range(8000))  # past the 64 KiB read before Ray

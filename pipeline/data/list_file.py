@@ -115,13 +115,12 @@ def _listed(found: ListFile, num_cpus: float = 1.0) -> ray.data.Dataset:
     """The list file's entries (one column), read by Ray Data through the storage's filesystem."""
     filesystem, path = resolve(found.uri)
     read = {"filesystem": filesystem, "num_cpus": num_cpus}
-    # The URI column is taken in the reads (read_parquet's columns: no operator of its own, which
-    # would ask a whole CPU that CPU model actors do not leave free); a list's other columns, however
-    # wide or damaged, are never read.
+    # A Parquet list's other columns, however wide or damaged, are never read: Ray Data pushes the
+    # selection into the read (no operator of its own, which would ask a whole CPU).
     if found.column is None:
         return ray.data.read_text(path, **read)
     if found.uri.lower().endswith(".parquet"):
-        return ray.data.read_parquet(path, columns=[found.column], **read)
+        return ray.data.read_parquet(path, **read).select_columns([found.column])
     return ray.data.read_csv(path, **read, **csv_options(found.column))
 
 
