@@ -16,7 +16,6 @@ import socket
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import TypeVar
 
 from PIL.Image import Image
 
@@ -32,7 +31,6 @@ from pipeline.storage.uri import exists, io_pool, read_bytes
 WAIT_S = 3.0  # how long a cluster address may refuse connections before the job gives up
 # Style images decoded whole in the preflight, in pixels (about half a second on a core); past it, headers only.
 DECODE_PIXELS = 64_000_000
-T = TypeVar("T")
 STYLE_READS = 16  # style images read at once (object-store requests in flight)
 
 
