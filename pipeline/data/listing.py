@@ -47,12 +47,11 @@ def _uris_from_list_file(uri: str) -> pa.ChunkedArray:
         column = uri_column(parquet.schema_arrow.names, uri)
         check_uri_type(parquet.schema_arrow.field(column).type, uri, column)
         table = _or_invalid(lambda: parquet.read(columns=[column]), uri)  # as the jobs' tasks read it
-    else:
-        head = data[:_HEAD_BYTES]
-        column = uri_column(_or_invalid(lambda: _csv_names(head), uri), uri)
-        scan_list_file(uri, column, data)  # the reason and line of a row Arrow cannot read
-        table = _or_invalid(lambda: pacsv.read_csv(io.BytesIO(data), **csv_options(column)), uri)
-    return _entries_of(table.column(column), uri)
+        return _entries_of(table.column(column), uri)
+    column = uri_column(_or_invalid(lambda: _csv_names(data[:_HEAD_BYTES]), uri), uri)
+    for _ in _scan_lines(uri, [data]):  # a line not UTF-8 or too long, by its number
+        pass
+    return pa.chunked_array(list(_csv_entries(uri, column, data)), pa.string())  # parsed once, as the tasks parse it
 
 
 def list_uris(column: pa.ChunkedArray | pa.Array, source: str) -> pa.ChunkedArray | pa.Array:
@@ -234,10 +233,17 @@ def scan_list_file(uri: str, column: str | None, data: bytes | None = None) -> N
         pass
     if data is not None and not data.strip():
         return  # no whole line in the head: the tasks read it
+    for _ in _csv_entries(uri, column, data):
+        pass
+
+
+def _csv_entries(uri: str, column: str, data: bytes | None = None) -> Iterator[pa.Array]:
+    """A CSV list's entries (`list_uris`), a block at a time, parsed as the tasks parse it (`csv_options`);
+    ConfigError naming the first row Arrow cannot read, or the first entry no URI is."""
     try:
         with _opened(uri, data) as stream:
             for row, batch in _numbered(pacsv.open_csv(stream, **csv_options(column))):
-                _entries_of(batch.column(column), uri, f"rows {row + 1}-{row + batch.num_rows}")
+                yield _entries_of(batch.column(column), uri, f"rows {row + 1}-{row + batch.num_rows}")
     except pa.ArrowInvalid as exc:
         reason = (str(exc).strip() or "not CSV").splitlines()[0]  # Arrow's: the row's number and text
         raise ConfigError(f"{uri}: the list file cannot be read: {reason}; fix that row") from None
